@@ -1,0 +1,23 @@
+"""GET /health: gateway and worker state, the latest health push."""
+from __future__ import annotations
+
+import time
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+
+async def health(request: Request):
+    worker = request.app.state.worker
+    st = worker.state
+    body = {
+        "status": "ok" if st.ready else ("starting" if st.restarts == 0 and not worker.models else "degraded"),
+        "worker": {"pid": st.pid, "ready": st.ready, "restarts": st.restarts, "last_exit_code": st.last_exit},
+        "models": [i.id for i in worker.models],
+        "in_flight": len(worker.pending),
+        "uptime_s": round(time.time() - request.app.state.started_at, 1),
+        "health": msgspec.to_builtins(worker.health) if worker.health else None,
+        "health_log": str(worker._health_log),
+    }
+    return JSONResponse(body, status_code=200 if st.ready else 503)

@@ -1,0 +1,131 @@
+"""POST /v1/chat/completions: OpenAI chat wire format <-> protocol."""
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+
+from protocol import messages as m
+
+from .. import sse
+from ..errors import APIError
+from ..generation import Generation, error_body, usage_dict
+from .openai_schema import ChatMessageIn, ChatRequest, check_n, parse_body, sampling_from
+
+ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+
+
+def _text_content(msg: ChatMessageIn, i: int) -> str:
+    if msg.content is None or isinstance(msg.content, str):
+        return msg.content or ""
+    parts = []
+    for part in msg.content:
+        if part.type in ("text", "input_text", "output_text"):
+            parts.append(part.text or "")
+        elif part.type in ("image_url", "input_image"):
+            raise APIError(400, f"messages[{i}] has an image, but this model does not accept images.",
+                           "image_input_not_supported", f"messages[{i}].content")
+        else:
+            raise APIError(400, f"messages[{i}].content has an unsupported part type {part.type!r}.",
+                           "invalid_value", f"messages[{i}].content")
+    return "".join(parts)
+
+
+def to_messages(req: ChatRequest) -> list[m.ChatMessage]:
+    if not req.messages:
+        raise APIError(400, "Invalid 'messages': empty array. Expected an array with minimum length 1.",
+                       "empty_array", "messages")
+    out = []
+    for i, msg in enumerate(req.messages):
+        if msg.role not in ROLES:
+            raise APIError(400, f"Invalid value: '{msg.role}'. Supported values are: {', '.join(repr(r) for r in ROLES)}.",
+                           "invalid_value", f"messages[{i}].role")
+        role = "system" if msg.role == "developer" else msg.role
+        out.append(m.ChatMessage(role, _text_content(msg, i), msg.name))
+    return out
+
+
+def _logprobs_obj(entries: list[m.TokenLogprob]) -> dict:
+    return {"content": [{"token": e.token, "logprob": e.logprob, "bytes": e.bytes,
+                         "top_logprobs": [{"token": t.token, "logprob": t.logprob, "bytes": t.bytes} for t in e.top]}
+                        for e in entries], "refusal": None}
+
+
+async def chat_completions(request: Request):
+    req: ChatRequest = await parse_body(request, ChatRequest)
+    worker = request.app.state.worker
+    cfg = request.app.state.config
+    info = worker.resolve_model(req.model)
+    if info is None:
+        raise APIError(404, f"The model `{req.model}` does not exist or you do not have access to it.",
+                       "model_not_found", "model")
+    messages = to_messages(req)
+    n = check_n(req, cfg.max_n)
+    if req.top_logprobs and not req.logprobs:
+        raise APIError(400, "Invalid 'top_logprobs': 'logprobs' must be set to true when 'top_logprobs' is used.",
+                       "invalid_value", "top_logprobs")
+    max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    sampling = sampling_from(req, max_tokens, bool(req.logprobs), req.top_logprobs or 0)
+    base = Generation.new_id()
+    cmds = []
+    for i in range(n):
+        s = sampling if (i == 0 or sampling.seed is None) else m.Sampling(**{**_fields(sampling), "seed": sampling.seed + i})
+        cmds.append(m.Generate(f"{base}-{i}", info.id, s, messages=messages))
+    gen = Generation(worker, cmds, cfg.request_timeout)
+    await gen.start()
+    rid = f"chatcmpl-{base}"
+    fingerprint = f"fp_novamlx_{info.id[:16]}"
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return StreamingResponse(_stream(gen, rid, info.id, fingerprint, include_usage, bool(req.logprobs)),
+                                 media_type="text/event-stream", headers=sse.SSE_HEADERS)
+    choices = await gen.collect()
+    completion = sum(c.usage.completion_tokens for c in choices if c.usage)
+    return JSONResponse({
+        "id": rid, "object": "chat.completion", "created": gen.created, "model": info.id,
+        "system_fingerprint": fingerprint,
+        "choices": [{"index": i, "message": {"role": "assistant", "content": "".join(c.text), "refusal": None,
+                                             "annotations": []},
+                     "logprobs": _logprobs_obj(c.logprobs) if req.logprobs else None,
+                     "finish_reason": _finish(c.finish_reason)} for i, c in enumerate(choices)],
+        "usage": usage_dict(gen.prompt_tokens, completion),
+    })
+
+
+def _fields(s: m.Sampling) -> dict:
+    return {f: getattr(s, f) for f in s.__struct_fields__}
+
+
+def _finish(reason: str | None) -> str:
+    return "length" if reason == "length" else "stop"
+
+
+async def _stream(gen: Generation, rid: str, model: str, fingerprint: str, include_usage: bool, logprobs: bool):
+    def chunk(choices, usage=None):
+        obj = {"id": rid, "object": "chat.completion.chunk", "created": gen.created, "model": model,
+               "system_fingerprint": fingerprint, "choices": choices}
+        if include_usage:
+            obj["usage"] = usage
+        return sse.data(obj)
+
+    try:
+        for i in range(len(gen.cmds)):
+            yield chunk([{"index": i, "delta": {"role": "assistant", "content": "", "refusal": None},
+                          "logprobs": None, "finish_reason": None}])
+        completion = 0
+        async for i, ev in gen.events():
+            if isinstance(ev, m.Delta):
+                yield chunk([{"index": i, "delta": {"content": ev.text},
+                              "logprobs": _logprobs_obj(ev.logprobs or []) if logprobs else None, "finish_reason": None}])
+            elif isinstance(ev, m.Finished):
+                completion += ev.usage.completion_tokens
+                yield chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": _finish(ev.finish_reason)}])
+            elif isinstance(ev, m.Error):
+                yield sse.data(error_body(ev))
+                return
+        if include_usage:
+            yield chunk([], usage_dict(gen.prompt_tokens, completion))
+        yield sse.DONE
+    except APIError as e:  # a timeout after the first byte: end the stream with an error event
+        yield sse.data(e.body())
+    finally:
+        gen.abort()

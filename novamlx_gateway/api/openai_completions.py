@@ -1,0 +1,128 @@
+"""POST /v1/completions: the legacy text completions wire format <-> protocol."""
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+
+from protocol import messages as m
+
+from .. import sse
+from ..errors import APIError
+from ..generation import Generation, error_body, usage_dict
+from .openai_chat import _fields, _finish
+from .openai_schema import CompletionRequest, check_n, parse_body, sampling_from
+
+
+def _prompts(req: CompletionRequest) -> list[dict]:
+    p = req.prompt
+    if p is None or p == "" or p == []:
+        raise APIError(400, "Invalid 'prompt': a prompt is required.", "missing_required_parameter", "prompt")
+    if isinstance(p, str):
+        return [{"prompt": p}]
+    if all(isinstance(x, int) and not isinstance(x, bool) for x in p):
+        return [{"prompt_tokens": list(p)}]
+    if all(isinstance(x, str) for x in p):
+        return [{"prompt": x} for x in p]
+    if all(isinstance(x, list) and x and all(isinstance(t, int) and not isinstance(t, bool) for t in x) for x in p):
+        return [{"prompt_tokens": list(x)} for x in p]
+    raise APIError(400, "Invalid 'prompt': expected a string, an array of strings, an array of token ids, "
+                        "or an array of token id arrays.", "invalid_type", "prompt")
+
+
+class LegacyLogprobs:
+    """The completions `logprobs` object: parallel lists, offsets into the choice text."""
+
+    def __init__(self, offset: int = 0):
+        self.offset = offset
+        self.obj = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+
+    def add(self, entries: list[m.TokenLogprob]) -> dict:
+        start = len(self.obj["tokens"])
+        for e in entries:
+            self.obj["tokens"].append(e.token)
+            self.obj["token_logprobs"].append(e.logprob)
+            self.obj["top_logprobs"].append({t.token: t.logprob for t in e.top} if e.logprob is not None else None)
+            self.obj["text_offset"].append(self.offset)
+            self.offset += len(e.token)
+        return {k: v[start:] for k, v in self.obj.items()}
+
+
+async def completions(request: Request):
+    req: CompletionRequest = await parse_body(request, CompletionRequest)
+    worker = request.app.state.worker
+    cfg = request.app.state.config
+    info = worker.resolve_model(req.model)
+    if info is None:
+        raise APIError(404, f"The model `{req.model}` does not exist or you do not have access to it.",
+                       "model_not_found", "model")
+    prompts = _prompts(req)
+    n = check_n(req, cfg.max_n)
+    if req.best_of is not None and req.best_of != n:
+        raise APIError(400, "Invalid 'best_of': only best_of equal to n is supported.", "invalid_value", "best_of")
+    if req.suffix:
+        raise APIError(400, "Invalid 'suffix': insertion (suffix) is not supported by this model.", "invalid_value", "suffix")
+    top = req.logprobs
+    if top is not None and not 0 <= top <= 5:
+        raise APIError(400, f"Invalid 'logprobs': {top} is not within [0, 5].", "invalid_value", "logprobs")
+    # The legacy API's default is 16 tokens.
+    max_tokens = req.max_tokens if req.max_tokens is not None else 16
+    sampling = sampling_from(req, max_tokens, top is not None, top or 0)
+    if len(prompts) * n > cfg.max_n:
+        raise APIError(400, f"Too many choices: {len(prompts)} prompts x n={n} exceeds {cfg.max_n}.", "invalid_value", "n")
+    base = Generation.new_id()
+    cmds = []
+    for pi, p in enumerate(prompts):
+        for j in range(n):
+            s = sampling if (j == 0 or sampling.seed is None) else m.Sampling(**{**_fields(sampling), "seed": sampling.seed + j})
+            cmds.append(m.Generate(f"{base}-{pi * n + j}", info.id, s, echo=req.echo, **p))
+    gen = Generation(worker, cmds, cfg.request_timeout)
+    await gen.start()
+    rid = f"cmpl-{base}"
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return StreamingResponse(_stream(gen, rid, info.id, include_usage, top is not None),
+                                 media_type="text/event-stream", headers=sse.SSE_HEADERS)
+    choices = await gen.collect()
+    out = []
+    for i, c in enumerate(choices):
+        lp = None
+        if top is not None:
+            lp = LegacyLogprobs().add(c.logprobs)
+        out.append({"text": "".join(c.text), "index": i, "logprobs": lp, "finish_reason": _finish(c.finish_reason)})
+    prompt_tokens = sum(c.usage.prompt_tokens for c in choices[::n] if c.usage)
+    completion = sum(c.usage.completion_tokens for c in choices if c.usage)
+    return JSONResponse({"id": rid, "object": "text_completion", "created": gen.created, "model": info.id,
+                         "system_fingerprint": f"fp_novamlx_{info.id[:16]}",
+                         "choices": out, "usage": usage_dict(prompt_tokens, completion)})
+
+
+async def _stream(gen: Generation, rid: str, model: str, include_usage: bool, logprobs: bool):
+    def chunk(choices, usage=None):
+        obj = {"id": rid, "object": "text_completion", "created": gen.created, "model": model,
+               "system_fingerprint": f"fp_novamlx_{model[:16]}", "choices": choices}
+        if include_usage:
+            obj["usage"] = usage
+        return sse.data(obj)
+
+    trackers = [LegacyLogprobs() for _ in gen.cmds]
+    prompt_tokens: dict[int, int] = {}
+    completion = 0
+    try:
+        async for i, ev in gen.events():
+            if isinstance(ev, m.Delta):
+                lp = trackers[i].add(ev.logprobs or []) if logprobs else None
+                yield chunk([{"text": ev.text, "index": i, "logprobs": lp, "finish_reason": None}])
+            elif isinstance(ev, m.Finished):
+                completion += ev.usage.completion_tokens
+                prompt_tokens[ev.id] = ev.usage.prompt_tokens
+                yield chunk([{"text": "", "index": i, "logprobs": None, "finish_reason": _finish(ev.finish_reason)}])
+            elif isinstance(ev, m.Error):
+                yield sse.data(error_body(ev))
+                return
+        if include_usage:
+            yield chunk([], usage_dict(gen.prompt_tokens if len(prompt_tokens) <= 1 else sum(prompt_tokens.values()), completion))
+        yield sse.DONE
+    except APIError as e:
+        yield sse.data(e.body())
+    finally:
+        gen.abort()

@@ -1,0 +1,131 @@
+"""OpenAI request bodies as typed structs, and their translation to protocol sampling."""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+
+from protocol.messages import Sampling
+
+from ..errors import APIError
+
+
+class StreamOptions(msgspec.Struct):
+    include_usage: bool = False
+
+
+class ContentPart(msgspec.Struct):
+    type: str
+    text: str | None = None
+    image_url: Any = None
+
+
+class ChatMessageIn(msgspec.Struct):
+    role: str
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[Any] | None = None
+    tool_call_id: str | None = None
+
+
+class _SamplingFields(msgspec.Struct, kw_only=True):
+    model: str
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    repetition_penalty: float | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    max_tokens: int | None = None
+    n: int | None = None
+    user: str | None = None
+    ignore_eos: bool = False
+
+
+class ChatRequest(_SamplingFields, kw_only=True):
+    messages: list[ChatMessageIn]
+    max_completion_tokens: int | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+
+
+class CompletionRequest(_SamplingFields, kw_only=True):
+    prompt: str | list[Any] | None = None
+    logprobs: int | None = None
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = None
+
+
+_PATH = re.compile(r"at `\$\.?([^`]*)`")
+
+
+async def parse_body(request: Request, kind: type):
+    ctype = request.headers.get("content-type", "")
+    if "json" not in ctype.split(";")[0].lower():
+        raise APIError(415, f"Unsupported content type {ctype or '(none)'!r}: send 'Content-Type: application/json'.",
+                       "unsupported_media_type")
+    raw = await request.body()
+    if not raw.strip():
+        raise APIError(400, "The request body is empty; expected a JSON object.", "invalid_json")
+    try:
+        return msgspec.json.decode(raw, type=kind)
+    except msgspec.ValidationError as e:
+        text = str(e)
+        found = _PATH.search(text)
+        param = found.group(1) if found else None
+        if text.startswith("Object missing required field"):
+            field = text.split("`")[1]
+            param = f"{param}.{field}" if param else field
+            raise APIError(400, f"Missing required parameter: '{param}'.", "missing_required_parameter", param)
+        raise APIError(400, f"Invalid value for '{param or 'body'}': {text}", "invalid_type", param)
+    except msgspec.DecodeError as e:
+        raise APIError(400, f"We could not parse the JSON body of your request: {e}. Send a valid JSON object.",
+                       "invalid_json")
+
+
+def _check_range(name: str, value, lo, hi) -> None:
+    if value is not None and not (lo <= value <= hi):
+        raise APIError(400, f"Invalid '{name}': {value} is not within [{lo}, {hi}].", "invalid_value", name)
+
+
+def sampling_from(req: _SamplingFields, max_tokens: int | None, logprobs: bool, top_logprobs: int,
+                  defaults: dict | None = None) -> Sampling:
+    _check_range("temperature", req.temperature, 0, 2)
+    _check_range("top_p", req.top_p, 0, 1)
+    _check_range("min_p", req.min_p, 0, 1)
+    _check_range("frequency_penalty", req.frequency_penalty, -2, 2)
+    _check_range("presence_penalty", req.presence_penalty, -2, 2)
+    _check_range("repetition_penalty", req.repetition_penalty, 0.01, 10)
+    _check_range("top_logprobs", top_logprobs, 0, 20)
+    if req.top_k is not None and req.top_k < -1:
+        raise APIError(400, f"Invalid 'top_k': {req.top_k}; use -1 or 0 to disable, or a positive number.", "invalid_value", "top_k")
+    if max_tokens is not None and max_tokens < 1:
+        name = "max_tokens"
+        raise APIError(400, f"Invalid '{name}': integer below minimum value. Expected a value >= 1, but got {max_tokens} instead.",
+                       "integer_below_min_value", name)
+    stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    if len(stops) > 16:
+        raise APIError(400, "Invalid 'stop': at most 16 stop sequences are supported.", "invalid_value", "stop")
+    d = defaults or {}
+    return Sampling(
+        temperature=req.temperature if req.temperature is not None else d.get("temperature", 1.0),
+        top_p=req.top_p if req.top_p is not None else d.get("top_p", 1.0),
+        top_k=max(req.top_k or 0, 0), min_p=req.min_p or 0.0,
+        frequency_penalty=req.frequency_penalty or 0.0, presence_penalty=req.presence_penalty or 0.0,
+        repetition_penalty=req.repetition_penalty or 1.0, seed=req.seed, max_tokens=max_tokens,
+        stop=[s for s in stops if s], logprobs=logprobs, top_logprobs=top_logprobs, ignore_eos=req.ignore_eos)
+
+
+def check_n(req: _SamplingFields, max_n: int) -> int:
+    n = 1 if req.n is None else req.n
+    if not 1 <= n <= max_n:
+        raise APIError(400, f"Invalid 'n': {n}; this server supports 1 to {max_n} choices.", "invalid_value", "n")
+    return n

@@ -1,0 +1,49 @@
+"""The Starlette application: routes, middleware, lifespan."""
+from __future__ import annotations
+
+import contextlib
+import time
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import Route
+
+from .api.health import health
+from .api.models import get_model, list_models
+from .api.openai_chat import chat_completions
+from .api.openai_completions import completions
+from .config import Config
+from .errors import HANDLERS
+from .middleware import APIKeyAuth, BodyLimit, RequestID
+from .worker_client import WorkerClient
+
+
+def create_app(cfg: Config, worker: WorkerClient | None = None) -> Starlette:
+    worker = worker or WorkerClient(cfg)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        await worker.start()
+        yield
+        await worker.stop()
+
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", get_model, methods=["GET"]),
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/completions", completions, methods=["POST"]),
+    ]
+    middleware = [
+        Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"],
+                   expose_headers=["x-request-id"]),
+        Middleware(RequestID),
+        Middleware(APIKeyAuth, keys=cfg.api_keys),
+        Middleware(BodyLimit, max_bytes=int(cfg.max_request_size_mb * 1024 * 1024)),
+    ]
+    app = Starlette(routes=routes, middleware=middleware, exception_handlers=HANDLERS, lifespan=lifespan)
+    app.state.worker = worker
+    app.state.config = cfg
+    app.state.started_at = time.time()
+    return app

@@ -1,0 +1,103 @@
+"""Settings: defaults < TOML file < NOVAMLX_* environment < command-line flags."""
+from __future__ import annotations
+
+import argparse
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+
+@dataclass
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 6590
+    admin_port: int = 6591
+    api_keys: list[str] = field(default_factory=list)
+    admin_key: str | None = None
+    models: list[str] = field(default_factory=list)  # empty: the embedded default model
+    data_dir: str = "~/.novamlx"
+    max_concurrent_requests: int = 16
+    max_queue: int = 64
+    request_timeout: float = 300.0
+    max_request_size_mb: float = 100.0
+    max_batch: int = 32
+    prefill_step: int = 512
+    dequantize: str = "auto"
+    health_interval: float = 5.0
+    health_log_max_mb: float = 10.0
+    worker_start_timeout: float = 600.0
+    ping_timeout: float = 60.0
+    max_n: int = 16
+    log_level: str = "INFO"
+
+    @property
+    def data_path(self) -> Path:
+        return Path(os.path.expanduser(self.data_dir))
+
+
+_LIST_FIELDS = {"api_keys": "api_key", "models": "model"}
+
+
+def _coerce(name: str, value, current):
+    if name in _LIST_FIELDS:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return list(value)
+    if isinstance(current, bool):
+        return str(value).lower() in ("1", "true", "yes", "on")
+    if isinstance(current, int) and not isinstance(current, bool):
+        return int(value)
+    if isinstance(current, float):
+        return float(value)
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="novamlx-gateway", description="NovaMLX: OpenAI- and Anthropic-compatible MLX server")
+    p.add_argument("--config", help="TOML settings file")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--admin-port", type=int)
+    p.add_argument("--api-key", action="append", dest="api_keys", help="accepted API key (repeatable)")
+    p.add_argument("--admin-key", help="key for the admin API (off without one)")
+    p.add_argument("--model", action="append", dest="models",
+                   help="model folder, .gguf file or hub id on disk (repeatable; default: embedded SmolLM2-135M)")
+    p.add_argument("--data-dir")
+    p.add_argument("--max-concurrent-requests", type=int)
+    p.add_argument("--max-queue", type=int)
+    p.add_argument("--request-timeout", type=float)
+    p.add_argument("--max-request-size-mb", type=float)
+    p.add_argument("--max-batch", type=int)
+    p.add_argument("--prefill-step", type=int)
+    p.add_argument("--dequantize", choices=["auto", "on", "off"])
+    p.add_argument("--health-interval", type=float)
+    p.add_argument("--log-level")
+    return p
+
+
+def load_config(argv: list[str] | None = None, environ: dict | None = None) -> Config:
+    args = build_parser().parse_args(argv)
+    environ = os.environ if environ is None else environ
+    cfg = Config()
+    names = {f.name for f in fields(Config)}
+    config_file = args.config or environ.get("NOVAMLX_CONFIG")
+    if config_file:
+        with open(os.path.expanduser(config_file), "rb") as fh:
+            data = tomllib.load(fh)
+        for key, value in data.items():
+            name = key.replace("-", "_")
+            name = {"api_key": "api_keys", "model": "models"}.get(name, name)
+            if name not in names:
+                raise SystemExit(f"{config_file}: unknown setting {key!r}")
+            setattr(cfg, name, _coerce(name, value, getattr(cfg, name)))
+    for name in names:
+        env_names = [f"NOVAMLX_{name.upper()}"] + ([f"NOVAMLX_{_LIST_FIELDS[name].upper()}"] if name in _LIST_FIELDS else [])
+        for env in env_names:
+            if env in environ:
+                setattr(cfg, name, _coerce(name, environ[env], getattr(cfg, name)))
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None:
+            setattr(cfg, name, value)
+    return cfg

@@ -1,0 +1,53 @@
+"""OpenAI-shaped errors: one exception type, one renderer, the handlers Starlette needs."""
+from __future__ import annotations
+
+import logging
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+log = logging.getLogger("novamlx.gateway")
+
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+          404: "not_found_error", 405: "invalid_request_error", 408: "timeout_error",
+          409: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
+          422: "invalid_request_error", 429: "rate_limit_error", 500: "server_error", 503: "server_error",
+          504: "timeout_error"}
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None,
+                 headers: dict | None = None, type: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.code, self.param = status, message, code, param
+        self.headers = headers or {}
+        self.type = type or _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def openai_error(status: int, message: str, code: str | None = None, param: str | None = None,
+                 headers: dict | None = None) -> JSONResponse:
+    err = APIError(status, message, code, param, headers)
+    return JSONResponse(err.body(), status_code=status, headers=err.headers)
+
+
+async def api_error_handler(request: Request, exc: APIError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+async def http_error_handler(request: Request, exc: HTTPException) -> JSONResponse:
+    message = {404: f"Unknown request URL: {request.method} {request.url.path}.",
+               405: f"Method {request.method} is not allowed for {request.url.path}."}.get(exc.status_code, str(exc.detail))
+    code = {404: "unknown_url", 405: "method_not_allowed"}.get(exc.status_code)
+    return openai_error(exc.status_code, message, code, headers=getattr(exc, "headers", None))
+
+
+async def unhandled_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return openai_error(500, "The server had an error while processing your request.", "internal_error")
+
+
+HANDLERS = {APIError: api_error_handler, HTTPException: http_error_handler, Exception: unhandled_error_handler}

@@ -1,0 +1,123 @@
+"""One HTTP request's generations in the worker: submit, await start, iterate events.
+
+Shared by every wire format: they differ only in how they render the events.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from protocol import messages as m
+
+from .errors import APIError
+from .worker_client import WorkerClient
+
+
+@dataclass
+class Choice:
+    text: list[str] = field(default_factory=list)
+    logprobs: list[m.TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+    usage: m.Usage | None = None
+
+
+class Generation:
+    """n sequences sharing one event queue; index i is command i."""
+
+    def __init__(self, worker: WorkerClient, cmds: list[m.Generate], timeout: float):
+        self.worker = worker
+        self.cmds = cmds
+        self.index = {c.id: i for i, c in enumerate(cmds)}
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.deadline = time.monotonic() + timeout
+        self.timeout = timeout
+        self.open = set(self.index)
+        self.prompt_tokens = 0
+        self.created = int(time.time())
+
+    @staticmethod
+    def new_id() -> str:
+        return uuid.uuid4().hex[:24]
+
+    async def _get(self):
+        remaining = self.deadline - time.monotonic()
+        try:
+            return await asyncio.wait_for(self.queue.get(), max(remaining, 0.001))
+        except asyncio.TimeoutError:
+            self.abort()
+            raise APIError(504, f"The request timed out after {self.timeout:.0f} s.", "timeout") from None
+
+    async def start(self) -> None:
+        """Submit and wait until every sequence started; errors here come before any byte is sent."""
+        if not self.worker.state.ready and self.worker.state.restarts == 0 and not self.worker.models:
+            raise APIError(503, "The model worker is starting; retry shortly.", "worker_starting", headers={"retry-after": "5"})
+        for c in self.cmds:
+            self.worker.submit(c, self.queue)
+        waiting = set(self.index)
+        early: list = []
+        try:
+            while waiting:
+                ev = await self._get()
+                if isinstance(ev, m.Started):
+                    waiting.discard(ev.id)
+                    self.prompt_tokens = ev.prompt_tokens
+                elif isinstance(ev, m.Error):
+                    self.abort()
+                    raise APIError(ev.status, ev.message, ev.code, ev.param,
+                                   headers={"retry-after": "1"} if ev.status == 503 else None)
+                else:
+                    early.append(ev)
+        except asyncio.CancelledError:
+            self.abort()
+            raise
+        for ev in early:  # deltas of sequences that started before the others
+            self.queue.put_nowait(ev)
+
+    async def events(self):
+        """Yields (index, event) for Delta, Finished and Error events until all sequences end."""
+        try:
+            while self.open:
+                ev = await self._get()
+                i = self.index.get(getattr(ev, "id", None))
+                if i is None:
+                    continue
+                if isinstance(ev, (m.Finished, m.Error)):
+                    self.open.discard(ev.id)
+                yield i, ev
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        for rid in list(self.open):
+            self.worker.abort(rid)
+        self.open.clear()
+
+    async def collect(self) -> list[Choice]:
+        choices = [Choice() for _ in self.cmds]
+        async for i, ev in self.events():
+            c = choices[i]
+            if isinstance(ev, m.Delta):
+                if ev.text:
+                    c.text.append(ev.text)
+                if ev.logprobs:
+                    c.logprobs.extend(ev.logprobs)
+            elif isinstance(ev, m.Finished):
+                c.finish_reason, c.usage = ev.finish_reason, ev.usage
+            elif isinstance(ev, m.Error):
+                raise APIError(ev.status, ev.message, ev.code, ev.param,
+                               headers={"retry-after": "1"} if ev.status == 503 else None)
+        return choices
+
+
+def usage_dict(prompt_tokens: int, completion_tokens: int, cached: int = 0) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                                          "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}
+
+
+def error_body(ev: m.Error) -> dict:
+    return APIError(ev.status, ev.message, ev.code, ev.param).body()

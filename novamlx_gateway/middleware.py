@@ -1,0 +1,98 @@
+"""Middleware as plain ASGI classes: request ids, API keys, body size limit."""
+from __future__ import annotations
+
+import hmac
+import json
+import uuid
+
+from .errors import APIError
+
+Scope = dict
+
+
+async def _send_error(send, err: APIError, extra_headers: list | None = None):
+    body = json.dumps(err.body()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), str(v).encode()) for k, v in err.headers.items()]
+    await send({"type": "http.response.start", "status": err.status, "headers": headers + (extra_headers or [])})
+    await send({"type": "http.response.body", "body": body})
+
+
+class RequestID:
+    """Echo the client's x-request-id or generate one, on every response."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        given = dict(scope["headers"]).get(b"x-request-id", b"")
+        rid = given.decode("latin-1")[:200] if given else f"req_{uuid.uuid4().hex}"
+        scope.setdefault("state", {})["request_id"] = rid
+
+        async def send_with_id(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = list(message.get("headers", [])) + [(b"x-request-id", rid.encode("latin-1"))]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+class APIKeyAuth:
+    """Bearer keys (or x-api-key, as Anthropic clients send) compared in constant time.
+
+    No keys configured: auth is off. Paths in `public` (health, static UI) stay open.
+    """
+
+    def __init__(self, app, keys: list[str], public: tuple[str, ...] = ("/health",)):
+        self.app = app
+        self.keys = [k.encode() for k in keys if k]
+        self.public = public
+
+    def _authorized(self, headers: dict) -> bool:
+        auth = headers.get(b"authorization", b"")
+        token = auth[7:].strip() if auth[:7].lower() == b"bearer " else headers.get(b"x-api-key", b"")
+        ok = False
+        for k in self.keys:  # check every key so timing says nothing about which matched
+            ok |= hmac.compare_digest(token, k)
+        return ok
+
+    async def __call__(self, scope: Scope, receive, send):
+        if scope["type"] != "http" or not self.keys or scope["method"] == "OPTIONS" or scope["path"] in self.public:
+            return await self.app(scope, receive, send)
+        if not self._authorized(dict(scope["headers"])):
+            headers = dict(scope["headers"])
+            given = headers.get(b"authorization") or headers.get(b"x-api-key")
+            msg = "Incorrect API key provided." if given else "You didn't provide an API key. Send it as 'Authorization: Bearer KEY'."
+            return await _send_error(send, APIError(401, msg, "invalid_api_key"),
+                                     [(b"www-authenticate", b'Bearer realm="novamlx"')])
+        await self.app(scope, receive, send)
+
+
+class BodyLimit:
+    """413 for bodies over the limit, by Content-Length or by counting a streamed body."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        too_big = APIError(413, f"Request body is larger than the limit of {self.max_bytes} bytes.", "request_too_large")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await _send_error(send, too_big)
+        seen = 0
+
+        async def counted_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise too_big
+            return message
+
+        await self.app(scope, counted_receive, send)

@@ -1,0 +1,251 @@
+"""The gateway's side of the pipe: spawn and supervise the worker, route its events.
+
+Each request owns an asyncio.Queue; events are routed to it by request id. If the
+worker dies, requests that produced nothing yet are re-sent to its replacement, and
+the rest receive an error event, so no client ever hangs.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+
+from protocol import PROTOCOL_VERSION, codec
+from protocol import messages as m
+
+from .config import Config
+
+log = logging.getLogger("novamlx.supervisor")
+
+
+@dataclass
+class Pending:
+    cmd: object
+    queue: asyncio.Queue
+    produced: bool = False
+
+
+@dataclass
+class WorkerState:
+    pid: int | None = None
+    ready: bool = False
+    restarts: int = 0
+    last_exit: int | None = None
+    started_at: float = field(default_factory=time.time)
+
+
+class WorkerCrashed(Exception):
+    pass
+
+
+class WorkerClient:
+    def __init__(self, cfg: Config, extra_env: dict | None = None):
+        self.cfg = cfg
+        self.extra_env = extra_env or {}
+        self.proc: asyncio.subprocess.Process | None = None
+        self.pending: dict[str, Pending] = {}
+        self.models: list[m.ModelInfo] = []
+        self.health: m.Health | None = None
+        self.state = WorkerState()
+        self._ready = asyncio.Event()
+        self._stopping = False
+        self._pongs: dict[int, asyncio.Future] = {}
+        self._tasks: list[asyncio.Task] = []
+        self._health_log = cfg.data_path / "logs" / "worker-health.jsonl"
+        self._first_start: asyncio.Future | None = None
+
+    # ---- lifecycle ----
+    def argv(self) -> list[str]:
+        a = [sys.executable, "-m", "novamlx_worker", "--dequantize", self.cfg.dequantize,
+             "--max-batch", str(self.cfg.max_batch), "--prefill-step", str(self.cfg.prefill_step),
+             "--health-interval", str(self.cfg.health_interval)]
+        for spec in self.cfg.models:
+            a += ["--model", spec]
+        return a
+
+    async def start(self) -> None:
+        """Spawn the worker and wait for its hello (the first model load)."""
+        self._first_start = asyncio.get_running_loop().create_future()
+        self._tasks.append(asyncio.create_task(self._supervise()))
+        self._tasks.append(asyncio.create_task(self._watchdog()))
+        await asyncio.wait_for(asyncio.shield(self._first_start), self.cfg.worker_start_timeout)
+
+    async def _spawn(self) -> None:
+        env = {**os.environ, **self.extra_env}
+        root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "") if env.get("PYTHONPATH") else root
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.argv(), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=None,
+            env=env, limit=codec.LINE_LIMIT, start_new_session=False)
+        self.state.pid = self.proc.pid
+        log.info("worker started pid=%s", self.proc.pid)
+
+    async def _supervise(self) -> None:
+        backoff = 0.5
+        while not self._stopping:
+            await self._spawn()
+            started = time.monotonic()
+            reader = asyncio.create_task(self._read(self.proc))
+            code = await self.proc.wait()
+            await asyncio.wait([reader], timeout=2)
+            self.state.ready = False
+            self._ready.clear()
+            self.state.last_exit = code
+            if self._stopping:
+                break
+            self._fail_in_flight(code)
+            if self._first_start and not self._first_start.done():
+                self._first_start.set_exception(RuntimeError(f"worker exited with code {code} before it was ready"))
+                return
+            self.state.restarts += 1
+            if time.monotonic() - started > 60:
+                backoff = 0.5
+            log.error("worker exited with code %s; restart #%d in %.1fs", code, self.state.restarts, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+    def _fail_in_flight(self, code) -> None:
+        """Streams that already produced output get an error; the rest wait for the new worker."""
+        for rid, p in list(self.pending.items()):
+            if p.produced or isinstance(p.cmd, m.CountTokens):
+                self.pending.pop(rid, None)
+                p.queue.put_nowait(m.Error(rid, f"The model worker crashed (exit code {code}) while generating; "
+                                                "the request was not completed. Please retry.", 503, "worker_crashed"))
+
+    async def _read(self, proc) -> None:
+        assert proc.stdout is not None
+        while True:
+            try:
+                line = await proc.stdout.readline()
+            except (ValueError, asyncio.LimitOverrunError) as e:
+                log.error("worker line too long: %s", e)
+                continue
+            if not line:
+                return
+            try:
+                event = codec.decode_event(line)
+            except msgspec.DecodeError as e:
+                log.error("bad line from worker: %s: %r", e, line[:200])
+                continue
+            self._dispatch(event)
+
+    def _dispatch(self, ev) -> None:
+        if isinstance(ev, m.Step):
+            for d in ev.deltas:
+                p = self.pending.get(d.id)
+                if p is not None:
+                    p.produced = True
+                    p.queue.put_nowait(d)
+        elif isinstance(ev, (m.Started,)):
+            p = self.pending.get(ev.id)
+            if p is not None:
+                p.queue.put_nowait(ev)
+        elif isinstance(ev, (m.Finished, m.Error, m.Result)):
+            p = self.pending.pop(ev.id, None)
+            if p is not None:
+                p.queue.put_nowait(ev)
+            elif isinstance(ev, m.Error) and not ev.id:
+                log.error("worker: %s", ev.message)
+        elif isinstance(ev, m.Health):
+            self.health = ev
+            self._append_health(ev)
+        elif isinstance(ev, m.Pong):
+            fut = self._pongs.pop(ev.nonce, None)
+            if fut and not fut.done():
+                fut.set_result(True)
+        elif isinstance(ev, m.Hello):
+            self._on_hello(ev)
+
+    def _on_hello(self, ev: m.Hello) -> None:
+        if ev.version != PROTOCOL_VERSION:
+            log.error("worker speaks protocol %s, gateway %s", ev.version, PROTOCOL_VERSION)
+        self.models = ev.models
+        self.state.ready = True
+        self._ready.set()
+        for p in list(self.pending.values()):  # accepted before a crash, never started: run them now
+            self._send(p.cmd)
+        if self._first_start and not self._first_start.done():
+            self._first_start.set_result(True)
+
+    def _append_health(self, ev: m.Health) -> None:
+        try:
+            self._health_log.parent.mkdir(parents=True, exist_ok=True)
+            if self._health_log.exists() and self._health_log.stat().st_size > self.cfg.health_log_max_mb * 1e6:
+                self._health_log.replace(self._health_log.with_suffix(".jsonl.1"))
+            record = msgspec.to_builtins(ev)
+            record["restarts"] = self.state.restarts
+            with open(self._health_log, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+        except OSError as e:
+            log.warning("cannot write health log: %s", e)
+
+    async def _watchdog(self) -> None:
+        """A worker that stops answering pings is hung: kill it, the supervisor restarts it."""
+        nonce = 0
+        interval = max(self.cfg.ping_timeout / 3, 0.5)
+        while not self._stopping:
+            await asyncio.sleep(interval)
+            if not self.state.ready or self.proc is None:
+                continue
+            nonce += 1
+            fut = asyncio.get_running_loop().create_future()
+            self._pongs[nonce] = fut
+            self._send(m.Ping(nonce))
+            try:
+                await asyncio.wait_for(fut, self.cfg.ping_timeout)
+            except asyncio.TimeoutError:
+                self._pongs.pop(nonce, None)
+                if self.state.ready and self.proc and self.proc.returncode is None:
+                    log.error("worker pid=%s did not answer a ping in %.0fs; killing it", self.proc.pid, self.cfg.ping_timeout)
+                    self.proc.kill()
+
+    async def stop(self, grace: float = 10.0) -> None:
+        self._stopping = True
+        for t in self._tasks:
+            t.cancel()
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return
+        self._send(m.Shutdown())
+        try:
+            await asyncio.wait_for(proc.wait(), grace)
+        except asyncio.TimeoutError:
+            proc.send_signal(signal.SIGKILL)
+            await proc.wait()
+
+    # ---- requests ----
+    def _send(self, cmd) -> None:
+        proc = self.proc
+        if proc is None or proc.stdin is None or proc.returncode is not None or proc.stdin.is_closing():
+            return
+        try:
+            proc.stdin.write(codec.encode(cmd))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the supervisor sees the exit and re-sends what had not started
+
+    def submit(self, cmd, queue: asyncio.Queue) -> None:
+        self.pending[cmd.id] = Pending(cmd, queue)
+        if self.state.ready:
+            self._send(cmd)
+
+    def abort(self, rid: str) -> None:
+        if self.pending.pop(rid, None) is not None and self.state.ready:
+            self._send(m.Abort(rid))
+
+    def resolve_model(self, name: str) -> m.ModelInfo | None:
+        for info in self.models:
+            if name == info.id:
+                return info
+        low = name.lower()
+        for info in self.models:
+            if low == info.id.lower() or low in (a.lower() for a in info.aliases):
+                return info
+        return None

@@ -1,0 +1,1 @@
+"""The MLX worker process: owns MLX, all model memory and the engine thread."""

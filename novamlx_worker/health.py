@@ -1,0 +1,37 @@
+"""The health push: a snapshot of the worker every few seconds."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import mlx.core as mx
+import psutil
+
+from protocol import messages as m
+
+
+def snapshot(engine, last: dict) -> m.Health:
+    now = time.monotonic()
+    tokens = engine.tokens_out
+    rate = (tokens - last.get("tokens", 0)) / max(now - last.get("t", now - 1), 1e-6)
+    last.update(tokens=tokens, t=now)
+    running = sum(1 for s in list(engine.seqs.values()) if s.generated > 0)
+    return m.Health(
+        pid=os.getpid(), rss_bytes=psutil.Process().memory_info().rss,
+        mlx_active_bytes=mx.get_active_memory(), mlx_peak_bytes=mx.get_peak_memory(),
+        mlx_cache_bytes=mx.get_cache_memory(), models=list(engine.models),
+        running=running, queued=len(engine.seqs) - running, tokens_per_s=round(rate, 2),
+        engine_heartbeat_age_s=round(now - engine.heartbeat, 3), time=time.time())
+
+
+def start_health_push(engine, emit, interval: float) -> threading.Thread:
+    def loop():
+        last: dict = {}
+        while not engine.stopping:
+            emit(snapshot(engine, last))
+            time.sleep(interval)
+
+    t = threading.Thread(target=loop, name="health", daemon=True)
+    t.start()
+    return t

@@ -1,0 +1,88 @@
+"""Worker entry: stdin reader thread, engine on the main thread, locked stdout writer.
+
+The real stdout belongs to the protocol. `sys.stdout` is pointed at stderr before
+anything else runs so a stray print can never corrupt the channel.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+
+from .platform import preload_openblas
+
+
+def _claim_stdout():
+    proto = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # fd 1 -> stderr for C-level writes too
+    sys.stdout = sys.stderr
+    return proto
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="novamlx_worker")
+    p.add_argument("--model", action="append", default=[], help="model path or hub id (repeatable)")
+    p.add_argument("--dequantize", default="auto", choices=["auto", "on", "off"])
+    p.add_argument("--max-batch", type=int, default=32)
+    p.add_argument("--prefill-step", type=int, default=512)
+    p.add_argument("--health-interval", type=float, default=5.0)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    proto_out = _claim_stdout()
+    logging.basicConfig(level=os.environ.get("NOVAMLX_LOG_LEVEL", "INFO"), stream=sys.stderr,
+                        format="%(asctime)s worker[%(process)d] %(levelname)s %(message)s")
+    log = logging.getLogger("novamlx.worker")
+    args = parse_args(argv)
+    blas = preload_openblas()
+
+    from protocol import PROTOCOL_VERSION, codec
+    from protocol import messages as m
+
+    write_lock = threading.Lock()
+
+    def emit(msg) -> None:
+        data = codec.encode(msg)
+        with write_lock:
+            proto_out.write(data)
+
+    from .engine.engine import Engine
+    from .health import start_health_push
+    from .models.loader import load
+
+    try:
+        models = [load(spec, args.dequantize) for spec in (args.model or [None])]
+    except Exception as e:  # noqa: BLE001 - report any load failure to the gateway, then exit
+        log.exception("model load failed")
+        emit(m.Error("", f"model load failed: {e}", 500, "model_load_failed"))
+        sys.exit(3)
+    log.info("loaded %s (openblas: %s)", ", ".join(lm.id for lm in models), blas or "no")
+    engine = Engine(models, emit, max_batch=args.max_batch, prefill_step=args.prefill_step)
+    infos = [m.ModelInfo(lm.id, "llm", lm.context_length, lm.created, lm.path, lm.aliases) for lm in models]
+    emit(m.Hello(PROTOCOL_VERSION, os.getpid(), infos, ["chat", "completions", "logprobs", "echo"]))
+
+    def reader():
+        for line in sys.stdin.buffer:
+            if not line.strip():
+                continue
+            try:
+                cmd = codec.decode_command(line)
+            except Exception as e:  # noqa: BLE001 - junk on the pipe is logged, never fatal
+                log.error("bad command line: %s", e)
+                continue
+            engine.inbox.put(cmd)
+        # The gateway is gone: leave no orphan behind.
+        log.info("stdin closed; exiting")
+        os._exit(0)
+
+    threading.Thread(target=reader, name="stdin", daemon=True).start()
+    start_health_push(engine, emit, args.health_interval)
+    try:
+        engine.run()
+    except BaseException:
+        log.exception("engine thread died")
+        os._exit(1)
+    os._exit(0)

