@@ -29,10 +29,19 @@ def _prompts(req: CompletionRequest) -> list[dict]:
                         "or an array of token id arrays.", "invalid_type", "prompt")
 
 
+def typed_sdk(request: Request) -> bool:
+    """The official (Stainless-generated) SDKs type a few legacy-completions fields as non-null
+    that OpenAI's wire sends as null: `finish_reason` of intermediate stream chunks and the
+    echoed first token's logprob. Their strict validation rejects the null, so for those
+    clients we send the closest typed value instead; raw clients get the exact wire."""
+    return "x-stainless-lang" in request.headers
+
+
 class LegacyLogprobs:
     """The completions `logprobs` object: parallel lists, offsets into the choice text."""
 
-    def __init__(self, offset: int = 0):
+    def __init__(self, typed: bool = False, offset: int = 0):
+        self.typed = typed
         self.offset = offset
         self.obj = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
 
@@ -40,8 +49,9 @@ class LegacyLogprobs:
         start = len(self.obj["tokens"])
         for e in entries:
             self.obj["tokens"].append(e.token)
-            self.obj["token_logprobs"].append(e.logprob)
-            self.obj["top_logprobs"].append({t.token: t.logprob for t in e.top} if e.logprob is not None else None)
+            first = e.logprob is None  # the echoed first prompt token has no logprob
+            self.obj["token_logprobs"].append(0.0 if first and self.typed else e.logprob)
+            self.obj["top_logprobs"].append(({} if self.typed else None) if first else {t.token: t.logprob for t in e.top})
             self.obj["text_offset"].append(self.offset)
             self.offset += len(e.token)
         return {k: v[start:] for k, v in self.obj.items()}
@@ -80,14 +90,14 @@ async def completions(request: Request):
     rid = f"cmpl-{base}"
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return StreamingResponse(_stream(gen, rid, info.id, include_usage, top is not None),
+        return StreamingResponse(_stream(gen, rid, info.id, include_usage, top is not None, typed_sdk(request)),
                                  media_type="text/event-stream", headers=sse.SSE_HEADERS)
     choices = await gen.collect()
     out = []
     for i, c in enumerate(choices):
         lp = None
         if top is not None:
-            lp = LegacyLogprobs().add(c.logprobs)
+            lp = LegacyLogprobs(typed_sdk(request)).add(c.logprobs)
         out.append({"text": "".join(c.text), "index": i, "logprobs": lp, "finish_reason": _finish(c.finish_reason)})
     prompt_tokens = sum(c.usage.prompt_tokens for c in choices[::n] if c.usage)
     completion = sum(c.usage.completion_tokens for c in choices if c.usage)
@@ -96,7 +106,7 @@ async def completions(request: Request):
                          "choices": out, "usage": usage_dict(prompt_tokens, completion)})
 
 
-async def _stream(gen: Generation, rid: str, model: str, include_usage: bool, logprobs: bool):
+async def _stream(gen: Generation, rid: str, model: str, include_usage: bool, logprobs: bool, typed: bool):
     def chunk(choices, usage=None):
         obj = {"id": rid, "object": "text_completion", "created": gen.created, "model": model,
                "system_fingerprint": f"fp_novamlx_{model[:16]}", "choices": choices}
@@ -104,14 +114,15 @@ async def _stream(gen: Generation, rid: str, model: str, include_usage: bool, lo
             obj["usage"] = usage
         return sse.data(obj)
 
-    trackers = [LegacyLogprobs() for _ in gen.cmds]
+    trackers = [LegacyLogprobs(typed) for _ in gen.cmds]
+    pending = "length" if typed else None  # see typed_sdk()
     prompt_tokens: dict[int, int] = {}
     completion = 0
     try:
         async for i, ev in gen.events():
             if isinstance(ev, m.Delta):
                 lp = trackers[i].add(ev.logprobs or []) if logprobs else None
-                yield chunk([{"text": ev.text, "index": i, "logprobs": lp, "finish_reason": None}])
+                yield chunk([{"text": ev.text, "index": i, "logprobs": lp, "finish_reason": pending}])
             elif isinstance(ev, m.Finished):
                 completion += ev.usage.completion_tokens
                 prompt_tokens[ev.id] = ev.usage.prompt_tokens
