@@ -22,7 +22,8 @@ def snapshot(engine, last: dict) -> m.Health:
         mlx_active_bytes=mx.get_active_memory(), mlx_peak_bytes=mx.get_peak_memory(),
         mlx_cache_bytes=mx.get_cache_memory(), models=list(engine.models),
         running=running, queued=len(engine.seqs) - running, tokens_per_s=round(rate, 2),
-        engine_heartbeat_age_s=round(now - engine.heartbeat, 3), time=time.time())
+        engine_heartbeat_age_s=round(now - engine.heartbeat, 3), time=time.time(),
+        steps=engine.steps, tokens_total=tokens, peak_batch=engine.peak_batch)
 
 
 def start_health_push(engine, emit, interval: float) -> threading.Thread:

@@ -163,6 +163,9 @@ class Health(msgspec.Struct, tag="health", omit_defaults=True):
     tokens_per_s: float
     engine_heartbeat_age_s: float
     time: float
+    steps: int = 0  # batched decode steps since start
+    tokens_total: int = 0
+    peak_batch: int = 0  # most sequences decoded in one forward
 
 
 Event = Hello | Started | Step | Finished | Error | Result | Pong | Health

@@ -95,7 +95,7 @@ def tiny_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def server(tiny_model, tmp_path_factory):
     """The shared server on the tiny model, with an API key."""
-    s = Server(["--model", str(tiny_model)], tmp_path_factory.mktemp("data")).wait_ready()
+    s = Server(["--model", str(tiny_model), "--health-interval", "0.5"], tmp_path_factory.mktemp("data")).wait_ready()
     yield s
     s.stop()
 

@@ -39,6 +39,8 @@ class Engine:
         self.stopping = False
         self.heartbeat = time.monotonic()
         self.tokens_out = 0  # generated tokens since start, for the health push
+        self.steps = 0
+        self.peak_batch = 0
 
     # ---- the loop ----
     def run(self) -> None:
@@ -165,11 +167,12 @@ class Engine:
             for out, seq in want:
                 seq.generated += 1
                 seq.first_token_at = seq.first_token_at or now
+                is_eos = out.finish_reason == "stop"
                 lp_entry = None
                 if seq.sampling.logprobs:
                     lp, alts = next(scored_iter)
-                    lp_entry = [self._logprob_entry(tok, out.token, lp, alts)]
-                is_eos = out.finish_reason == "stop"
+                    if not is_eos:  # the stop token is not part of the answer
+                        lp_entry = [self._logprob_entry(tok, out.token, lp, alts)]
                 text = "" if is_eos else seq.decoder.add(out.token)
                 text, hit = seq.stops.feed(text)
                 reason = out.finish_reason
@@ -188,6 +191,9 @@ class Engine:
                 if reason is not None:
                     finished.append((seq, reason, hit))
             self.tokens_out += len(want)
+            if want:
+                self.steps += 1
+                self.peak_batch = max(self.peak_batch, len(want))
         if deltas:
             self.emit(m.Step(deltas))
         for seq, reason, hit in finished:

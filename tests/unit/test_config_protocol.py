@@ -1,0 +1,44 @@
+"""Settings precedence and the pipe's codec."""
+import msgspec
+import pytest
+
+from novamlx_gateway.config import load_config
+from protocol import codec
+from protocol import messages as m
+
+
+def test_precedence_file_env_flags(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('port = 7000\nhost = "0.0.0.0"\napi_keys = ["a", "b"]\nrequest_timeout = 10\n')
+    cfg = load_config(["--config", str(f)], environ={})
+    assert (cfg.port, cfg.host, cfg.api_keys, cfg.request_timeout) == (7000, "0.0.0.0", ["a", "b"], 10.0)
+    cfg = load_config(["--config", str(f)], environ={"NOVAMLX_PORT": "7100", "NOVAMLX_API_KEYS": "x,y"})
+    assert (cfg.port, cfg.api_keys) == (7100, ["x", "y"])
+    cfg = load_config(["--config", str(f), "--port", "7200", "--api-key", "z"], environ={"NOVAMLX_PORT": "7100"})
+    assert (cfg.port, cfg.api_keys, cfg.admin_port) == (7200, ["z"], 6591)
+
+
+def test_defaults_follow_the_spec():
+    cfg = load_config([], environ={})
+    assert (cfg.host, cfg.port, cfg.admin_port, cfg.max_concurrent_requests, cfg.request_timeout,
+            cfg.max_request_size_mb) == ("127.0.0.1", 6590, 6591, 16, 300.0, 100.0)
+
+
+def test_unknown_setting_in_file_is_an_error(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text("prot = 1\n")
+    with pytest.raises(SystemExit):
+        load_config(["--config", str(f)], environ={})
+
+
+def test_codec_round_trip_and_rejects_junk():
+    cmd = m.Generate("r1", "m", m.Sampling(temperature=0.5, stop=["x"]), messages=[m.ChatMessage("user", "hi")])
+    line = codec.encode(cmd)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert codec.decode_command(line) == cmd
+    ev = m.Step([m.Delta("r1", "a"), m.Delta("r2", "b")])
+    assert codec.decode_event(codec.encode(ev)) == ev
+    with pytest.raises(msgspec.DecodeError):
+        codec.decode_command(b'{"type": "generate", "id": 3}')
+    with pytest.raises(msgspec.DecodeError):
+        codec.decode_event(b'{"type": "nonsense"}')
