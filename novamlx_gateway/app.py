@@ -13,6 +13,7 @@ from .api.health import health
 from .api.models import get_model, list_models
 from .api.openai_chat import chat_completions
 from .api.openai_completions import completions
+from .admission import Admission
 from .config import Config
 from .errors import HANDLERS
 from .middleware import APIKeyAuth, BodyLimit, RequestID
@@ -45,5 +46,6 @@ def create_app(cfg: Config, worker: WorkerClient | None = None) -> Starlette:
     app = Starlette(routes=routes, middleware=middleware, exception_handlers=HANDLERS, lifespan=lifespan)
     app.state.worker = worker
     app.state.config = cfg
+    app.state.admission = Admission(cfg.max_concurrent_requests, cfg.max_queue)
     app.state.started_at = time.time()
     return app

@@ -29,6 +29,10 @@ class Config:
     worker_start_timeout: float = 600.0
     ping_timeout: float = 60.0
     max_n: int = 16
+    max_process_memory: str = "auto"
+    pinned_models: list[str] = field(default_factory=list)
+    default_max_tokens: int = 4096
+    shutdown_grace: float = 30.0
     log_level: str = "INFO"
 
     @property
@@ -36,7 +40,7 @@ class Config:
         return Path(os.path.expanduser(self.data_dir))
 
 
-_LIST_FIELDS = {"api_keys": "api_key", "models": "model"}
+_LIST_FIELDS = {"api_keys": "api_key", "models": "model", "pinned_models": "pin"}
 
 
 def _coerce(name: str, value, current):
@@ -72,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefill-step", type=int)
     p.add_argument("--dequantize", choices=["auto", "on", "off"])
     p.add_argument("--health-interval", type=float)
+    p.add_argument("--ping-timeout", type=float, help="seconds without a ping answer before a worker counts as hung")
+    p.add_argument("--worker-start-timeout", type=float)
+    p.add_argument("--max-process-memory", help="auto | 80%% | 24GB | 4096MB")
+    p.add_argument("--pin", action="append", dest="pinned_models", help="model never evicted (repeatable)")
+    p.add_argument("--default-max-tokens", type=int)
+    p.add_argument("--shutdown-grace", type=float, help="seconds in-flight requests get to finish on SIGTERM")
     p.add_argument("--log-level")
     return p
 

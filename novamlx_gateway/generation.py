@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from protocol import messages as m
 
+from .admission import Admission
 from .errors import APIError
 from .worker_client import WorkerClient
 
@@ -26,8 +27,10 @@ class Choice:
 class Generation:
     """n sequences sharing one event queue; index i is command i."""
 
-    def __init__(self, worker: WorkerClient, cmds: list[m.Generate], timeout: float):
+    def __init__(self, worker: WorkerClient, cmds: list[m.Generate], timeout: float, admission: Admission):
         self.worker = worker
+        self.admission = admission
+        self.holds_slot = False
         self.cmds = cmds
         self.index = {c.id: i for i, c in enumerate(cmds)}
         self.queue: asyncio.Queue = asyncio.Queue()
@@ -51,8 +54,8 @@ class Generation:
 
     async def start(self) -> None:
         """Submit and wait until every sequence started; errors here come before any byte is sent."""
-        if not self.worker.state.ready and self.worker.state.restarts == 0 and not self.worker.models:
-            raise APIError(503, "The model worker is starting; retry shortly.", "worker_starting", headers={"retry-after": "5"})
+        await self.admission.acquire(max(self.deadline - time.monotonic(), 0.001))
+        self.holds_slot = True
         for c in self.cmds:
             self.worker.submit(c, self.queue)
         waiting = set(self.index)
@@ -90,9 +93,13 @@ class Generation:
             self.abort()
 
     def abort(self) -> None:
+        """End whatever still runs and give the slot back; safe to call more than once."""
         for rid in list(self.open):
             self.worker.abort(rid)
         self.open.clear()
+        if self.holds_slot:
+            self.holds_slot = False
+            self.admission.release()
 
     async def collect(self) -> list[Choice]:
         choices = [Choice() for _ in self.cmds]

@@ -66,9 +66,13 @@ class WorkerClient:
     def argv(self) -> list[str]:
         a = [sys.executable, "-m", "novamlx_worker", "--dequantize", self.cfg.dequantize,
              "--max-batch", str(self.cfg.max_batch), "--prefill-step", str(self.cfg.prefill_step),
-             "--health-interval", str(self.cfg.health_interval)]
+             "--health-interval", str(self.cfg.health_interval),
+             "--max-process-memory", self.cfg.max_process_memory,
+             "--default-max-tokens", str(self.cfg.default_max_tokens)]
         for spec in self.cfg.models:
             a += ["--model", spec]
+        for pin in self.cfg.pinned_models:
+            a += ["--pin", pin]
         return a
 
     async def start(self) -> None:
@@ -79,7 +83,7 @@ class WorkerClient:
         await asyncio.wait_for(asyncio.shield(self._first_start), self.cfg.worker_start_timeout)
 
     async def _spawn(self) -> None:
-        env = {**os.environ, **self.extra_env}
+        env = {**os.environ, **self.extra_env, "NOVAMLX_WORKER_GENERATION": str(self.state.restarts)}
         root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "") if env.get("PYTHONPATH") else root
         self.proc = await asyncio.create_subprocess_exec(

@@ -16,12 +16,13 @@ def snapshot(engine, last: dict) -> m.Health:
     tokens = engine.tokens_out
     rate = (tokens - last.get("tokens", 0)) / max(now - last.get("t", now - 1), 1e-6)
     last.update(tokens=tokens, t=now)
-    running = sum(1 for s in list(engine.seqs.values()) if s.generated > 0)
+    queued = len(engine.waiting)
     return m.Health(
         pid=os.getpid(), rss_bytes=psutil.Process().memory_info().rss,
         mlx_active_bytes=mx.get_active_memory(), mlx_peak_bytes=mx.get_peak_memory(),
         mlx_cache_bytes=mx.get_cache_memory(), models=list(engine.models),
-        running=running, queued=len(engine.seqs) - running, tokens_per_s=round(rate, 2),
+        running=len(engine.seqs) - queued, queued=queued, tokens_per_s=round(rate, 2),
+        memory=engine.memory.state(), kv_reserved_bytes=engine.kv_reserved,
         engine_heartbeat_age_s=round(now - engine.heartbeat, 3), time=time.time(),
         steps=engine.steps, tokens_total=tokens, peak_batch=engine.peak_batch)
 

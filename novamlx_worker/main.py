@@ -28,6 +28,9 @@ def parse_args(argv=None):
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--prefill-step", type=int, default=512)
     p.add_argument("--health-interval", type=float, default=5.0)
+    p.add_argument("--pin", action="append", default=[], help="model id never evicted (repeatable)")
+    p.add_argument("--max-process-memory", default="auto", help="auto, a percent (80%%) or a size (24GB)")
+    p.add_argument("--default-max-tokens", type=int, default=4096)
     return p.parse_args(argv)
 
 
@@ -51,17 +54,23 @@ def main(argv=None) -> None:
 
     from .engine.engine import Engine
     from .health import start_health_push
-    from .models.loader import load
+    from .memory import MemoryEnforcer
+    from .models.pool import ModelPool
 
     try:
-        models = [load(spec, args.dequantize) for spec in (args.model or [None])]
+        pool = ModelPool(args.model or [None], args.pin, args.dequantize)
+        for entry in pool.entries.values():
+            pool.get(entry.id)
+        memory = MemoryEnforcer(args.max_process_memory)
     except Exception as e:  # noqa: BLE001 - report any load failure to the gateway, then exit
-        log.exception("model load failed")
-        emit(m.Error("", f"model load failed: {e}", 500, "model_load_failed"))
+        log.exception("start-up failed")
+        emit(m.Error("", f"worker start-up failed: {e}", 500, "model_load_failed"))
         sys.exit(3)
-    log.info("loaded %s (openblas: %s)", ", ".join(lm.id for lm in models), blas or "no")
-    engine = Engine(models, emit, max_batch=args.max_batch, prefill_step=args.prefill_step)
-    infos = [m.ModelInfo(lm.id, "llm", lm.context_length, lm.created, lm.path, lm.aliases) for lm in models]
+    log.info("loaded %s (openblas: %s)", ", ".join(pool.entries), blas or "no")
+    engine = Engine(pool, emit, memory, max_batch=args.max_batch, prefill_step=args.prefill_step,
+                    default_max_tokens=args.default_max_tokens)
+    infos = [m.ModelInfo(e.id, "llm", e.context_length, e.created, e.loaded.path, e.aliases)
+             for e in pool.entries.values()]
     emit(m.Hello(PROTOCOL_VERSION, os.getpid(), infos, ["chat", "completions", "logprobs", "echo"]))
 
     def reader():

@@ -57,6 +57,12 @@ class CountTokens(msgspec.Struct, tag="count_tokens", omit_defaults=True):
     prompt: str | None = None
 
 
+class Settings(msgspec.Struct, tag="settings", omit_defaults=True):
+    """Change worker settings at run time; answered by a Result carrying the memory state."""
+    id: str
+    max_process_memory: str | None = None
+
+
 class Ping(msgspec.Struct, tag="ping"):
     nonce: int
 
@@ -65,7 +71,7 @@ class Shutdown(msgspec.Struct, tag="shutdown"):
     pass
 
 
-Command = Generate | Abort | CountTokens | Ping | Shutdown
+Command = Generate | Abort | CountTokens | Settings | Ping | Shutdown
 
 
 # ---- events (worker -> gateway) ----
@@ -145,6 +151,7 @@ class Error(msgspec.Struct, tag="error", omit_defaults=True):
 class Result(msgspec.Struct, tag="result", omit_defaults=True):
     id: str
     tokens: int = 0
+    data: dict = {}
 
 
 class Pong(msgspec.Struct, tag="pong"):
@@ -163,6 +170,9 @@ class Health(msgspec.Struct, tag="health", omit_defaults=True):
     tokens_per_s: float
     engine_heartbeat_age_s: float
     time: float
+    memory: dict = {}  # the enforcer's state: mode, limit, used, refusing
+    kv_reserved_bytes: int = 0
+    kv_budget_bytes: int = 0
     steps: int = 0  # batched decode steps since start
     tokens_total: int = 0
     peak_batch: int = 0  # most sequences decoded in one forward

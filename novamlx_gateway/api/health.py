@@ -16,6 +16,8 @@ async def health(request: Request):
         "worker": {"pid": st.pid, "ready": st.ready, "restarts": st.restarts, "last_exit_code": st.last_exit},
         "models": [i.id for i in worker.models],
         "in_flight": len(worker.pending),
+        "requests": {"running": request.app.state.admission.running, "queued": request.app.state.admission.queued,
+                     "rejected": request.app.state.admission.rejected},
         "uptime_s": round(time.time() - request.app.state.started_at, 1),
         "health": msgspec.to_builtins(worker.health) if worker.health else None,
         "health_log": str(worker._health_log),

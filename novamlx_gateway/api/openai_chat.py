@@ -70,7 +70,7 @@ async def chat_completions(request: Request):
     for i in range(n):
         s = sampling if (i == 0 or sampling.seed is None) else m.Sampling(**{**_fields(sampling), "seed": sampling.seed + i})
         cmds.append(m.Generate(f"{base}-{i}", info.id, s, messages=messages))
-    gen = Generation(worker, cmds, cfg.request_timeout)
+    gen = Generation(worker, cmds, cfg.request_timeout, request.app.state.admission)
     await gen.start()
     rid = f"chatcmpl-{base}"
     fingerprint = f"fp_novamlx_{info.id[:16]}"

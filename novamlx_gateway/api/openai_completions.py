@@ -85,7 +85,7 @@ async def completions(request: Request):
         for j in range(n):
             s = sampling if (j == 0 or sampling.seed is None) else m.Sampling(**{**_fields(sampling), "seed": sampling.seed + j})
             cmds.append(m.Generate(f"{base}-{pi * n + j}", info.id, s, echo=req.echo, **p))
-    gen = Generation(worker, cmds, cfg.request_timeout)
+    gen = Generation(worker, cmds, cfg.request_timeout, request.app.state.admission)
     await gen.start()
     rid = f"cmpl-{base}"
     if req.stream:

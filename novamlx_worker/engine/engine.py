@@ -1,17 +1,23 @@
 """The engine thread: admits requests, steps every model's batch, streams deltas out.
 
-One message per step carries the deltas of every sequence that advanced.
+One message per step carries the deltas of every sequence that advanced. Admission
+reserves each sequence's KV bytes against the budget the memory limit leaves after the
+weights; a request that can never fit is refused, one that can fit later waits.
 """
 from __future__ import annotations
 
 import logging
 import queue
 import time
+from collections import deque
 from typing import Callable
 
 from protocol import messages as m
 
+from ..faults import FaultSwitch
+from ..memory import MemoryEnforcer
 from ..models.loader import LoadedModel
+from ..models.pool import ModelPool, kv_bytes_per_token, weight_bytes
 from ..sampling import token_logprobs
 from ..text.detok import IncrementalDecoder
 from ..text.stops import StopMatcher
@@ -19,6 +25,9 @@ from .runner import Runner
 from .sequence import Sequence
 
 log = logging.getLogger("novamlx.engine")
+
+# Memory the process needs besides weights and KV (Python, MLX scratch, activations).
+OVERHEAD_BYTES = 512 * 1024**2
 
 
 class RequestError(Exception):
@@ -28,26 +37,38 @@ class RequestError(Exception):
 
 
 class Engine:
-    def __init__(self, models: list[LoadedModel], emit: Callable[[object], None], max_batch: int = 32,
-                 prefill_step: int = 512):
-        self.models = {lm.id: lm for lm in models}
-        self.runners = {lm.id: Runner(lm, max_batch=max_batch, prefill_step=prefill_step) for lm in models}
+    def __init__(self, pool: ModelPool, emit: Callable[[object], None], memory: MemoryEnforcer,
+                 max_batch: int = 32, prefill_step: int = 512, default_max_tokens: int = 4096):
+        self.pool = pool
+        self.memory = memory
         self.emit = emit
+        self.max_batch, self.prefill_step = max_batch, prefill_step
+        self.default_max_tokens = default_max_tokens
+        self.runners: dict[str, Runner] = {}
         self.inbox: queue.Queue = queue.Queue()
-        self.seqs: dict[str, Sequence] = {}
+        self.seqs: dict[str, Sequence] = {}  # every accepted, unfinished sequence
+        self.waiting: deque[Sequence] = deque()  # accepted, waiting for KV budget
         self.by_uid: dict[tuple[str, int], Sequence] = {}
+        self.kv_reserved = 0
         self.stopping = False
         self.heartbeat = time.monotonic()
         self.tokens_out = 0  # generated tokens since start, for the health push
         self.steps = 0
         self.peak_batch = 0
+        self.fault = FaultSwitch()
+
+    @property
+    def models(self) -> list[str]:
+        return [lm.id for lm in self.pool.loaded()]
 
     # ---- the loop ----
     def run(self) -> None:
         while not self.stopping:
             self.heartbeat = time.monotonic()
+            self.memory.poll(self._evict_one)
             self._drain(block=not self.seqs)
-            if self.seqs:
+            self._admit_waiting()
+            if any(r.active for r in self.runners.values()):
                 self._step()
 
     def _drain(self, block: bool) -> None:
@@ -63,34 +84,69 @@ class Engine:
                 return
 
     def _handle(self, cmd) -> None:
-        if isinstance(cmd, m.Generate):
-            try:
-                self._admit(cmd)
-            except RequestError as e:
-                self.emit(m.Error(cmd.id, str(e), e.status, e.code, e.param))
-        elif isinstance(cmd, m.Abort):
-            seq = self.seqs.get(cmd.id)
-            if seq is not None:
-                self.runners[seq.model_id].remove(seq.uid)
-                self._finish(seq, "abort")
-        elif isinstance(cmd, m.CountTokens):
-            try:
+        try:
+            if isinstance(cmd, m.Generate):
+                self._accept(cmd)
+            elif isinstance(cmd, m.Abort):
+                seq = self.seqs.get(cmd.id)
+                if seq is not None:
+                    self._finish(seq, "abort")
+            elif isinstance(cmd, m.CountTokens):
                 lm = self._model(cmd.model)
-                ids = self._prompt_ids(lm, cmd.messages, cmd.prompt, None)
-                self.emit(m.Result(cmd.id, tokens=len(ids)))
-            except RequestError as e:
-                self.emit(m.Error(cmd.id, str(e), e.status, e.code, e.param))
-        elif isinstance(cmd, m.Ping):
-            self.emit(m.Pong(cmd.nonce))
-        elif isinstance(cmd, m.Shutdown):
-            self.stopping = True
+                self.emit(m.Result(cmd.id, tokens=len(self._prompt_ids(lm, cmd.messages, cmd.prompt, None))))
+            elif isinstance(cmd, m.Settings):
+                if cmd.max_process_memory is not None:
+                    try:
+                        self.memory.set_limit(cmd.max_process_memory)
+                    except ValueError as e:
+                        raise RequestError(str(e), 400, "invalid_value", "max_process_memory") from None
+                    self.memory.poll(self._evict_one, force=True)
+                self.emit(m.Result(cmd.id, data=self.memory_state()))
+            elif isinstance(cmd, m.Ping):
+                self.emit(m.Pong(cmd.nonce))
+            elif isinstance(cmd, m.Shutdown):
+                self.stopping = True
+        except RequestError as e:
+            self.emit(m.Error(cmd.id, str(e), e.status, e.code, e.param))
+
+    # ---- memory ----
+    def kv_budget(self) -> int:
+        weights = sum(weight_bytes(lm) for lm in self.pool.loaded())
+        return max(self.memory.limit - weights - OVERHEAD_BYTES, 0)
+
+    def memory_state(self) -> dict:
+        return {**self.memory.state(), "kv_budget_bytes": self.kv_budget(), "kv_reserved_bytes": self.kv_reserved,
+                "models_loaded": self.models}
+
+    def _evict_one(self) -> bool:
+        busy = {s.model_id for s in self.seqs.values()}
+        victim = self.pool.lru_evictable(busy)
+        if victim is None:
+            return False
+        self.runners.pop(victim, None)
+        self.pool.evict(victim)
+        return True
 
     # ---- admission ----
     def _model(self, name: str) -> LoadedModel:
-        lm = self.models.get(name)
-        if lm is None:
+        entry = self.pool.find(name)
+        if entry is None:
             raise RequestError(f"The model `{name}` does not exist.", 404, "model_not_found", "model")
+        if entry.loaded is None and self.memory.refusing:
+            raise self._over_memory()
+        try:
+            lm = self.pool.get(entry.id)
+        except Exception as e:  # noqa: BLE001 - a failed (re)load is this request's error, not the worker's death
+            log.exception("loading %s failed", entry.id)
+            raise RequestError(f"Loading model `{entry.id}` failed: {e}", 500, "model_load_failed") from None
+        if entry.id not in self.runners:
+            self.runners[entry.id] = Runner(lm, max_batch=self.max_batch, prefill_step=self.prefill_step)
         return lm
+
+    def _over_memory(self) -> RequestError:
+        st = self.memory.state()
+        return RequestError(f"The server is out of memory: the process uses {st['used_bytes'] / 1024**3:.2f} GB of its "
+                            f"{st['limit_bytes'] / 1024**3:.2f} GB limit ({st['mode']}). Retry later.", 503, "out_of_memory")
 
     @staticmethod
     def _prompt_ids(lm: LoadedModel, messages, prompt, prompt_tokens) -> list[int]:
@@ -107,7 +163,11 @@ class Engine:
             return list(prompt_tokens)
         return tok.encode(prompt or "")
 
-    def _admit(self, cmd: m.Generate) -> None:
+    def _accept(self, cmd: m.Generate) -> None:
+        if self.memory.refusing:
+            raise self._over_memory()
+        if cmd.id in self.seqs:
+            raise RequestError(f"duplicate request id {cmd.id}", 400)
         lm = self._model(cmd.model)
         ids = self._prompt_ids(lm, cmd.messages, cmd.prompt, cmd.prompt_tokens)
         if not ids:
@@ -117,21 +177,37 @@ class Engine:
         room = lm.context_length - len(ids)
         s = cmd.sampling
         if room <= 0 or (s.max_tokens is not None and s.max_tokens > room):
-            asked = f" However, you requested {len(ids) + (s.max_tokens or 0)} tokens ({len(ids)} in the prompt, {s.max_tokens or 0} in the completion)." if s.max_tokens else f" However, your prompt has {len(ids)} tokens."
+            asked = (f" However, you requested {len(ids) + s.max_tokens} tokens ({len(ids)} in the prompt, {s.max_tokens} "
+                     "in the completion)." if s.max_tokens else f" However, your prompt has {len(ids)} tokens.")
             raise RequestError(f"This model's maximum context length is {lm.context_length} tokens.{asked} "
                                "Please reduce the length of the prompt or the completion.",
                                400, "context_length_exceeded", "messages" if cmd.messages is not None else "prompt")
-        if cmd.id in self.seqs:
-            raise RequestError(f"duplicate request id {cmd.id}", 400)
-        seq = Sequence(cmd.id, lm.id, ids, s, s.max_tokens or room,
-                       IncrementalDecoder(lm.tokenizer.decode), StopMatcher(s.stop))
+        max_tokens = s.max_tokens or min(room, self.default_max_tokens)
+        seq = Sequence(cmd.id, lm.id, ids, s, max_tokens, IncrementalDecoder(lm.tokenizer.decode), StopMatcher(s.stop))
+        seq.kv_bytes = (len(ids) + max_tokens) * kv_bytes_per_token(lm)
+        budget = self.kv_budget()
+        if seq.kv_bytes > budget:
+            raise RequestError(
+                f"This request needs {seq.kv_bytes / 1024**2:.1f} MB of KV cache ({len(ids)} prompt + {max_tokens} "
+                f"completion tokens), more than the {budget / 1024**2:.1f} MB this server can ever give one request "
+                f"under its memory limit. Lower max_tokens or shorten the prompt.", 400, "kv_budget_exceeded", "max_tokens")
         self.emit(m.Started(cmd.id, prompt_tokens=len(ids)))
         if cmd.echo:
             self.emit(m.Step([self._echo_delta(lm, seq)]))
-        runner = self.runners[lm.id]
-        seq.uid = runner.add(seq)
         self.seqs[seq.id] = seq
-        self.by_uid[(lm.id, seq.uid)] = seq
+        self.waiting.append(seq)
+
+    def _admit_waiting(self) -> None:
+        """FIFO: start waiting sequences while their KV reservation fits the budget."""
+        while self.waiting:
+            seq = self.waiting[0]
+            if self.kv_reserved + seq.kv_bytes > self.kv_budget() and self.kv_reserved > 0:
+                return
+            self.waiting.popleft()
+            self.kv_reserved += seq.kv_bytes
+            runner = self.runners[seq.model_id]
+            seq.uid = runner.add(seq)
+            self.by_uid[(seq.model_id, seq.uid)] = seq
 
     def _echo_delta(self, lm: LoadedModel, seq: Sequence) -> m.Delta:
         text = lm.tokenizer.decode(seq.prompt)
@@ -153,16 +229,15 @@ class Engine:
     def _step(self) -> None:
         deltas: list[m.Delta] = []
         finished: list[tuple[Sequence, str, str | None]] = []
-        for model_id, runner in self.runners.items():
+        for model_id, runner in list(self.runners.items()):
             if runner.active == 0:
                 continue
             outs = runner.step()
             want = [(o, self.by_uid[(model_id, o.uid)]) for o in outs if (model_id, o.uid) in self.by_uid]
-            scored = token_logprobs([o.logprobs for o, s in want if s.sampling.logprobs],
-                                    [o.token for o, s in want if s.sampling.logprobs],
-                                    [s.top_logprobs for o, s in want if s.sampling.logprobs])
-            scored_iter = iter(scored)
-            tok = self.models[model_id].tokenizer
+            logprob_rows = [(o, s) for o, s in want if s.sampling.logprobs]
+            scored = iter(token_logprobs([o.logprobs for o, _ in logprob_rows], [o.token for o, _ in logprob_rows],
+                                         [s.top_logprobs for _, s in logprob_rows]))
+            tok = runner.loaded.tokenizer
             now = time.monotonic()
             for out, seq in want:
                 seq.generated += 1
@@ -170,22 +245,20 @@ class Engine:
                 is_eos = out.finish_reason == "stop"
                 lp_entry = None
                 if seq.sampling.logprobs:
-                    lp, alts = next(scored_iter)
+                    lp, alts = next(scored)
                     if not is_eos:  # the stop token is not part of the answer
                         lp_entry = [self._logprob_entry(tok, out.token, lp, alts)]
-                text = "" if is_eos else seq.decoder.add(out.token)
-                text, hit = seq.stops.feed(text)
-                reason = out.finish_reason
-                if hit is not None:
-                    reason = "stop"
+                text, hit = seq.stops.feed("" if is_eos else seq.decoder.add(out.token))
+                reason = "stop" if hit is not None else out.finish_reason
+                if reason is not None:
                     if out.finish_reason is None:
-                        runner.remove(out.uid)
+                        runner.remove(out.uid)  # a stop string: the batch still holds it
                     else:
                         runner.finished(out.uid)
-                elif reason is not None:
-                    runner.finished(out.uid)
-                    tail, _ = seq.stops.feed(seq.decoder.flush()) if not is_eos else ("", None)
-                    text += tail + seq.stops.flush()
+                    self.by_uid.pop((model_id, out.uid), None)
+                    seq.uid = None
+                    if hit is None and not is_eos:
+                        text += seq.stops.feed(seq.decoder.flush())[0] + seq.stops.flush()
                 if text or lp_entry:
                     deltas.append(m.Delta(seq.id, text=text, logprobs=lp_entry))
                 if reason is not None:
@@ -198,11 +271,19 @@ class Engine:
             self.emit(m.Step(deltas))
         for seq, reason, hit in finished:
             self._finish(seq, reason, hit)
+        self.fault.check(self.tokens_out)
 
     def _finish(self, seq: Sequence, reason: str, stop: str | None = None) -> None:
-        self.seqs.pop(seq.id, None)
-        self.by_uid.pop((seq.model_id, seq.uid), None)
-        now = time.monotonic()
+        """Release everything the sequence holds and report its end."""
+        if self.seqs.pop(seq.id, None) is None:
+            return
+        if seq.uid is not None:  # still in a batch (an abort): take it out
+            self.runners[seq.model_id].remove(seq.uid)
+            self.by_uid.pop((seq.model_id, seq.uid), None)
+        if any(w is seq for w in self.waiting):
+            self.waiting.remove(seq)
+        else:
+            self.kv_reserved -= seq.kv_bytes
         ttft = (seq.first_token_at - seq.submitted) if seq.first_token_at else 0.0
         self.emit(m.Finished(seq.id, reason, m.Usage(len(seq.prompt), seq.generated),
-                             ttft_s=ttft, total_s=now - seq.submitted, stop=stop))
+                             ttft_s=ttft, total_s=time.monotonic() - seq.submitted, stop=stop))

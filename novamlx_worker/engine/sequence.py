@@ -10,7 +10,7 @@ from ..text.detok import IncrementalDecoder
 from ..text.stops import StopMatcher
 
 
-@dataclass
+@dataclass(eq=False)
 class Sequence:
     id: str
     model_id: str
@@ -21,6 +21,7 @@ class Sequence:
     stops: StopMatcher
     uid: int | None = None  # the batch generator's id once admitted
     generated: int = 0
+    kv_bytes: int = 0  # reserved against the KV budget while it runs
     submitted: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
 

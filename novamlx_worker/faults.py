@@ -1,0 +1,36 @@
+"""Test-only fault switch, off by default.
+
+NOVAMLX_FAULT="crash_after_tokens:N" kills the worker (SIGKILL, like an OOM kill) once it
+has generated N tokens; "hang_after_tokens:N" freezes the engine thread instead, so the
+gateway's ping watchdog must notice. Either fires only in the first worker the gateway
+starts (NOVAMLX_WORKER_GENERATION=0), so the replacement serves normally.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+
+log = logging.getLogger("novamlx.fault")
+
+
+class FaultSwitch:
+    def __init__(self, spec: str | None = None, generation: int | None = None):
+        spec = os.environ.get("NOVAMLX_FAULT", "") if spec is None else spec
+        generation = int(os.environ.get("NOVAMLX_WORKER_GENERATION", "0")) if generation is None else generation
+        self.kind, self.after = None, 0
+        if spec and generation == 0:
+            kind, _, n = spec.partition(":")
+            if kind not in ("crash_after_tokens", "hang_after_tokens"):
+                raise ValueError(f"unknown NOVAMLX_FAULT {spec!r}")
+            self.kind, self.after = kind, int(n or 0)
+
+    def check(self, tokens_generated: int) -> None:
+        if self.kind is None or tokens_generated < self.after:
+            return
+        log.warning("fault switch: %s after %d tokens", self.kind, tokens_generated)
+        if self.kind == "crash_after_tokens":
+            os.kill(os.getpid(), signal.SIGKILL)
+        while True:  # hang_after_tokens
+            time.sleep(3600)

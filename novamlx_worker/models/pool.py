@@ -1,0 +1,83 @@
+"""The models this worker serves: loaded on demand, evicted LRU when memory runs short."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
+from .loader import LoadedModel, load, resolve
+
+log = logging.getLogger("novamlx.pool")
+
+
+@dataclass
+class Entry:
+    id: str
+    spec: str | None
+    aliases: list[str]
+    pinned: bool = False
+    loaded: LoadedModel | None = None
+    last_used: float = 0.0
+    context_length: int = 0
+    created: int = 0
+
+
+def weight_bytes(lm: LoadedModel) -> int:
+    return sum(v.nbytes for _, v in tree_flatten(lm.model.parameters()))
+
+
+def kv_bytes_per_token(lm: LoadedModel) -> int:
+    """K and V for every layer: what one cached token costs."""
+    args = lm.model.args
+    heads = getattr(args, "num_key_value_heads", None) or args.num_attention_heads
+    head_dim = getattr(args, "head_dim", None) or args.hidden_size // args.num_attention_heads
+    embed = lm.model.model.embed_tokens
+    # Quantized layers compute in their scales' dtype; dense ones in their weights'.
+    dtype_bytes = (embed.scales if hasattr(embed, "scales") else embed.weight).dtype.size
+    return 2 * len(lm.model.layers) * heads * head_dim * dtype_bytes
+
+
+class ModelPool:
+    def __init__(self, specs: list[str | None], pinned: list[str], dequantize: str):
+        self.dequantize = dequantize
+        self.entries: dict[str, Entry] = {}
+        for spec in specs:
+            model_id, _, aliases = resolve(spec)
+            pin = model_id in pinned or (spec in pinned if spec else False)
+            self.entries[model_id] = Entry(model_id, spec, aliases, pin)
+
+    def find(self, name: str) -> Entry | None:
+        if name in self.entries:
+            return self.entries[name]
+        low = name.lower()
+        for e in self.entries.values():
+            if low == e.id.lower() or low in (a.lower() for a in e.aliases):
+                return e
+        return None
+
+    def get(self, model_id: str) -> LoadedModel:
+        """The loaded model, loading it now if it was evicted (blocking, on the engine thread)."""
+        e = self.entries[model_id]
+        if e.loaded is None:
+            t = time.monotonic()
+            e.loaded = load(e.spec, self.dequantize)
+            e.context_length, e.created = e.loaded.context_length, e.loaded.created
+            log.info("loaded %s in %.1fs", model_id, time.monotonic() - t)
+        e.last_used = time.monotonic()
+        return e.loaded
+
+    def evict(self, model_id: str) -> None:
+        e = self.entries[model_id]
+        e.loaded = None
+        mx.clear_cache()
+        log.warning("evicted model %s", model_id)
+
+    def lru_evictable(self, busy: set[str]) -> str | None:
+        idle = [e for e in self.entries.values() if e.loaded is not None and not e.pinned and e.id not in busy]
+        return min(idle, key=lambda e: e.last_used).id if idle else None
+
+    def loaded(self) -> list[LoadedModel]:
+        return [e.loaded for e in self.entries.values() if e.loaded is not None]
