@@ -1,4 +1,8 @@
-"""`novamlx-gateway`: parse settings, start the worker, serve with Hypercorn."""
+"""`novamlx-gateway`: parse settings, start the worker, serve with Hypercorn.
+
+`novamlx-gateway launchd-plist [flags]` and `novamlx-gateway systemd-unit [flags]` print
+a service file that runs the gateway with those flags.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -9,30 +13,51 @@ import sys
 from hypercorn.asyncio import serve
 from hypercorn.config import Config as HyperConfig
 
+from .admin.app import create_admin_app
 from .app import create_app
 from .config import load_config
+from .service import launchd_plist, systemd_unit
+
+log = logging.getLogger("novamlx.gateway")
+
+
+def _hypercorn(host: str, port: int, grace: float) -> HyperConfig:
+    hc = HyperConfig()
+    hc.bind = [f"{host}:{port}"]
+    hc.accesslog = None
+    hc.graceful_timeout = grace
+    hc.keep_alive_timeout = 75
+    hc.backlog = 1024
+    return hc
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("launchd-plist", "systemd-unit"):
+        cfg = load_config(argv[1:])
+        print(launchd_plist(argv[1:], cfg.data_dir) if argv[0] == "launchd-plist" else systemd_unit(argv[1:]), end="")
+        return
     cfg = load_config(argv)
     logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s gateway %(levelname)s %(name)s: %(message)s")
     cfg.data_path.mkdir(parents=True, exist_ok=True)
     app = create_app(cfg)
-    hc = HyperConfig()
-    hc.bind = [f"{cfg.host}:{cfg.port}"]
-    hc.accesslog = None
-    hc.graceful_timeout = 10
-    hc.keep_alive_timeout = 75
-    hc.backlog = 1024
+    admin = create_admin_app(cfg, app.state.worker)
 
     async def run() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        logging.getLogger("novamlx.gateway").info("serving on http://%s:%s", cfg.host, cfg.port)
-        await serve(app, hc, shutdown_trigger=stop.wait)
+        servers = [serve(app, _hypercorn(cfg.host, cfg.port, cfg.shutdown_grace), shutdown_trigger=stop.wait)]
+        if admin is not None:
+            admin_cfg = _hypercorn(cfg.host, cfg.admin_port, cfg.shutdown_grace)
+            servers.append(serve(admin, admin_cfg, shutdown_trigger=stop.wait, mode="asgi"))
+            log.info("admin API on http://%s:%s", cfg.host, cfg.admin_port)
+        else:
+            log.info("admin API off: no admin key or API key configured")
+        log.info("serving on http://%s:%s", cfg.host, cfg.port)
+        await asyncio.gather(*servers)
 
     asyncio.run(run())
 

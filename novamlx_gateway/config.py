@@ -32,6 +32,7 @@ class Config:
     max_process_memory: str = "auto"
     pinned_models: list[str] = field(default_factory=list)
     default_max_tokens: int = 4096
+    kv_budget_mb: float = 0.0  # 0: whatever the memory limit leaves after the weights
     shutdown_grace: float = 30.0
     log_level: str = "INFO"
 
@@ -81,12 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-process-memory", help="auto | 80%% | 24GB | 4096MB")
     p.add_argument("--pin", action="append", dest="pinned_models", help="model never evicted (repeatable)")
     p.add_argument("--default-max-tokens", type=int)
+    p.add_argument("--kv-budget-mb", type=float, help="cap on KV cache reservations (default: memory limit minus weights)")
     p.add_argument("--shutdown-grace", type=float, help="seconds in-flight requests get to finish on SIGTERM")
     p.add_argument("--log-level")
     return p
 
 
 def load_config(argv: list[str] | None = None, environ: dict | None = None) -> Config:
+    """Defaults < TOML file < NOVAMLX_* environment < flags."""
     args = build_parser().parse_args(argv)
     environ = os.environ if environ is None else environ
     cfg = Config()

@@ -68,7 +68,7 @@ class WorkerClient:
              "--max-batch", str(self.cfg.max_batch), "--prefill-step", str(self.cfg.prefill_step),
              "--health-interval", str(self.cfg.health_interval),
              "--max-process-memory", self.cfg.max_process_memory,
-             "--default-max-tokens", str(self.cfg.default_max_tokens)]
+             "--default-max-tokens", str(self.cfg.default_max_tokens), "--kv-budget-mb", str(self.cfg.kv_budget_mb)]
         for spec in self.cfg.models:
             a += ["--model", spec]
         for pin in self.cfg.pinned_models:
@@ -119,7 +119,7 @@ class WorkerClient:
     def _fail_in_flight(self, code) -> None:
         """Streams that already produced output get an error; the rest wait for the new worker."""
         for rid, p in list(self.pending.items()):
-            if p.produced or isinstance(p.cmd, m.CountTokens):
+            if p.produced or not isinstance(p.cmd, m.Generate):
                 self.pending.pop(rid, None)
                 p.queue.put_nowait(m.Error(rid, f"The model worker crashed (exit code {code}) while generating; "
                                                 "the request was not completed. Please retry.", 503, "worker_crashed"))
@@ -239,6 +239,21 @@ class WorkerClient:
         self.pending[cmd.id] = Pending(cmd, queue)
         if self.state.ready:
             self._send(cmd)
+
+    async def call(self, cmd, timeout: float = 30.0):
+        """A command answered by one Result (settings, count_tokens); errors become APIError."""
+        from .errors import APIError
+
+        q: asyncio.Queue = asyncio.Queue()
+        self.submit(cmd, q)
+        try:
+            ev = await asyncio.wait_for(q.get(), timeout)
+        except asyncio.TimeoutError:
+            self.pending.pop(cmd.id, None)
+            raise APIError(504, "The model worker did not answer in time.", "timeout") from None
+        if isinstance(ev, m.Error):
+            raise APIError(ev.status, ev.message, ev.code, ev.param)
+        return ev
 
     def abort(self, rid: str) -> None:
         if self.pending.pop(rid, None) is not None and self.state.ready:

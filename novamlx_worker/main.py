@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import threading
 
@@ -31,10 +32,13 @@ def parse_args(argv=None):
     p.add_argument("--pin", action="append", default=[], help="model id never evicted (repeatable)")
     p.add_argument("--max-process-memory", default="auto", help="auto, a percent (80%%) or a size (24GB)")
     p.add_argument("--default-max-tokens", type=int, default=4096)
+    p.add_argument("--kv-budget-mb", type=float, default=0.0)
     return p.parse_args(argv)
 
 
 def main(argv=None) -> None:
+    # Ctrl-C reaches the whole process group; the gateway decides when the worker stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     proto_out = _claim_stdout()
     logging.basicConfig(level=os.environ.get("NOVAMLX_LOG_LEVEL", "INFO"), stream=sys.stderr,
                         format="%(asctime)s worker[%(process)d] %(levelname)s %(message)s")
@@ -68,7 +72,7 @@ def main(argv=None) -> None:
         sys.exit(3)
     log.info("loaded %s (openblas: %s)", ", ".join(pool.entries), blas or "no")
     engine = Engine(pool, emit, memory, max_batch=args.max_batch, prefill_step=args.prefill_step,
-                    default_max_tokens=args.default_max_tokens)
+                    default_max_tokens=args.default_max_tokens, kv_budget_cap=int(args.kv_budget_mb * 1024**2))
     infos = [m.ModelInfo(e.id, "llm", e.context_length, e.created, e.loaded.path, e.aliases)
              for e in pool.entries.values()]
     emit(m.Hello(PROTOCOL_VERSION, os.getpid(), infos, ["chat", "completions", "logprobs", "echo"]))

@@ -31,9 +31,10 @@ class Server:
 
     def __init__(self, args: list[str], data_dir: Path, env: dict | None = None, keys=(API_KEY,)):
         self.port = free_port()
+        self.admin_port = free_port()
         self.keys = list(keys)
         self.data_dir = data_dir
-        cmd = [sys.executable, "-m", "novamlx_gateway", "--port", str(self.port), "--admin-port", str(free_port()),
+        cmd = [sys.executable, "-m", "novamlx_gateway", "--port", str(self.port), "--admin-port", str(self.admin_port),
                "--data-dir", str(data_dir), *args]
         for k in self.keys:
             cmd += ["--api-key", k]
@@ -90,6 +91,15 @@ class Server:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_long(tmp_path_factory) -> Path:
+    """A tiny model with a 4096-token window, for generations long enough to interrupt."""
+    from tests.fixtures.tiny_models import TINY_LLAMA
+
+    return build_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-long", seed=1,
+                            cfg={**TINY_LLAMA, "max_position_embeddings": 4096})
 
 
 @pytest.fixture(scope="session")

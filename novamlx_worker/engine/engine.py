@@ -38,12 +38,14 @@ class RequestError(Exception):
 
 class Engine:
     def __init__(self, pool: ModelPool, emit: Callable[[object], None], memory: MemoryEnforcer,
-                 max_batch: int = 32, prefill_step: int = 512, default_max_tokens: int = 4096):
+                 max_batch: int = 32, prefill_step: int = 512, default_max_tokens: int = 4096,
+                 kv_budget_cap: int = 0):
         self.pool = pool
         self.memory = memory
         self.emit = emit
         self.max_batch, self.prefill_step = max_batch, prefill_step
         self.default_max_tokens = default_max_tokens
+        self.kv_budget_cap = kv_budget_cap
         self.runners: dict[str, Runner] = {}
         self.inbox: queue.Queue = queue.Queue()
         self.seqs: dict[str, Sequence] = {}  # every accepted, unfinished sequence
@@ -112,7 +114,8 @@ class Engine:
     # ---- memory ----
     def kv_budget(self) -> int:
         weights = sum(weight_bytes(lm) for lm in self.pool.loaded())
-        return max(self.memory.limit - weights - OVERHEAD_BYTES, 0)
+        budget = max(self.memory.limit - weights - OVERHEAD_BYTES, 0)
+        return min(budget, self.kv_budget_cap) if self.kv_budget_cap else budget
 
     def memory_state(self) -> dict:
         return {**self.memory.state(), "kv_budget_bytes": self.kv_budget(), "kv_reserved_bytes": self.kv_reserved,

@@ -1,0 +1,74 @@
+"""The admin API on its own port. Off entirely unless an admin key (or an API key) is set."""
+from __future__ import annotations
+
+import hmac
+import uuid
+
+import msgspec
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from protocol import messages as m
+
+from ..config import Config
+from ..errors import HANDLERS, APIError
+from ..middleware import RequestID, _send_error
+
+
+class AdminAuth:
+    """Bearer token or X-Admin-Key, compared in constant time against every admin key."""
+
+    def __init__(self, app, keys: list[str]):
+        self.app = app
+        self.keys = [k.encode() for k in keys]
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        h = dict(scope["headers"])
+        auth = h.get(b"authorization", b"")
+        token = auth[7:].strip() if auth[:7].lower() == b"bearer " else h.get(b"x-admin-key", b"")
+        ok = False
+        for k in self.keys:
+            ok |= hmac.compare_digest(token, k)
+        if not ok:
+            return await _send_error(send, APIError(401, "A valid admin key is required.", "invalid_admin_key"))
+        await self.app(scope, receive, send)
+
+
+def admin_keys(cfg: Config) -> list[str]:
+    return [cfg.admin_key] if cfg.admin_key else list(cfg.api_keys)
+
+
+async def _settings(request: Request, **changes) -> dict:
+    result = await request.app.state.worker.call(m.Settings(f"admin-{uuid.uuid4().hex[:12]}", **changes))
+    return result.data
+
+
+async def memory(request: Request):
+    if request.method == "PUT":
+        try:
+            body = msgspec.json.decode(await request.body(), type=dict)
+        except msgspec.DecodeError as e:
+            raise APIError(400, f"Invalid JSON: {e}", "invalid_json") from None
+        limit = body.get("max_process_memory")
+        if not isinstance(limit, str):
+            raise APIError(400, "Send {\"max_process_memory\": \"auto\" | \"80%\" | \"24GB\"}.", "invalid_value",
+                           "max_process_memory")
+        return JSONResponse(await _settings(request, max_process_memory=limit))
+    return JSONResponse(await _settings(request))
+
+
+def create_admin_app(cfg: Config, worker) -> Starlette | None:
+    keys = admin_keys(cfg)
+    if not keys:
+        return None
+    app = Starlette(routes=[Route("/admin/api/memory", memory, methods=["GET", "PUT"])],
+                    middleware=[Middleware(RequestID), Middleware(AdminAuth, keys=keys)],
+                    exception_handlers=HANDLERS)
+    app.state.worker = worker
+    app.state.config = cfg
+    return app
