@@ -13,6 +13,7 @@ from .api.health import health
 from .api.models import get_model, list_models
 from .api.openai_chat import chat_completions
 from .api.openai_completions import completions
+from .api.stats import stats
 from .admission import Admission
 from .config import Config
 from .errors import HANDLERS
@@ -31,6 +32,7 @@ def create_app(cfg: Config, worker: WorkerClient | None = None) -> Starlette:
 
     routes = [
         Route("/health", health, methods=["GET"]),
+        Route("/v1/stats", stats, methods=["GET"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", get_model, methods=["GET"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),

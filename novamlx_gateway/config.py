@@ -33,6 +33,10 @@ class Config:
     pinned_models: list[str] = field(default_factory=list)
     default_max_tokens: int = 4096
     kv_budget_mb: float = 0.0  # 0: whatever the memory limit leaves after the weights
+    block_size: int = 64
+    prefix_cache_mb: float = 2048.0
+    ssd_cache: bool = True
+    ssd_cache_gb: float = 100.0
     shutdown_grace: float = 30.0
     log_level: str = "INFO"
 
@@ -83,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pin", action="append", dest="pinned_models", help="model never evicted (repeatable)")
     p.add_argument("--default-max-tokens", type=int)
     p.add_argument("--kv-budget-mb", type=float, help="cap on KV cache reservations (default: memory limit minus weights)")
+    p.add_argument("--block-size", type=int, help="prefix cache block size in tokens")
+    p.add_argument("--prefix-cache-mb", type=float, help="in-memory prefix cache budget; 0 turns it off")
+    p.add_argument("--ssd-cache", type=lambda v: v.lower() in ("1", "true", "yes", "on"), help="on/off")
+    p.add_argument("--ssd-cache-gb", type=float, help="SSD tier size cap")
     p.add_argument("--shutdown-grace", type=float, help="seconds in-flight requests get to finish on SIGTERM")
     p.add_argument("--log-level")
     return p

@@ -27,7 +27,8 @@ class Choice:
 class Generation:
     """n sequences sharing one event queue; index i is command i."""
 
-    def __init__(self, worker: WorkerClient, cmds: list[m.Generate], timeout: float, admission: Admission):
+    def __init__(self, worker: WorkerClient, cmds: list[m.Generate], timeout: float, admission: Admission,
+                 n: int = 1):
         self.worker = worker
         self.admission = admission
         self.holds_slot = False
@@ -37,7 +38,10 @@ class Generation:
         self.deadline = time.monotonic() + timeout
         self.timeout = timeout
         self.open = set(self.index)
-        self.prompt_tokens = 0
+        self.n = n  # choices per prompt: prompts are counted once in usage
+        self.prompt_counts: dict[str, int] = {}
+        self.completion_tokens = 0
+        self.cached_tokens: dict[str, int] = {}
         self.created = int(time.time())
 
     @staticmethod
@@ -65,7 +69,7 @@ class Generation:
                 ev = await self._get()
                 if isinstance(ev, m.Started):
                     waiting.discard(ev.id)
-                    self.prompt_tokens = ev.prompt_tokens
+                    self.prompt_counts[ev.id] = ev.prompt_tokens
                 elif isinstance(ev, m.Error):
                     self.abort()
                     raise APIError(ev.status, ev.message, ev.code, ev.param,
@@ -88,6 +92,9 @@ class Generation:
                     continue
                 if isinstance(ev, (m.Finished, m.Error)):
                     self.open.discard(ev.id)
+                if isinstance(ev, m.Finished):
+                    self.completion_tokens += ev.usage.completion_tokens
+                    self.cached_tokens[ev.id] = ev.usage.cached_tokens
                 yield i, ev
         finally:
             self.abort()
@@ -116,6 +123,14 @@ class Generation:
                 raise APIError(ev.status, ev.message, ev.code, ev.param,
                                headers={"retry-after": "1"} if ev.status == 503 else None)
         return choices
+
+
+    def usage(self) -> dict:
+        """OpenAI usage: each prompt counted once however many choices it has."""
+        firsts = [c.id for c in self.cmds[:: self.n]]
+        prompt = sum(self.prompt_counts.get(i, 0) for i in firsts)
+        cached = sum(self.cached_tokens.get(i, 0) for i in firsts)
+        return usage_dict(prompt, self.completion_tokens, cached)
 
 
 def usage_dict(prompt_tokens: int, completion_tokens: int, cached: int = 0) -> dict:

@@ -69,6 +69,10 @@ class WorkerClient:
              "--health-interval", str(self.cfg.health_interval),
              "--max-process-memory", self.cfg.max_process_memory,
              "--default-max-tokens", str(self.cfg.default_max_tokens), "--kv-budget-mb", str(self.cfg.kv_budget_mb)]
+        a += ["--block-size", str(self.cfg.block_size), "--prefix-cache-mb", str(self.cfg.prefix_cache_mb),
+              "--ssd-cache-gb", str(self.cfg.ssd_cache_gb)]
+        if self.cfg.ssd_cache:
+            a += ["--ssd-cache-dir", str(self.cfg.data_path / "cache" / "kv")]
         for spec in self.cfg.models:
             a += ["--model", spec]
         for pin in self.cfg.pinned_models:

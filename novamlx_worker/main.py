@@ -33,6 +33,10 @@ def parse_args(argv=None):
     p.add_argument("--max-process-memory", default="auto", help="auto, a percent (80%%) or a size (24GB)")
     p.add_argument("--default-max-tokens", type=int, default=4096)
     p.add_argument("--kv-budget-mb", type=float, default=0.0)
+    p.add_argument("--block-size", type=int, default=64)
+    p.add_argument("--prefix-cache-mb", type=float, default=2048.0, help="0 turns the prefix cache off")
+    p.add_argument("--ssd-cache-dir", default="", help="folder for the SSD tier ('' turns it off)")
+    p.add_argument("--ssd-cache-gb", type=float, default=100.0)
     return p.parse_args(argv)
 
 
@@ -57,6 +61,7 @@ def main(argv=None) -> None:
             proto_out.write(data)
 
     from .engine.engine import Engine
+    from .engine.ssd_cache import SSDTier
     from .health import start_health_push
     from .memory import MemoryEnforcer
     from .models.pool import ModelPool
@@ -72,7 +77,9 @@ def main(argv=None) -> None:
         sys.exit(3)
     log.info("loaded %s (openblas: %s)", ", ".join(pool.entries), blas or "no")
     engine = Engine(pool, emit, memory, max_batch=args.max_batch, prefill_step=args.prefill_step,
-                    default_max_tokens=args.default_max_tokens, kv_budget_cap=int(args.kv_budget_mb * 1024**2))
+                    default_max_tokens=args.default_max_tokens, kv_budget_cap=int(args.kv_budget_mb * 1024**2),
+                    block_size=args.block_size, prefix_cache_bytes=int(args.prefix_cache_mb * 1024**2),
+                    ssd=SSDTier(args.ssd_cache_dir, int(args.ssd_cache_gb * 1024**3)) if args.ssd_cache_dir else None)
     infos = [m.ModelInfo(e.id, "llm", e.context_length, e.created, e.loaded.path, e.aliases)
              for e in pool.entries.values()]
     emit(m.Hello(PROTOCOL_VERSION, os.getpid(), infos, ["chat", "completions", "logprobs", "echo"]))

@@ -37,16 +37,18 @@ def make_sampler(s: Sampling):
     return sample
 
 
-def make_penalties(s: Sampling, prompt: list[int]):
+def make_penalties(s: Sampling, prompt: list[int], prior: list[int] | None = None):
     """OpenAI frequency/presence penalties count generated tokens; the repetition
-    penalty (HF/vLLM style) covers prompt and output. Returns a list of processors."""
+    penalty (HF/vLLM style) covers prompt and output. `prior` holds tokens generated
+    before a preemption, now part of the re-inserted prompt. Returns a list of processors."""
     procs = []
+    before = mx.array(prior or [], dtype=mx.int32)
     if s.frequency_penalty or s.presence_penalty:
         freq, pres = s.frequency_penalty, s.presence_penalty
 
         def openai_penalties(context: mx.array, logits: mx.array) -> mx.array:
             # context[0] is the last prompt token; the rest were generated.
-            generated = context[1:]
+            generated = mx.concatenate([before, context[1:].astype(mx.int32)])
             if generated.size == 0:
                 return logits
             counts = mx.zeros((logits.shape[-1],), logits.dtype).at[generated].add(1)

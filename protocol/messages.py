@@ -171,6 +171,8 @@ class Health(msgspec.Struct, tag="health", omit_defaults=True):
     engine_heartbeat_age_s: float
     time: float
     memory: dict = {}  # the enforcer's state: mode, limit, used, refusing
+    engine: dict = {}  # scheduler metrics: active, queue depth, totals, peak, average wait
+    prefix_cache: dict = {}  # per model: blocks, hits, misses, tokens saved, evictions; "ssd"
     kv_reserved_bytes: int = 0
     kv_budget_bytes: int = 0
     steps: int = 0  # batched decode steps since start

@@ -8,8 +8,8 @@ from protocol import messages as m
 
 from .. import sse
 from ..errors import APIError
-from ..generation import Generation, error_body, usage_dict
-from .openai_schema import ChatMessageIn, ChatRequest, check_n, parse_body, sampling_from
+from ..generation import Generation, error_body
+from .openai_schema import ChatMessageIn, ChatRequest, check_n, parse_body, priority_of, sampling_from
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 
@@ -65,12 +65,13 @@ async def chat_completions(request: Request):
                        "invalid_value", "top_logprobs")
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     sampling = sampling_from(req, max_tokens, bool(req.logprobs), req.top_logprobs or 0)
+    priority = priority_of(request, req.priority)
     base = Generation.new_id()
     cmds = []
     for i in range(n):
         s = sampling if (i == 0 or sampling.seed is None) else m.Sampling(**{**_fields(sampling), "seed": sampling.seed + i})
-        cmds.append(m.Generate(f"{base}-{i}", info.id, s, messages=messages))
-    gen = Generation(worker, cmds, cfg.request_timeout, request.app.state.admission)
+        cmds.append(m.Generate(f"{base}-{i}", info.id, s, messages=messages, priority=priority))
+    gen = Generation(worker, cmds, cfg.request_timeout, request.app.state.admission, n)
     await gen.start()
     rid = f"chatcmpl-{base}"
     fingerprint = f"fp_novamlx_{info.id[:16]}"
@@ -79,7 +80,6 @@ async def chat_completions(request: Request):
         return StreamingResponse(_stream(gen, rid, info.id, fingerprint, include_usage, bool(req.logprobs)),
                                  media_type="text/event-stream", headers=sse.SSE_HEADERS)
     choices = await gen.collect()
-    completion = sum(c.usage.completion_tokens for c in choices if c.usage)
     return JSONResponse({
         "id": rid, "object": "chat.completion", "created": gen.created, "model": info.id,
         "system_fingerprint": fingerprint,
@@ -87,7 +87,7 @@ async def chat_completions(request: Request):
                                              "annotations": []},
                      "logprobs": _logprobs_obj(c.logprobs) if req.logprobs else None,
                      "finish_reason": _finish(c.finish_reason)} for i, c in enumerate(choices)],
-        "usage": usage_dict(gen.prompt_tokens, completion),
+        "usage": gen.usage(),
     })
 
 
@@ -111,19 +111,17 @@ async def _stream(gen: Generation, rid: str, model: str, fingerprint: str, inclu
         for i in range(len(gen.cmds)):
             yield chunk([{"index": i, "delta": {"role": "assistant", "content": "", "refusal": None},
                           "logprobs": None, "finish_reason": None}])
-        completion = 0
         async for i, ev in gen.events():
             if isinstance(ev, m.Delta):
                 yield chunk([{"index": i, "delta": {"content": ev.text},
                               "logprobs": _logprobs_obj(ev.logprobs or []) if logprobs else None, "finish_reason": None}])
             elif isinstance(ev, m.Finished):
-                completion += ev.usage.completion_tokens
                 yield chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": _finish(ev.finish_reason)}])
             elif isinstance(ev, m.Error):
                 yield sse.data(error_body(ev))
                 return
         if include_usage:
-            yield chunk([], usage_dict(gen.prompt_tokens, completion))
+            yield chunk([], gen.usage())
         yield sse.DONE
     except APIError as e:  # a timeout after the first byte: end the stream with an error event
         yield sse.data(e.body())

@@ -8,9 +8,9 @@ from protocol import messages as m
 
 from .. import sse
 from ..errors import APIError
-from ..generation import Generation, error_body, usage_dict
+from ..generation import Generation, error_body
 from .openai_chat import _fields, _finish
-from .openai_schema import CompletionRequest, check_n, parse_body, sampling_from
+from .openai_schema import CompletionRequest, check_n, parse_body, priority_of, sampling_from
 
 
 def _prompts(req: CompletionRequest) -> list[dict]:
@@ -79,13 +79,14 @@ async def completions(request: Request):
     sampling = sampling_from(req, max_tokens, top is not None, top or 0)
     if len(prompts) * n > cfg.max_n:
         raise APIError(400, f"Too many choices: {len(prompts)} prompts x n={n} exceeds {cfg.max_n}.", "invalid_value", "n")
+    priority = priority_of(request, req.priority)
     base = Generation.new_id()
     cmds = []
     for pi, p in enumerate(prompts):
         for j in range(n):
             s = sampling if (j == 0 or sampling.seed is None) else m.Sampling(**{**_fields(sampling), "seed": sampling.seed + j})
-            cmds.append(m.Generate(f"{base}-{pi * n + j}", info.id, s, echo=req.echo, **p))
-    gen = Generation(worker, cmds, cfg.request_timeout, request.app.state.admission)
+            cmds.append(m.Generate(f"{base}-{pi * n + j}", info.id, s, echo=req.echo, priority=priority, **p))
+    gen = Generation(worker, cmds, cfg.request_timeout, request.app.state.admission, n)
     await gen.start()
     rid = f"cmpl-{base}"
     if req.stream:
@@ -99,11 +100,9 @@ async def completions(request: Request):
         if top is not None:
             lp = LegacyLogprobs(typed_sdk(request)).add(c.logprobs)
         out.append({"text": "".join(c.text), "index": i, "logprobs": lp, "finish_reason": _finish(c.finish_reason)})
-    prompt_tokens = sum(c.usage.prompt_tokens for c in choices[::n] if c.usage)
-    completion = sum(c.usage.completion_tokens for c in choices if c.usage)
     return JSONResponse({"id": rid, "object": "text_completion", "created": gen.created, "model": info.id,
                          "system_fingerprint": f"fp_novamlx_{info.id[:16]}",
-                         "choices": out, "usage": usage_dict(prompt_tokens, completion)})
+                         "choices": out, "usage": gen.usage()})
 
 
 async def _stream(gen: Generation, rid: str, model: str, include_usage: bool, logprobs: bool, typed: bool):
@@ -116,22 +115,18 @@ async def _stream(gen: Generation, rid: str, model: str, include_usage: bool, lo
 
     trackers = [LegacyLogprobs(typed) for _ in gen.cmds]
     pending = "length" if typed else None  # see typed_sdk()
-    prompt_tokens: dict[int, int] = {}
-    completion = 0
     try:
         async for i, ev in gen.events():
             if isinstance(ev, m.Delta):
                 lp = trackers[i].add(ev.logprobs or []) if logprobs else None
                 yield chunk([{"text": ev.text, "index": i, "logprobs": lp, "finish_reason": pending}])
             elif isinstance(ev, m.Finished):
-                completion += ev.usage.completion_tokens
-                prompt_tokens[ev.id] = ev.usage.prompt_tokens
                 yield chunk([{"text": "", "index": i, "logprobs": None, "finish_reason": _finish(ev.finish_reason)}])
             elif isinstance(ev, m.Error):
                 yield sse.data(error_body(ev))
                 return
         if include_usage:
-            yield chunk([], usage_dict(gen.prompt_tokens if len(prompt_tokens) <= 1 else sum(prompt_tokens.values()), completion))
+            yield chunk([], gen.usage())
         yield sse.DONE
     except APIError as e:
         yield sse.data(e.body())

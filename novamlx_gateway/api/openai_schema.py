@@ -47,6 +47,7 @@ class _SamplingFields(msgspec.Struct, kw_only=True):
     n: int | None = None
     user: str | None = None
     ignore_eos: bool = False
+    priority: str | int | None = None
 
 
 class ChatRequest(_SamplingFields, kw_only=True):
@@ -129,3 +130,19 @@ def check_n(req: _SamplingFields, max_n: int) -> int:
     if not 1 <= n <= max_n:
         raise APIError(400, f"Invalid 'n': {n}; this server supports 1 to {max_n} choices.", "invalid_value", "n")
     return n
+
+
+PRIORITIES = {"low": -1, "normal": 0, "high": 1}
+
+
+def priority_of(request: Request, value: str | int | None = None) -> int:
+    """Scheduling priority from the body's `priority` or the `x-priority` header: low, normal, high."""
+    raw = value if value is not None else request.headers.get("x-priority")
+    if raw is None or raw == "":
+        return 0
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return max(-1, min(1, raw))
+    key = str(raw).strip().lower()
+    if key in PRIORITIES:
+        return PRIORITIES[key]
+    raise APIError(400, f"Invalid priority {raw!r}: use low, normal or high.", "invalid_value", "priority")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import queue
 import time
-from collections import deque
 from typing import Callable
 
 from protocol import messages as m
@@ -21,8 +20,11 @@ from ..models.pool import ModelPool, kv_bytes_per_token, weight_bytes
 from ..sampling import token_logprobs
 from ..text.detok import IncrementalDecoder
 from ..text.stops import StopMatcher
+from .prefix_cache import PrefixCache
 from .runner import Runner
+from .scheduler import Item, plan
 from .sequence import Sequence
+from .ssd_cache import SSDTier
 
 log = logging.getLogger("novamlx.engine")
 
@@ -39,17 +41,22 @@ class RequestError(Exception):
 class Engine:
     def __init__(self, pool: ModelPool, emit: Callable[[object], None], memory: MemoryEnforcer,
                  max_batch: int = 32, prefill_step: int = 512, default_max_tokens: int = 4096,
-                 kv_budget_cap: int = 0):
+                 kv_budget_cap: int = 0, block_size: int = 64, prefix_cache_bytes: int = 2 * 1024**3,
+                 ssd: SSDTier | None = None):
         self.pool = pool
         self.memory = memory
         self.emit = emit
         self.max_batch, self.prefill_step = max_batch, prefill_step
         self.default_max_tokens = default_max_tokens
         self.kv_budget_cap = kv_budget_cap
+        self.block_size, self.prefix_cache_bytes, self.ssd = block_size, prefix_cache_bytes, ssd
         self.runners: dict[str, Runner] = {}
+        self.caches: dict[str, PrefixCache] = {}
         self.inbox: queue.Queue = queue.Queue()
         self.seqs: dict[str, Sequence] = {}  # every accepted, unfinished sequence
-        self.waiting: deque[Sequence] = deque()  # accepted, waiting for KV budget
+        self.waiting: list[Sequence] = []  # accepted, not in a batch (new or preempted)
+        self.counters = {"queued": 0, "completed": 0, "preempted": 0, "aborted": 0, "peak_active": 0,
+                         "wait_s_total": 0.0, "started": 0}
         self.by_uid: dict[tuple[str, int], Sequence] = {}
         self.kv_reserved = 0
         self.stopping = False
@@ -69,7 +76,7 @@ class Engine:
             self.heartbeat = time.monotonic()
             self.memory.poll(self._evict_one)
             self._drain(block=not self.seqs)
-            self._admit_waiting()
+            self._schedule()
             if any(r.active for r in self.runners.values()):
                 self._step()
 
@@ -127,6 +134,9 @@ class Engine:
         if victim is None:
             return False
         self.runners.pop(victim, None)
+        cache = self.caches.pop(victim, None)
+        if cache is not None:
+            cache.clear()  # to the SSD tier when there is one
         self.pool.evict(victim)
         return True
 
@@ -143,7 +153,9 @@ class Engine:
             log.exception("loading %s failed", entry.id)
             raise RequestError(f"Loading model `{entry.id}` failed: {e}", 500, "model_load_failed") from None
         if entry.id not in self.runners:
-            self.runners[entry.id] = Runner(lm, max_batch=self.max_batch, prefill_step=self.prefill_step)
+            runner = self.runners[entry.id] = Runner(lm, max_batch=self.max_batch, prefill_step=self.prefill_step)
+            if runner.cacheable and self.prefix_cache_bytes > 0:
+                self.caches[entry.id] = PrefixCache(entry.id, self.block_size, self.prefix_cache_bytes, self.ssd)
         return lm
 
     def _over_memory(self) -> RequestError:
@@ -186,7 +198,8 @@ class Engine:
                                "Please reduce the length of the prompt or the completion.",
                                400, "context_length_exceeded", "messages" if cmd.messages is not None else "prompt")
         max_tokens = s.max_tokens or min(room, self.default_max_tokens)
-        seq = Sequence(cmd.id, lm.id, ids, s, max_tokens, IncrementalDecoder(lm.tokenizer.decode), StopMatcher(s.stop))
+        seq = Sequence(cmd.id, lm.id, ids, s, max_tokens, IncrementalDecoder(lm.tokenizer.decode), StopMatcher(s.stop),
+                       priority=cmd.priority)
         seq.kv_bytes = (len(ids) + max_tokens) * kv_bytes_per_token(lm)
         budget = self.kv_budget()
         if seq.kv_bytes > budget:
@@ -199,18 +212,63 @@ class Engine:
             self.emit(m.Step([self._echo_delta(lm, seq)]))
         self.seqs[seq.id] = seq
         self.waiting.append(seq)
+        self.counters["queued"] += 1
 
-    def _admit_waiting(self) -> None:
-        """FIFO: start waiting sequences while their KV reservation fits the budget."""
-        while self.waiting:
-            seq = self.waiting[0]
-            if self.kv_reserved + seq.kv_bytes > self.kv_budget() and self.kv_reserved > 0:
-                return
-            self.waiting.popleft()
-            self.kv_reserved += seq.kv_bytes
-            runner = self.runners[seq.model_id]
-            seq.uid = runner.add(seq)
-            self.by_uid[(seq.model_id, seq.uid)] = seq
+    # ---- scheduling ----
+    def _schedule(self) -> None:
+        if not self.waiting:
+            return
+        running = [s for s in self.seqs.values() if s.uid is not None]
+        item = lambda s: Item(s.id, s.priority, s.submitted, s.kv_bytes)  # noqa: E731
+        decided = plan([item(s) for s in self.waiting], [item(s) for s in running], self.max_batch,
+                       self.kv_budget(), self.kv_reserved)
+        for rid in decided.preempt:
+            self._preempt(self.seqs[rid])
+        for rid in decided.admit:
+            self._start(self.seqs[rid])
+
+    def _start(self, seq: Sequence) -> None:
+        """Into the batch, reusing the longest cached prefix of everything it has seen."""
+        self.waiting.remove(seq)
+        runner = self.runners[seq.model_id]
+        pc = self.caches.get(seq.model_id)
+        kv = None
+        if pc is not None:
+            seq.blocks = pc.match(seq.tokens)
+            if seq.blocks:
+                pc.acquire(seq.blocks)
+                kv = pc.build(seq.blocks)
+                if seq.preemptions == 0:
+                    seq.cached_tokens = len(seq.blocks) * pc.block_size
+        seq.uid = runner.add(seq, kv)
+        self.by_uid[(seq.model_id, seq.uid)] = seq
+        self.kv_reserved += seq.kv_bytes
+        if seq.preemptions == 0:
+            self.counters["started"] += 1
+            self.counters["wait_s_total"] += time.monotonic() - seq.submitted
+        active = sum(1 for s in self.seqs.values() if s.uid is not None)
+        self.counters["peak_active"] = max(self.counters["peak_active"], active)
+
+    def _leave_batch(self, seq: Sequence, kv: list | None = None) -> None:
+        """Out of the batch: its KV goes to the prefix cache, its reservations are released."""
+        if seq.uid is not None:
+            removed = self.runners[seq.model_id].remove(seq.uid)
+            kv = kv or removed
+            self.by_uid.pop((seq.model_id, seq.uid), None)
+            seq.uid = None
+        self.kv_reserved -= seq.kv_bytes
+        pc = self.caches.get(seq.model_id)
+        if pc is not None:
+            if kv and seq.generated > 0:  # only decode-stage KV is whole and unpadded
+                pc.store(seq.tokens, kv)
+            pc.release(seq.blocks)
+        seq.blocks = []
+
+    def _preempt(self, seq: Sequence) -> None:
+        self._leave_batch(seq)
+        seq.preemptions += 1
+        self.counters["preempted"] += 1
+        self.waiting.append(seq)
 
     def _echo_delta(self, lm: LoadedModel, seq: Sequence) -> m.Delta:
         text = lm.tokenizer.decode(seq.prompt)
@@ -231,7 +289,7 @@ class Engine:
     # ---- one step ----
     def _step(self) -> None:
         deltas: list[m.Delta] = []
-        finished: list[tuple[Sequence, str, str | None]] = []
+        finished: list[tuple[Sequence, str, str | None, list | None]] = []
         for model_id, runner in list(self.runners.items()):
             if runner.active == 0:
                 continue
@@ -243,7 +301,7 @@ class Engine:
             tok = runner.loaded.tokenizer
             now = time.monotonic()
             for out, seq in want:
-                seq.generated += 1
+                seq.out_tokens.append(out.token)
                 seq.first_token_at = seq.first_token_at or now
                 is_eos = out.finish_reason == "stop"
                 lp_entry = None
@@ -254,39 +312,48 @@ class Engine:
                 text, hit = seq.stops.feed("" if is_eos else seq.decoder.add(out.token))
                 reason = "stop" if hit is not None else out.finish_reason
                 if reason is not None:
-                    if out.finish_reason is None:
-                        runner.remove(out.uid)  # a stop string: the batch still holds it
-                    else:
+                    if out.finish_reason is not None:  # the batch already dropped it
                         runner.finished(out.uid)
-                    self.by_uid.pop((model_id, out.uid), None)
-                    seq.uid = None
+                        self.by_uid.pop((model_id, out.uid), None)
+                        seq.uid = None
                     if hit is None and not is_eos:
                         text += seq.stops.feed(seq.decoder.flush())[0] + seq.stops.flush()
                 if text or lp_entry:
                     deltas.append(m.Delta(seq.id, text=text, logprobs=lp_entry))
                 if reason is not None:
-                    finished.append((seq, reason, hit))
+                    finished.append((seq, reason, hit, out.cache))
             self.tokens_out += len(want)
             if want:
                 self.steps += 1
                 self.peak_batch = max(self.peak_batch, len(want))
         if deltas:
             self.emit(m.Step(deltas))
-        for seq, reason, hit in finished:
-            self._finish(seq, reason, hit)
+        for seq, reason, hit, kv in finished:
+            self._finish(seq, reason, hit, kv)
         self.fault.check(self.tokens_out)
 
-    def _finish(self, seq: Sequence, reason: str, stop: str | None = None) -> None:
+    def _finish(self, seq: Sequence, reason: str, stop: str | None = None, kv: list | None = None) -> None:
         """Release everything the sequence holds and report its end."""
         if self.seqs.pop(seq.id, None) is None:
             return
-        if seq.uid is not None:  # still in a batch (an abort): take it out
-            self.runners[seq.model_id].remove(seq.uid)
-            self.by_uid.pop((seq.model_id, seq.uid), None)
         if any(w is seq for w in self.waiting):
             self.waiting.remove(seq)
         else:
-            self.kv_reserved -= seq.kv_bytes
+            self._leave_batch(seq, kv)
+        self.counters["aborted" if reason == "abort" else "completed"] += 1
         ttft = (seq.first_token_at - seq.submitted) if seq.first_token_at else 0.0
-        self.emit(m.Finished(seq.id, reason, m.Usage(len(seq.prompt), seq.generated),
+        self.emit(m.Finished(seq.id, reason, m.Usage(len(seq.prompt), seq.generated, seq.cached_tokens),
                              ttft_s=ttft, total_s=time.monotonic() - seq.submitted, stop=stop))
+
+    def stats(self) -> dict:
+        c = self.counters
+        active = sum(1 for s in self.seqs.values() if s.uid is not None)
+        engine = {"active": active, "queue_depth": len(self.waiting), "total_queued": c["queued"],
+                  "total_completed": c["completed"], "total_preempted": c["preempted"], "total_aborted": c["aborted"],
+                  "peak_active": c["peak_active"], "avg_wait_s": round(c["wait_s_total"] / max(c["started"], 1), 4),
+                  "max_batch": self.max_batch}
+        cache = {mid: pc.snapshot() for mid, pc in self.caches.items()}
+        if self.ssd is not None:
+            cache["ssd"] = {"blocks": len(self.ssd.index), "bytes": self.ssd.bytes, "reads": self.ssd.reads,
+                            "writes": self.ssd.writes, "corrupt_dropped": self.ssd.corrupt}
+        return {"engine": engine, "prefix_cache": cache}

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator, StopSequences
+from mlx_lm.models.cache import KVCache, make_prompt_cache
 
 from ..models.loader import LoadedModel
 from ..sampling import make_penalties, make_sampler
@@ -22,6 +23,7 @@ class TokenOut:
     token: int
     logprobs: mx.array  # the full normalized row, read only when a request asks
     finish_reason: str | None  # "stop" (a stop token), "length", or None
+    cache: list | None  # per-layer KV of a sequence the batch just finished
 
 
 class Runner:
@@ -33,19 +35,29 @@ class Runner:
         self.gen = BatchGenerator(loaded.model, max_tokens=1 << 30, completion_batch_size=max_batch,
                                   prefill_batch_size=prefill_batch, prefill_step_size=prefill_step)
         self.active = 0
+        # Prefix caching needs plain KV caches (not rotating windows or SSM state).
+        self.cacheable = all(type(c) is KVCache for c in make_prompt_cache(loaded.model))
 
-    def add(self, seq: Sequence) -> int:
+    def add(self, seq: Sequence, cache: list | None = None) -> int:
+        """Insert a sequence; with a cache, only the tokens after it are prefilled."""
+        tokens = seq.tokens
+        if seq.sampler is None:
+            seq.sampler = make_sampler(seq.sampling)
+        prompt = tokens[cache[0].offset:] if cache else tokens
         stops = self.no_eos if seq.sampling.ignore_eos else self.eos
-        (uid,) = self.gen.insert([seq.prompt], max_tokens=[seq.max_tokens],
-                                 samplers=[make_sampler(seq.sampling)],
-                                 logits_processors=[make_penalties(seq.sampling, seq.prompt)],
+        (uid,) = self.gen.insert([prompt], max_tokens=[seq.max_tokens - seq.generated],
+                                 caches=[cache] if cache else None, samplers=[seq.sampler],
+                                 logits_processors=[make_penalties(seq.sampling, seq.prompt, seq.out_tokens)],
                                  stop_sequences=[stops])
         self.active += 1
         return uid
 
-    def remove(self, uid: int) -> None:
-        self.gen.remove([uid])
+    def remove(self, uid: int) -> list | None:
+        """Take a sequence out of the batch; returns its KV (per layer) when it has any."""
+        got = self.gen.remove([uid], return_prompt_caches=True)
         self.active -= 1
+        cache = got.get(uid, (None,))[0]
+        return cache if cache and cache[0] is not None and getattr(cache[0], "offset", 0) > 0 else None
 
     def finished(self, uid: int) -> None:
         """The batch already dropped a sequence that returned a finish reason."""
@@ -53,12 +65,10 @@ class Runner:
 
     def step(self) -> list[TokenOut]:
         out = self.gen.next_generated()
-        return [TokenOut(r.uid, r.token, r.logprobs, r.finish_reason) for r in out]
+        return [TokenOut(r.uid, r.token, r.logprobs, r.finish_reason, r.prompt_cache) for r in out]
 
     def prompt_logprobs(self, prompt: list[int]) -> list[mx.array]:
         """Logprob rows predicting each prompt token from its prefix (for echo + logprobs)."""
-        from mlx_lm.models.cache import make_prompt_cache
-
         cache = make_prompt_cache(self.loaded.model)
         logits = self.loaded.model(mx.array(prompt)[None], cache=cache)[0].astype(mx.float32)
         lp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)

@@ -19,11 +19,25 @@ class Sequence:
     max_tokens: int
     decoder: IncrementalDecoder
     stops: StopMatcher
-    uid: int | None = None  # the batch generator's id once admitted
-    generated: int = 0
+    priority: int = 0
+    uid: int | None = None  # the batch generator's id while in a batch
+    out_tokens: list[int] = field(default_factory=list)  # generated token ids
     kv_bytes: int = 0  # reserved against the KV budget while it runs
+    blocks: list = field(default_factory=list)  # prefix-cache blocks it holds references to
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache
+    sampler: object = None  # kept across preemption so a seeded stream continues
+    preemptions: int = 0
     submitted: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
+
+    @property
+    def generated(self) -> int:
+        return len(self.out_tokens)
+
+    @property
+    def tokens(self) -> list[int]:
+        """Everything the model has seen or produced, in order."""
+        return self.prompt + self.out_tokens
 
     @property
     def top_logprobs(self) -> int:
