@@ -57,7 +57,7 @@ class Engine:
         self.waiting: list[Sequence] = []  # accepted, not in a batch (new or preempted)
         self.counters = {"queued": 0, "completed": 0, "preempted": 0, "aborted": 0, "peak_active": 0,
                          "wait_s_total": 0.0, "started": 0}
-        self.by_uid: dict[tuple[str, int], Sequence] = {}
+        self.by_rid: dict[tuple[str, int], Sequence] = {}
         self.kv_reserved = 0
         self.stopping = False
         self.heartbeat = time.monotonic()
@@ -218,7 +218,7 @@ class Engine:
     def _schedule(self) -> None:
         if not self.waiting:
             return
-        running = [s for s in self.seqs.values() if s.uid is not None]
+        running = [s for s in self.seqs.values() if s.rid is not None]
         item = lambda s: Item(s.id, s.priority, s.submitted, s.kv_bytes)  # noqa: E731
         decided = plan([item(s) for s in self.waiting], [item(s) for s in running], self.max_batch,
                        self.kv_budget(), self.kv_reserved)
@@ -240,22 +240,22 @@ class Engine:
                 kv = pc.build(seq.blocks)
                 if seq.preemptions == 0:
                     seq.cached_tokens = len(seq.blocks) * pc.block_size
-        seq.uid = runner.add(seq, kv)
-        self.by_uid[(seq.model_id, seq.uid)] = seq
+        seq.rid = runner.add(seq, kv)
+        self.by_rid[(seq.model_id, seq.rid)] = seq
         self.kv_reserved += seq.kv_bytes
         if seq.preemptions == 0:
             self.counters["started"] += 1
             self.counters["wait_s_total"] += time.monotonic() - seq.submitted
-        active = sum(1 for s in self.seqs.values() if s.uid is not None)
+        active = sum(1 for s in self.seqs.values() if s.rid is not None)
         self.counters["peak_active"] = max(self.counters["peak_active"], active)
 
     def _leave_batch(self, seq: Sequence, kv: list | None = None) -> None:
         """Out of the batch: its KV goes to the prefix cache, its reservations are released."""
-        if seq.uid is not None:
-            removed = self.runners[seq.model_id].remove(seq.uid)
+        if seq.rid is not None:
+            removed = self.runners[seq.model_id].remove(seq.rid)
             kv = kv or removed
-            self.by_uid.pop((seq.model_id, seq.uid), None)
-            seq.uid = None
+            self.by_rid.pop((seq.model_id, seq.rid), None)
+            seq.rid = None
         self.kv_reserved -= seq.kv_bytes
         pc = self.caches.get(seq.model_id)
         if pc is not None:
@@ -294,7 +294,7 @@ class Engine:
             if runner.active == 0:
                 continue
             outs = runner.step()
-            want = [(o, self.by_uid[(model_id, o.uid)]) for o in outs if (model_id, o.uid) in self.by_uid]
+            want = [(o, self.by_rid[(model_id, o.rid)]) for o in outs if (model_id, o.rid) in self.by_rid]
             logprob_rows = [(o, s) for o, s in want if s.sampling.logprobs]
             scored = iter(token_logprobs([o.logprobs for o, _ in logprob_rows], [o.token for o, _ in logprob_rows],
                                          [s.top_logprobs for _, s in logprob_rows]))
@@ -313,9 +313,9 @@ class Engine:
                 reason = "stop" if hit is not None else out.finish_reason
                 if reason is not None:
                     if out.finish_reason is not None:  # the batch already dropped it
-                        runner.finished(out.uid)
-                        self.by_uid.pop((model_id, out.uid), None)
-                        seq.uid = None
+                        runner.finished(out.rid)
+                        self.by_rid.pop((model_id, out.rid), None)
+                        seq.rid = None
                     if hit is None and not is_eos:
                         text += seq.stops.feed(seq.decoder.flush())[0] + seq.stops.flush()
                 if text or lp_entry:
@@ -347,7 +347,7 @@ class Engine:
 
     def stats(self) -> dict:
         c = self.counters
-        active = sum(1 for s in self.seqs.values() if s.uid is not None)
+        active = sum(1 for s in self.seqs.values() if s.rid is not None)
         engine = {"active": active, "queue_depth": len(self.waiting), "total_queued": c["queued"],
                   "total_completed": c["completed"], "total_preempted": c["preempted"], "total_aborted": c["aborted"],
                   "peak_active": c["peak_active"], "avg_wait_s": round(c["wait_s_total"] / max(c["started"], 1), 4),

@@ -20,7 +20,7 @@ class Sequence:
     decoder: IncrementalDecoder
     stops: StopMatcher
     priority: int = 0
-    uid: int | None = None  # the batch generator's id while in a batch
+    rid: int | None = None  # the runner's id while it is running
     out_tokens: list[int] = field(default_factory=list)  # generated token ids
     kv_bytes: int = 0  # reserved against the KV budget while it runs
     blocks: list = field(default_factory=list)  # prefix-cache blocks it holds references to

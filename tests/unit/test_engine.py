@@ -63,3 +63,25 @@ def test_cached_prefix_gives_the_cold_output(engine):
     assert engine.caches["tiny-llama"].stats.hits == hits + 1
     assert [e for e in engine.events if isinstance(e, m.Finished) and e.id == "warm"][0].usage.cached_tokens == 80
     assert warm == cold
+
+
+def test_solo_to_batch_handover_keeps_the_output(engine):
+    """A lone sequence decodes on the fast path; a second one moves it into the batch mid-stream."""
+    a_prompt, b_prompt = list(range(3000, 3040)), list(range(4000, 4030))
+    alone = run_alone(engine, "a-alone", a_prompt, 40)
+    b_alone = run_alone(engine, "b-alone", b_prompt, 20)
+    engine.inbox.put(m.Generate("a", "tiny-llama", m.Sampling(temperature=0, max_tokens=40, ignore_eos=True),
+                                prompt_tokens=a_prompt))
+    pump(engine, steps=8)
+    runner = engine.runners["tiny-llama"]
+    assert runner.solo is not None  # alone: the fast path
+    engine.inbox.put(m.Generate("b", "tiny-llama", m.Sampling(temperature=0, max_tokens=20, ignore_eos=True),
+                                prompt_tokens=b_prompt))
+    pump(engine)
+    assert runner.solo is None and runner.active == 2  # both in the batch now
+    while not {"a", "b"} <= {e.id for e in engine.events if isinstance(e, m.Finished)}:
+        pump(engine)
+    text = lambda rid: "".join(d.text for e in engine.events if isinstance(e, m.Step) for d in e.deltas if d.id == rid)  # noqa: E731
+    assert text("a") == alone and text("b") == b_alone
+    fin = {e.id: e for e in engine.events if isinstance(e, m.Finished)}
+    assert fin["a"].usage.completion_tokens == 40 and fin["b"].usage.completion_tokens == 20
