@@ -64,3 +64,16 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def novamlx_main(argv: list[str] | None = None) -> None:
+    """`novamlx bench ...` (and `novamlx serve ...`, the same as novamlx-gateway)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "bench":
+        from .bench.cli import main as bench_main
+
+        return bench_main(argv[1:])
+    if argv and argv[0] == "serve":
+        return main(argv[1:])
+    print("usage: novamlx bench {load,agent,prefix,compare} ... | novamlx serve [flags]", file=sys.stderr)
+    raise SystemExit(2)

@@ -60,7 +60,8 @@ class MemoryEnforcer:
     def set_limit(self, spec: str) -> None:
         self.spec = spec
         self.limit = parse_limit(spec)
-        if self.limit >= GB:  # MLX treats these as targets for its allocator and buffer cache
+        cuda = hasattr(mx, "cuda") and mx.cuda.is_available()
+        if self.limit >= GB and not cuda:  # MLX's allocator targets; a CUDA card has its own memory
             mx.set_memory_limit(self.limit)
             mx.set_cache_limit(self.limit // 4)
         self._next = 0.0

@@ -1,0 +1,1 @@
+"""`novamlx bench`: an OpenAI-compatible load generator and a side-by-side comparison runner."""
