@@ -23,6 +23,7 @@ class Config:
     max_request_size_mb: float = 100.0
     max_batch: int = 32
     prefill_step: int = 512
+    prefill_batch: int = 16
     dequantize: str = "auto"
     health_interval: float = 5.0
     health_log_max_mb: float = 10.0
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-request-size-mb", type=float)
     p.add_argument("--max-batch", type=int)
     p.add_argument("--prefill-step", type=int)
+    p.add_argument("--prefill-batch", type=int, help="prompts prefilled together")
     p.add_argument("--dequantize", choices=["auto", "on", "off"])
     p.add_argument("--health-interval", type=float)
     p.add_argument("--ping-timeout", type=float, help="seconds without a ping answer before a worker counts as hung")

@@ -66,6 +66,7 @@ class WorkerClient:
     def argv(self) -> list[str]:
         a = [sys.executable, "-m", "novamlx_worker", "--dequantize", self.cfg.dequantize,
              "--max-batch", str(self.cfg.max_batch), "--prefill-step", str(self.cfg.prefill_step),
+             "--prefill-batch", str(self.cfg.prefill_batch),
              "--health-interval", str(self.cfg.health_interval),
              "--max-process-memory", self.cfg.max_process_memory,
              "--default-max-tokens", str(self.cfg.default_max_tokens), "--kv-budget-mb", str(self.cfg.kv_budget_mb)]

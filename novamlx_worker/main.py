@@ -28,6 +28,7 @@ def parse_args(argv=None):
     p.add_argument("--dequantize", default="auto", choices=["auto", "on", "off"])
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--prefill-step", type=int, default=512)
+    p.add_argument("--prefill-batch", type=int, default=16)
     p.add_argument("--health-interval", type=float, default=5.0)
     p.add_argument("--pin", action="append", default=[], help="model id never evicted (repeatable)")
     p.add_argument("--max-process-memory", default="auto", help="auto, a percent (80%%) or a size (24GB)")
@@ -77,6 +78,7 @@ def main(argv=None) -> None:
         sys.exit(3)
     log.info("loaded %s (openblas: %s)", ", ".join(pool.entries), blas or "no")
     engine = Engine(pool, emit, memory, max_batch=args.max_batch, prefill_step=args.prefill_step,
+                    prefill_batch=args.prefill_batch,
                     default_max_tokens=args.default_max_tokens, kv_budget_cap=int(args.kv_budget_mb * 1024**2),
                     block_size=args.block_size, prefix_cache_bytes=int(args.prefix_cache_mb * 1024**2),
                     ssd=SSDTier(args.ssd_cache_dir, int(args.ssd_cache_gb * 1024**3)) if args.ssd_cache_dir else None)

@@ -40,13 +40,13 @@ class RequestError(Exception):
 
 class Engine:
     def __init__(self, pool: ModelPool, emit: Callable[[object], None], memory: MemoryEnforcer,
-                 max_batch: int = 32, prefill_step: int = 512, default_max_tokens: int = 4096,
+                 max_batch: int = 32, prefill_step: int = 512, prefill_batch: int = 16, default_max_tokens: int = 4096,
                  kv_budget_cap: int = 0, block_size: int = 64, prefix_cache_bytes: int = 2 * 1024**3,
                  ssd: SSDTier | None = None):
         self.pool = pool
         self.memory = memory
         self.emit = emit
-        self.max_batch, self.prefill_step = max_batch, prefill_step
+        self.max_batch, self.prefill_step, self.prefill_batch = max_batch, prefill_step, prefill_batch
         self.default_max_tokens = default_max_tokens
         self.kv_budget_cap = kv_budget_cap
         self.block_size, self.prefix_cache_bytes, self.ssd = block_size, prefix_cache_bytes, ssd
@@ -153,7 +153,8 @@ class Engine:
             log.exception("loading %s failed", entry.id)
             raise RequestError(f"Loading model `{entry.id}` failed: {e}", 500, "model_load_failed") from None
         if entry.id not in self.runners:
-            runner = self.runners[entry.id] = Runner(lm, max_batch=self.max_batch, prefill_step=self.prefill_step)
+            runner = self.runners[entry.id] = Runner(lm, max_batch=self.max_batch, prefill_step=self.prefill_step,
+                                                       prefill_batch=self.prefill_batch)
             if runner.cacheable and self.prefix_cache_bytes > 0:
                 self.caches[entry.id] = PrefixCache(entry.id, self.block_size, self.prefix_cache_bytes, self.ssd)
         return lm
