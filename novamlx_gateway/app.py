@@ -9,15 +9,18 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
+from .api.anthropic_messages import count_tokens, messages
 from .api.health import health
 from .api.models import get_model, list_models
 from .api.openai_chat import chat_completions
 from .api.openai_completions import completions
+from .api.openai_responses import create_response, delete_response, get_response, input_items
 from .api.stats import stats
 from .admission import Admission
 from .config import Config
 from .errors import HANDLERS
 from .middleware import APIKeyAuth, BodyLimit, RequestID
+from .stores.responses import ResponseStore
 from .worker_client import WorkerClient
 
 
@@ -37,6 +40,12 @@ def create_app(cfg: Config, worker: WorkerClient | None = None) -> Starlette:
         Route("/v1/models/{model:path}", get_model, methods=["GET"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/responses", create_response, methods=["POST"]),
+        Route("/v1/responses/{id}", get_response, methods=["GET"]),
+        Route("/v1/responses/{id}", delete_response, methods=["DELETE"]),
+        Route("/v1/responses/{id}/input_items", input_items, methods=["GET"]),
+        Route("/v1/messages", messages, methods=["POST"]),
+        Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
     ]
     middleware = [
         Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"],
@@ -49,5 +58,6 @@ def create_app(cfg: Config, worker: WorkerClient | None = None) -> Starlette:
     app.state.worker = worker
     app.state.config = cfg
     app.state.admission = Admission(cfg.max_concurrent_requests, cfg.max_queue)
+    app.state.responses = ResponseStore(cfg.data_path / "responses")
     app.state.started_at = time.time()
     return app

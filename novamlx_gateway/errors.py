@@ -27,6 +27,26 @@ class APIError(Exception):
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
+    def anthropic(self) -> tuple[int, dict]:
+        """Anthropic's shape and status mapping (overload is 529 there)."""
+        status = 529 if self.status == 503 else self.status
+        kind = _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+        return status, {"type": "error", "error": {"type": kind, "message": self.message}}
+
+    def render(self, path: str) -> tuple[int, dict]:
+        """(status, body) in the wire format of the route that failed."""
+        return self.anthropic() if is_anthropic(path) else (self.status, self.body())
+
+
+_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                    404: "not_found_error", 405: "invalid_request_error", 413: "request_too_large",
+                    415: "invalid_request_error", 429: "rate_limit_error", 500: "api_error", 504: "timeout_error",
+                    529: "overloaded_error"}
+
+
+def is_anthropic(path: str) -> bool:
+    return path.startswith("/v1/messages") or path.startswith("/anthropic/")
+
 
 def openai_error(status: int, message: str, code: str | None = None, param: str | None = None,
                  headers: dict | None = None) -> JSONResponse:
@@ -35,19 +55,21 @@ def openai_error(status: int, message: str, code: str | None = None, param: str 
 
 
 async def api_error_handler(request: Request, exc: APIError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+    status, body = exc.render(request.url.path)
+    return JSONResponse(body, status_code=status, headers=exc.headers)
 
 
 async def http_error_handler(request: Request, exc: HTTPException) -> JSONResponse:
     message = {404: f"Unknown request URL: {request.method} {request.url.path}.",
                405: f"Method {request.method} is not allowed for {request.url.path}."}.get(exc.status_code, str(exc.detail))
     code = {404: "unknown_url", 405: "method_not_allowed"}.get(exc.status_code)
-    return openai_error(exc.status_code, message, code, headers=getattr(exc, "headers", None))
+    return await api_error_handler(request, APIError(exc.status_code, message, code, headers=getattr(exc, "headers", None)))
 
 
 async def unhandled_error_handler(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return openai_error(500, "The server had an error while processing your request.", "internal_error")
+    return await api_error_handler(request, APIError(500, "The server had an error while processing your request.",
+                                                     "internal_error"))
 
 
 HANDLERS = {APIError: api_error_handler, HTTPException: http_error_handler, Exception: unhandled_error_handler}

@@ -22,6 +22,7 @@ class Choice:
     logprobs: list[m.TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
     usage: m.Usage | None = None
+    stop: str | None = None  # the stop string that ended it
 
 
 class Generation:
@@ -118,7 +119,7 @@ class Generation:
                 if ev.logprobs:
                     c.logprobs.extend(ev.logprobs)
             elif isinstance(ev, m.Finished):
-                c.finish_reason, c.usage = ev.finish_reason, ev.usage
+                c.finish_reason, c.usage, c.stop = ev.finish_reason, ev.usage, ev.stop
             elif isinstance(ev, m.Error):
                 raise APIError(ev.status, ev.message, ev.code, ev.param,
                                headers={"retry-after": "1"} if ev.status == 503 else None)

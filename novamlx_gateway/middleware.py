@@ -10,11 +10,12 @@ from .errors import APIError
 Scope = dict
 
 
-async def _send_error(send, err: APIError, extra_headers: list | None = None):
-    body = json.dumps(err.body()).encode()
+async def _send_error(send, err: APIError, extra_headers: list | None = None, path: str = ""):
+    status, payload = err.render(path)
+    body = json.dumps(payload).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.lower().encode(), str(v).encode()) for k, v in err.headers.items()]
-    await send({"type": "http.response.start", "status": err.status, "headers": headers + (extra_headers or [])})
+    await send({"type": "http.response.start", "status": status, "headers": headers + (extra_headers or [])})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -66,7 +67,7 @@ class APIKeyAuth:
             given = headers.get(b"authorization") or headers.get(b"x-api-key")
             msg = "Incorrect API key provided." if given else "You didn't provide an API key. Send it as 'Authorization: Bearer KEY'."
             return await _send_error(send, APIError(401, msg, "invalid_api_key"),
-                                     [(b"www-authenticate", b'Bearer realm="novamlx"')])
+                                     [(b"www-authenticate", b'Bearer realm="novamlx"')], scope["path"])
         await self.app(scope, receive, send)
 
 
@@ -83,7 +84,7 @@ class BodyLimit:
         length = dict(scope["headers"]).get(b"content-length")
         too_big = APIError(413, f"Request body is larger than the limit of {self.max_bytes} bytes.", "request_too_large")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await _send_error(send, too_big)
+            return await _send_error(send, too_big, path=scope["path"])
         seen = 0
 
         async def counted_receive():

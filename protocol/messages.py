@@ -27,10 +27,18 @@ class Sampling(msgspec.Struct, omit_defaults=True):
     ignore_eos: bool = False
 
 
+class ToolCall(msgspec.Struct, omit_defaults=True):
+    id: str
+    name: str
+    arguments: str  # JSON text, as OpenAI carries it
+
+
 class ChatMessage(msgspec.Struct, omit_defaults=True):
-    role: str
+    role: str  # system, user, assistant, tool
     content: str | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # assistant turns that called tools
+    tool_call_id: str | None = None  # tool turns: the call they answer
 
 
 # ---- commands (gateway -> worker) ----
@@ -40,6 +48,7 @@ class Generate(msgspec.Struct, tag="generate", omit_defaults=True):
     model: str
     sampling: Sampling = msgspec.field(default_factory=Sampling)
     messages: list[ChatMessage] | None = None  # chat: the worker applies the template
+    tools: list[dict] | None = None  # function schemas ({"type": "function", "function": {...}})
     prompt: str | None = None  # raw text
     prompt_tokens: list[int] | None = None  # raw token ids
     echo: bool = False  # return the prompt (and its logprobs) first
@@ -54,6 +63,7 @@ class CountTokens(msgspec.Struct, tag="count_tokens", omit_defaults=True):
     id: str
     model: str
     messages: list[ChatMessage] | None = None
+    tools: list[dict] | None = None
     prompt: str | None = None
 
 

@@ -18,6 +18,7 @@ from ..memory import MemoryEnforcer
 from ..models.loader import LoadedModel
 from ..models.pool import ModelPool, kv_bytes_per_token, weight_bytes
 from ..sampling import token_logprobs
+from ..text.chat import encode_messages
 from ..text.detok import IncrementalDecoder
 from ..text.stops import StopMatcher
 from .prefix_cache import PrefixCache
@@ -102,7 +103,8 @@ class Engine:
                     self._finish(seq, "abort")
             elif isinstance(cmd, m.CountTokens):
                 lm = self._model(cmd.model)
-                self.emit(m.Result(cmd.id, tokens=len(self._prompt_ids(lm, cmd.messages, cmd.prompt, None))))
+                ids = self._prompt_ids(lm, cmd.messages, cmd.prompt, None, cmd.tools)
+                self.emit(m.Result(cmd.id, tokens=len(ids)))
             elif isinstance(cmd, m.Settings):
                 if cmd.max_process_memory is not None:
                     try:
@@ -165,11 +167,11 @@ class Engine:
                             f"{st['limit_bytes'] / 1024**3:.2f} GB limit ({st['mode']}). Retry later.", 503, "out_of_memory")
 
     @staticmethod
-    def _prompt_ids(lm: LoadedModel, messages, prompt, prompt_tokens) -> list[int]:
+    def _prompt_ids(lm: LoadedModel, messages, prompt, prompt_tokens, tools=None) -> list[int]:
         tok = lm.tokenizer
         if messages is not None:
             try:
-                return tok.encode_chat([{"role": x.role, "content": x.content or ""} for x in messages])
+                return encode_messages(tok, messages, tools)
             except Exception as e:  # a template that rejects the conversation (jinja raise_exception)
                 raise RequestError(f"The chat template rejected the messages: {e}", 400, "invalid_messages", "messages")
         if prompt_tokens is not None:
@@ -185,7 +187,7 @@ class Engine:
         if cmd.id in self.seqs:
             raise RequestError(f"duplicate request id {cmd.id}", 400)
         lm = self._model(cmd.model)
-        ids = self._prompt_ids(lm, cmd.messages, cmd.prompt, cmd.prompt_tokens)
+        ids = self._prompt_ids(lm, cmd.messages, cmd.prompt, cmd.prompt_tokens, cmd.tools)
         if not ids:
             if lm.tokenizer.bos_id is None:
                 raise RequestError("The prompt is empty.", 400, None, "prompt")

@@ -1,0 +1,206 @@
+"""POST /v1/messages and /v1/messages/count_tokens: Anthropic's wire format <-> protocol.
+
+Streams follow Anthropic's event sequence exactly, each frame with its `event:` line:
+message_start, content_block_start, ping, content_block_delta*, content_block_stop,
+message_delta (stop_reason, usage), message_stop; a failure after the first byte is an
+`error` event.
+"""
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+
+from protocol import messages as m
+
+from .. import sse
+from ..errors import APIError
+from ..generation import Generation
+from .openai_schema import parse_body, priority_of
+
+
+class ContentBlock(msgspec.Struct, kw_only=True):
+    type: str
+    text: str | None = None
+    id: str | None = None
+    name: str | None = None
+    input: Any = None
+    tool_use_id: str | None = None
+    content: Any = None
+    is_error: bool | None = None
+    thinking: str | None = None
+    signature: str | None = None
+    source: Any = None
+
+
+class MessageIn(msgspec.Struct):
+    role: str
+    content: str | list[ContentBlock]
+
+
+class ToolIn(msgspec.Struct, kw_only=True):
+    name: str
+    description: str | None = None
+    input_schema: dict = {}
+    type: str | None = None
+
+
+class MessagesRequest(msgspec.Struct, kw_only=True):
+    model: str
+    messages: list[MessageIn]
+    max_tokens: int | None = None
+    system: str | list[ContentBlock] | None = None
+    stop_sequences: list[str] | None = None
+    stream: bool = False
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    metadata: dict | None = None
+    tools: list[ToolIn] | None = None
+    tool_choice: dict | None = None
+    thinking: dict | None = None
+    priority: str | int | None = None
+
+
+class CountRequest(msgspec.Struct, kw_only=True):
+    model: str
+    messages: list[MessageIn]
+    system: str | list[ContentBlock] | None = None
+    tools: list[ToolIn] | None = None
+    thinking: dict | None = None
+    tool_choice: dict | None = None
+
+
+def _block_text(content) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    return "".join(b.get("text", "") if isinstance(b, dict) else (b.text or "") for b in content)
+
+
+def to_protocol(req) -> tuple[list[m.ChatMessage], list[dict] | None]:
+    """Anthropic messages (system, text, tool_use, tool_result) as protocol chat messages."""
+    out: list[m.ChatMessage] = []
+    system = req.system if isinstance(req.system, str) else _block_text([b for b in (req.system or []) if b.type == "text"])
+    if system:
+        out.append(m.ChatMessage("system", system))
+    if not req.messages:
+        raise APIError(400, "messages: at least one message is required", None, "messages")
+    for i, msg in enumerate(req.messages):
+        if msg.role not in ("user", "assistant"):
+            raise APIError(400, f"messages.{i}.role: Input should be 'user' or 'assistant'", None, f"messages.{i}.role")
+        if isinstance(msg.content, str):
+            out.append(m.ChatMessage(msg.role, msg.content))
+            continue
+        texts, calls = [], []
+        for j, b in enumerate(msg.content):
+            if b.type == "text":
+                texts.append(b.text or "")
+            elif b.type == "tool_use" and msg.role == "assistant":
+                calls.append(m.ToolCall(b.id or f"toolu_{uuid.uuid4().hex[:24]}", b.name or "",
+                                        json.dumps(b.input if b.input is not None else {})))
+            elif b.type == "tool_result" and msg.role == "user":
+                result = _block_text(b.content) if not isinstance(b.content, str) else b.content
+                if b.is_error:
+                    result = f"Error: {result}"
+                out.append(m.ChatMessage("tool", result, tool_call_id=b.tool_use_id))
+            elif b.type in ("thinking", "redacted_thinking"):
+                continue  # earlier reasoning is not replayed into the prompt
+            elif b.type in ("image", "document"):
+                raise APIError(400, f"messages.{i}.content.{j}: this model does not accept {b.type} input",
+                               None, f"messages.{i}.content.{j}")
+            else:
+                raise APIError(400, f"messages.{i}.content.{j}.type: unsupported content block type {b.type!r}",
+                               None, f"messages.{i}.content.{j}.type")
+        if texts or calls:
+            out.append(m.ChatMessage(msg.role, "".join(texts), tool_calls=calls or None))
+    tools = [{"type": "function", "function": {"name": t.name, "description": t.description or "",
+                                               "parameters": t.input_schema}} for t in (req.tools or [])] or None
+    return out, tools
+
+
+def _stop_reason(reason: str | None, stop: str | None) -> str:
+    if reason == "length":
+        return "max_tokens"
+    return "stop_sequence" if stop else "end_turn"
+
+
+def _usage(input_tokens: int, output_tokens: int, cached: int = 0) -> dict:
+    return {"input_tokens": input_tokens - cached, "output_tokens": output_tokens,
+            "cache_creation_input_tokens": 0, "cache_read_input_tokens": cached}
+
+
+async def messages(request: Request):
+    req: MessagesRequest = await parse_body(request, MessagesRequest)
+    worker, cfg = request.app.state.worker, request.app.state.config
+    if req.max_tokens is None:
+        raise APIError(400, "max_tokens: Field required", None, "max_tokens")
+    if req.max_tokens < 1:
+        raise APIError(400, "max_tokens: Input should be greater than or equal to 1", None, "max_tokens")
+    for name, value, lo, hi in (("temperature", req.temperature, 0, 1), ("top_p", req.top_p, 0, 1)):
+        if value is not None and not lo <= value <= hi:
+            raise APIError(400, f"{name}: Input should be between {lo} and {hi}", None, name)
+    info = worker.resolve_model(req.model)
+    if info is None:
+        raise APIError(404, f"model: {req.model}", "model_not_found", "model")
+    chat, tools = to_protocol(req)
+    sampling = m.Sampling(temperature=1.0 if req.temperature is None else req.temperature,
+                          top_p=1.0 if req.top_p is None else req.top_p, top_k=max(req.top_k or 0, 0),
+                          max_tokens=req.max_tokens, stop=[s for s in (req.stop_sequences or []) if s])
+    rid = f"msg_{uuid.uuid4().hex[:24]}"
+    cmd = m.Generate(rid, info.id, sampling, messages=chat, tools=tools, priority=priority_of(request, req.priority))
+    gen = Generation(worker, [cmd], cfg.request_timeout, request.app.state.admission)
+    await gen.start()
+    if req.stream:
+        return StreamingResponse(_stream(gen, rid, info.id), media_type="text/event-stream", headers=sse.SSE_HEADERS)
+    (c,) = await gen.collect()
+    u = gen.usage()
+    return JSONResponse({
+        "id": rid, "type": "message", "role": "assistant", "model": info.id,
+        "content": [{"type": "text", "text": "".join(c.text)}],
+        "stop_reason": _stop_reason(c.finish_reason, c.stop), "stop_sequence": c.stop,
+        "usage": _usage(u["prompt_tokens"], u["completion_tokens"], u["prompt_tokens_details"]["cached_tokens"]),
+    })
+
+
+async def _stream(gen: Generation, rid: str, model: str):
+    prompt = gen.prompt_counts.get(rid, 0)
+    try:
+        yield sse.event("message_start", {"type": "message_start", "message": {
+            "id": rid, "type": "message", "role": "assistant", "model": model, "content": [],
+            "stop_reason": None, "stop_sequence": None, "usage": _usage(prompt, 1)}})
+        yield sse.event("content_block_start", {"type": "content_block_start", "index": 0,
+                                                "content_block": {"type": "text", "text": ""}})
+        yield sse.event("ping", {"type": "ping"})
+        async for _, ev in gen.events():
+            if isinstance(ev, m.Delta) and ev.text:
+                yield sse.event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                        "delta": {"type": "text_delta", "text": ev.text}})
+            elif isinstance(ev, m.Finished):
+                yield sse.event("content_block_stop", {"type": "content_block_stop", "index": 0})
+                yield sse.event("message_delta", {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": _stop_reason(ev.finish_reason, ev.stop), "stop_sequence": ev.stop},
+                    "usage": {"output_tokens": ev.usage.completion_tokens}})
+                yield sse.event("message_stop", {"type": "message_stop"})
+            elif isinstance(ev, m.Error):
+                yield sse.event("error", APIError(ev.status, ev.message, ev.code).anthropic()[1])
+                return
+    except APIError as e:
+        yield sse.event("error", e.anthropic()[1])
+    finally:
+        gen.abort()
+
+
+async def count_tokens(request: Request):
+    req: CountRequest = await parse_body(request, CountRequest)
+    worker = request.app.state.worker
+    info = worker.resolve_model(req.model)
+    if info is None:
+        raise APIError(404, f"model: {req.model}", "model_not_found", "model")
+    chat, tools = to_protocol(req)
+    result = await worker.call(m.CountTokens(f"count_{uuid.uuid4().hex[:16]}", info.id, messages=chat, tools=tools))
+    return JSONResponse({"input_tokens": result.tokens})
