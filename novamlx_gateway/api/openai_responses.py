@@ -131,7 +131,8 @@ def _response(req: ResponsesRequest, rid: str, model: str, created: int, status:
 
 def _usage(gen: Generation) -> dict:
     u = gen.usage()
-    return {"input_tokens": u["prompt_tokens"], "input_tokens_details": {"cached_tokens": u["prompt_tokens_details"]["cached_tokens"]},
+    return {"input_tokens": u["prompt_tokens"],
+            "input_tokens_details": {"cached_tokens": u["prompt_tokens_details"]["cached_tokens"], "cache_write_tokens": 0},
             "output_tokens": u["completion_tokens"], "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": u["total_tokens"]}
 

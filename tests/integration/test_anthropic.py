@@ -17,7 +17,7 @@ def ac(server):
 
 
 def test_create_and_usage(ac):
-    r = ac.messages.create(model="tiny-llama", max_tokens=12, messages=MSGS, temperature=0)
+    r = ac.messages.create(model="tiny-llama", max_tokens=12, messages=MSGS, extra_body={"temperature": 0})
     assert r.type == "message" and r.role == "assistant" and r.id.startswith("msg_")
     assert r.content[0].type == "text" and r.content[0].text
     assert r.stop_reason in ("end_turn", "max_tokens")
@@ -30,7 +30,8 @@ def test_bearer_token_also_accepted(server):
 
 
 def test_stream_helper_matches_create(ac):
-    kw = dict(model="tiny-llama", max_tokens=16, messages=MSGS, temperature=0, system="You are brief.")
+    # This SDK version no longer types temperature; clients send it in the body.
+    kw = dict(model="tiny-llama", max_tokens=16, messages=MSGS, extra_body={"temperature": 0}, system="You are brief.")
     full = ac.messages.create(**kw)
     with ac.messages.stream(**kw) as stream:
         text = "".join(stream.text_stream)
@@ -61,7 +62,7 @@ def test_raw_event_sequence(server):
 
 
 def test_stop_sequences_and_max_tokens(ac):
-    kw = dict(model="tiny-llama", messages=MSGS, temperature=0, extra_body={"ignore_eos": True})
+    kw = dict(model="tiny-llama", messages=MSGS, extra_body={"ignore_eos": True, "temperature": 0})
     full = ac.messages.create(max_tokens=30, **kw).content[0].text
     stop = full[6:10]
     r = ac.messages.create(max_tokens=30, stop_sequences=[stop], **kw)

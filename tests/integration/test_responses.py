@@ -32,14 +32,23 @@ def test_incomplete_on_max_output_tokens(client):
     assert r.status == "incomplete" and r.incomplete_details.reason == "max_output_tokens"
 
 
-def test_stream_helper_and_event_order(server, client):
-    kw = dict(model="tiny-llama", input=[{"role": "user", "content": "hello"}], instructions="Be brief.",
-              max_output_tokens=10, temperature=0)
+def test_stream_helper_on_the_default_model(default_server):
+    """The SDK's stream helper needs response.completed: the real model ends its answer itself."""
+    client = default_server.openai()
+    kw = dict(model="smollm2-135m-instruct", input=[{"role": "user", "content": "Say hello."}],
+              instructions="Be brief.", max_output_tokens=80, temperature=0)
     full = client.responses.create(**kw)
+    assert full.status == "completed"
     with client.responses.stream(**kw) as stream:
         deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
         final = stream.get_final_response()
     assert "".join(deltas) == final.output_text == full.output_text
+    assert final.usage.output_tokens == full.usage.output_tokens
+
+
+def test_raw_event_order(server):
+    kw = dict(model="tiny-llama", input=[{"role": "user", "content": "hello"}], instructions="Be brief.",
+              max_output_tokens=10, temperature=0)
     body = {**kw, "stream": True}
     with httpx.stream("POST", server.base_url + "/v1/responses", json=body, headers=server.headers) as r:
         frames = [f for f in r.read().decode().split("\n\n") if f]
