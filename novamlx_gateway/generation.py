@@ -9,6 +9,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+import msgspec
+
 from protocol import messages as m
 
 from .admission import Admission
@@ -132,6 +134,19 @@ class Generation:
         prompt = sum(self.prompt_counts.get(i, 0) for i in firsts)
         cached = sum(self.cached_tokens.get(i, 0) for i in firsts)
         return usage_dict(prompt, self.completion_tokens, cached)
+
+
+def model_or_404(worker: WorkerClient, name: str) -> m.ModelInfo:
+    info = worker.resolve_model(name)
+    if info is None:
+        raise APIError(404, f"The model `{name}` does not exist or you do not have access to it.",
+                       "model_not_found", "model")
+    return info
+
+
+def choice_sampling(s: m.Sampling, j: int) -> m.Sampling:
+    """Choice j of n: with a seed, each choice gets its own (seed + j) so they differ, reproducibly."""
+    return msgspec.structs.replace(s, seed=s.seed + j) if j and s.seed is not None else s
 
 
 def usage_dict(prompt_tokens: int, completion_tokens: int, cached: int = 0) -> dict:

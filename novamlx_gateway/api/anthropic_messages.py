@@ -19,7 +19,7 @@ from protocol import messages as m
 
 from .. import sse
 from ..errors import APIError
-from ..generation import Generation
+from ..generation import Generation, model_or_404
 from .openai_schema import parse_body, priority_of
 
 
@@ -143,9 +143,7 @@ async def messages(request: Request):
     for name, value, lo, hi in (("temperature", req.temperature, 0, 1), ("top_p", req.top_p, 0, 1)):
         if value is not None and not lo <= value <= hi:
             raise APIError(400, f"{name}: Input should be between {lo} and {hi}", None, name)
-    info = worker.resolve_model(req.model)
-    if info is None:
-        raise APIError(404, f"model: {req.model}", "model_not_found", "model")
+    info = model_or_404(worker, req.model)
     chat, tools = to_protocol(req)
     sampling = m.Sampling(temperature=1.0 if req.temperature is None else req.temperature,
                           top_p=1.0 if req.top_p is None else req.top_p, top_k=max(req.top_k or 0, 0),
@@ -198,9 +196,7 @@ async def _stream(gen: Generation, rid: str, model: str):
 async def count_tokens(request: Request):
     req: CountRequest = await parse_body(request, CountRequest)
     worker = request.app.state.worker
-    info = worker.resolve_model(req.model)
-    if info is None:
-        raise APIError(404, f"model: {req.model}", "model_not_found", "model")
+    info = model_or_404(worker, req.model)
     chat, tools = to_protocol(req)
     result = await worker.call(m.CountTokens(f"count_{uuid.uuid4().hex[:16]}", info.id, messages=chat, tools=tools))
     return JSONResponse({"input_tokens": result.tokens})

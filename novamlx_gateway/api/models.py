@@ -4,7 +4,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ..errors import APIError
+from ..generation import model_or_404
 
 
 def _model_obj(info) -> dict:
@@ -18,8 +18,4 @@ async def list_models(request: Request):
 
 
 async def get_model(request: Request):
-    name = request.path_params["model"]
-    info = request.app.state.worker.resolve_model(name)
-    if info is None:
-        raise APIError(404, f"The model `{name}` does not exist or you do not have access to it.", "model_not_found", "model")
-    return JSONResponse(_model_obj(info))
+    return JSONResponse(_model_obj(model_or_404(request.app.state.worker, request.path_params["model"])))

@@ -8,7 +8,7 @@ from protocol import messages as m
 
 from .. import sse
 from ..errors import APIError
-from ..generation import Generation, error_body
+from ..generation import Generation, choice_sampling, error_body, model_or_404
 from .openai_schema import ChatMessageIn, ChatRequest, check_n, parse_body, priority_of, sampling_from
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
@@ -54,10 +54,7 @@ async def chat_completions(request: Request):
     req: ChatRequest = await parse_body(request, ChatRequest)
     worker = request.app.state.worker
     cfg = request.app.state.config
-    info = worker.resolve_model(req.model)
-    if info is None:
-        raise APIError(404, f"The model `{req.model}` does not exist or you do not have access to it.",
-                       "model_not_found", "model")
+    info = model_or_404(worker, req.model)
     messages = to_messages(req)
     n = check_n(req, cfg.max_n)
     if req.top_logprobs and not req.logprobs:
@@ -67,10 +64,8 @@ async def chat_completions(request: Request):
     sampling = sampling_from(req, max_tokens, bool(req.logprobs), req.top_logprobs or 0)
     priority = priority_of(request, req.priority)
     base = Generation.new_id()
-    cmds = []
-    for i in range(n):
-        s = sampling if (i == 0 or sampling.seed is None) else m.Sampling(**{**_fields(sampling), "seed": sampling.seed + i})
-        cmds.append(m.Generate(f"{base}-{i}", info.id, s, messages=messages, priority=priority))
+    cmds = [m.Generate(f"{base}-{i}", info.id, choice_sampling(sampling, i), messages=messages, priority=priority)
+            for i in range(n)]
     gen = Generation(worker, cmds, cfg.request_timeout, request.app.state.admission, n)
     await gen.start()
     rid = f"chatcmpl-{base}"
@@ -89,10 +84,6 @@ async def chat_completions(request: Request):
                      "finish_reason": _finish(c.finish_reason)} for i, c in enumerate(choices)],
         "usage": gen.usage(),
     })
-
-
-def _fields(s: m.Sampling) -> dict:
-    return {f: getattr(s, f) for f in s.__struct_fields__}
 
 
 def _finish(reason: str | None) -> str:

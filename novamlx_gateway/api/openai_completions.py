@@ -8,8 +8,8 @@ from protocol import messages as m
 
 from .. import sse
 from ..errors import APIError
-from ..generation import Generation, error_body
-from .openai_chat import _fields, _finish
+from ..generation import Generation, choice_sampling, error_body, model_or_404
+from .openai_chat import _finish
 from .openai_schema import CompletionRequest, check_n, parse_body, priority_of, sampling_from
 
 
@@ -61,10 +61,7 @@ async def completions(request: Request):
     req: CompletionRequest = await parse_body(request, CompletionRequest)
     worker = request.app.state.worker
     cfg = request.app.state.config
-    info = worker.resolve_model(req.model)
-    if info is None:
-        raise APIError(404, f"The model `{req.model}` does not exist or you do not have access to it.",
-                       "model_not_found", "model")
+    info = model_or_404(worker, req.model)
     prompts = _prompts(req)
     n = check_n(req, cfg.max_n)
     if req.best_of is not None and req.best_of != n:
@@ -81,11 +78,9 @@ async def completions(request: Request):
         raise APIError(400, f"Too many choices: {len(prompts)} prompts x n={n} exceeds {cfg.max_n}.", "invalid_value", "n")
     priority = priority_of(request, req.priority)
     base = Generation.new_id()
-    cmds = []
-    for pi, p in enumerate(prompts):
-        for j in range(n):
-            s = sampling if (j == 0 or sampling.seed is None) else m.Sampling(**{**_fields(sampling), "seed": sampling.seed + j})
-            cmds.append(m.Generate(f"{base}-{pi * n + j}", info.id, s, echo=req.echo, priority=priority, **p))
+    cmds = [m.Generate(f"{base}-{pi * n + j}", info.id, choice_sampling(sampling, j), echo=req.echo,
+                       priority=priority, **p)
+            for pi, p in enumerate(prompts) for j in range(n)]
     gen = Generation(worker, cmds, cfg.request_timeout, request.app.state.admission, n)
     await gen.start()
     rid = f"cmpl-{base}"

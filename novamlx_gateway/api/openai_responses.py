@@ -20,7 +20,7 @@ from protocol import messages as m
 
 from .. import sse
 from ..errors import APIError
-from ..generation import Generation
+from ..generation import Generation, model_or_404
 from .openai_schema import parse_body, priority_of
 
 
@@ -146,10 +146,7 @@ async def create_response(request: Request):
     req: ResponsesRequest = await parse_body(request, ResponsesRequest)
     app = request.app
     worker, cfg, store = app.state.worker, app.state.config, app.state.responses
-    info = worker.resolve_model(req.model)
-    if info is None:
-        raise APIError(404, f"The model `{req.model}` does not exist or you do not have access to it.",
-                       "model_not_found", "model")
+    info = model_or_404(worker, req.model)
     if req.max_output_tokens is not None and req.max_output_tokens < 1:
         raise APIError(400, f"Invalid 'max_output_tokens': {req.max_output_tokens}; expected a value >= 1.",
                        "integer_below_min_value", "max_output_tokens")

@@ -1,9 +1,7 @@
 """Our served numbers equal mlx-lm's on the same weights."""
-import math
 
 import mlx.core as mx
 import numpy as np
-import pytest
 from mlx_lm.generate import generate_step
 from mlx_lm.utils import load as mlx_lm_load
 

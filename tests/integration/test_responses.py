@@ -5,7 +5,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import API_KEY, Server
+from tests.conftest import Server
 
 
 def test_create_and_retrieve_and_delete(client):
