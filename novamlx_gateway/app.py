@@ -14,6 +14,8 @@ from .api.health import health
 from .api.models import get_model, list_models
 from .api.openai_chat import chat_completions
 from .api.openai_completions import completions
+from .api.openai_embeddings import embeddings
+from .api.rerank import rerank
 from .api.openai_responses import create_response, delete_response, get_response, input_items
 from .api.stats import stats
 from .admission import Admission
@@ -44,6 +46,10 @@ def create_app(cfg: Config, worker: WorkerClient | None = None) -> Starlette:
         Route("/v1/responses/{id}", get_response, methods=["GET"]),
         Route("/v1/responses/{id}", delete_response, methods=["DELETE"]),
         Route("/v1/responses/{id}/input_items", input_items, methods=["GET"]),
+        Route("/v1/embeddings", embeddings, methods=["POST"]),
+        Route("/v1/rerank", rerank, methods=["POST"]),
+        Route("/rerank", rerank, methods=["POST"]),
+        Route("/v2/rerank", rerank, methods=["POST"]),
         Route("/v1/messages", messages, methods=["POST"]),
         Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
     ]

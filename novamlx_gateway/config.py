@@ -16,6 +16,8 @@ class Config:
     api_keys: list[str] = field(default_factory=list)
     admin_key: str | None = None
     models: list[str] = field(default_factory=list)  # empty: the embedded default model
+    embedding_models: list[str] = field(default_factory=list)  # empty: the MiniLM wheel; ["none"]: none
+    matryoshka_models: list[str] = field(default_factory=list)  # embedding models whose vectors may be shortened
     data_dir: str = "~/.novamlx"
     max_concurrent_requests: int = 16
     max_queue: int = 64
@@ -46,7 +48,7 @@ class Config:
         return Path(os.path.expanduser(self.data_dir))
 
 
-_LIST_FIELDS = {"api_keys": "api_key", "models": "model", "pinned_models": "pin"}
+_LIST_FIELDS = {"api_keys": "api_key", "models": "model", "pinned_models": "pin", "embedding_models": "embedding_model"}
 
 
 def _coerce(name: str, value, current):
@@ -73,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--admin-key", help="key for the admin API (off without one)")
     p.add_argument("--model", action="append", dest="models",
                    help="model folder, .gguf file or hub id on disk (repeatable; default: embedded SmolLM2-135M)")
+    p.add_argument("--embedding-model", action="append", dest="embedding_models",
+                   help="embedding/rerank model folder (repeatable; default: the MiniLM wheel; 'none' for none)")
     p.add_argument("--data-dir")
     p.add_argument("--max-concurrent-requests", type=int)
     p.add_argument("--max-queue", type=int)

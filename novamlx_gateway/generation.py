@@ -136,11 +136,15 @@ class Generation:
         return usage_dict(prompt, self.completion_tokens, cached)
 
 
-def model_or_404(worker: WorkerClient, name: str) -> m.ModelInfo:
+def model_or_404(worker: WorkerClient, name: str, kinds: tuple[str, ...] = ("llm",)) -> m.ModelInfo:
     info = worker.resolve_model(name)
     if info is None:
         raise APIError(404, f"The model `{name}` does not exist or you do not have access to it.",
                        "model_not_found", "model")
+    if info.kind not in kinds:
+        raise APIError(400, f"The model `{info.id}` is a{'n' if info.kind[0] in 'aeiou' else ''} {info.kind} model; "
+                            f"this endpoint needs a{'n' if kinds[0][0] in 'aeiou' else ''} {' or '.join(kinds)} model.",
+                       "invalid_model", "model")
     return info
 
 

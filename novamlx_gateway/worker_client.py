@@ -76,6 +76,8 @@ class WorkerClient:
             a += ["--ssd-cache-dir", str(self.cfg.data_path / "cache" / "kv")]
         for spec in self.cfg.models:
             a += ["--model", spec]
+        for spec in self.cfg.embedding_models:
+            a += ["--embedding-model", spec]
         for pin in self.cfg.pinned_models:
             a += ["--pin", pin]
         return a
@@ -157,7 +159,7 @@ class WorkerClient:
             p = self.pending.get(ev.id)
             if p is not None:
                 p.queue.put_nowait(ev)
-        elif isinstance(ev, (m.Finished, m.Error, m.Result)):
+        elif isinstance(ev, (m.Finished, m.Error, m.Result, m.Embeddings, m.Scores)):
             p = self.pending.pop(ev.id, None)
             if p is not None:
                 p.queue.put_nowait(ev)

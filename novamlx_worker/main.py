@@ -38,7 +38,20 @@ def parse_args(argv=None):
     p.add_argument("--prefix-cache-mb", type=float, default=2048.0, help="0 turns the prefix cache off")
     p.add_argument("--ssd-cache-dir", default="", help="folder for the SSD tier ('' turns it off)")
     p.add_argument("--ssd-cache-gb", type=float, default=100.0)
+    p.add_argument("--embedding-model", action="append", default=[],
+                   help="embedding or reranking model folder (repeatable); 'none' serves none; default: MiniLM wheel")
     return p.parse_args(argv)
+
+
+def load_embedders(specs: list[str]) -> list:
+    from .models.embedder import DEFAULT_EMBEDDING_ALIASES, DEFAULT_EMBEDDING_ID, default_embedding_path, load_embedder
+
+    if "none" in specs:
+        return []
+    if specs:
+        return [load_embedder(s) for s in specs]
+    path = default_embedding_path()
+    return [load_embedder(path, DEFAULT_EMBEDDING_ID, list(DEFAULT_EMBEDDING_ALIASES))] if path else []
 
 
 def main(argv=None) -> None:
@@ -72,6 +85,7 @@ def main(argv=None) -> None:
         for entry in pool.entries.values():
             pool.get(entry.id)
         memory = MemoryEnforcer(args.max_process_memory)
+        embedders = load_embedders(args.embedding_model)
     except Exception as e:  # noqa: BLE001 - report any load failure to the gateway, then exit
         log.exception("start-up failed")
         emit(m.Error("", f"worker start-up failed: {e}", 500, "model_load_failed"))
@@ -81,9 +95,11 @@ def main(argv=None) -> None:
                     prefill_batch=args.prefill_batch,
                     default_max_tokens=args.default_max_tokens, kv_budget_cap=int(args.kv_budget_mb * 1024**2),
                     block_size=args.block_size, prefix_cache_bytes=int(args.prefix_cache_mb * 1024**2),
-                    ssd=SSDTier(args.ssd_cache_dir, int(args.ssd_cache_gb * 1024**3)) if args.ssd_cache_dir else None)
+                    ssd=SSDTier(args.ssd_cache_dir, int(args.ssd_cache_gb * 1024**3)) if args.ssd_cache_dir else None,
+                    embedders=embedders)
     infos = [m.ModelInfo(e.id, "llm", e.context_length, e.created, e.loaded.path, e.aliases)
              for e in pool.entries.values()]
+    infos += [m.ModelInfo(e.id, e.kind, e.max_len, e.created, e.path, e.aliases) for e in embedders]
     emit(m.Hello(PROTOCOL_VERSION, os.getpid(), infos, ["chat", "completions", "logprobs", "echo"]))
 
     def reader():

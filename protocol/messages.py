@@ -73,6 +73,21 @@ class Settings(msgspec.Struct, tag="settings", omit_defaults=True):
     max_process_memory: str | None = None
 
 
+class Embed(msgspec.Struct, tag="embed", omit_defaults=True):
+    id: str
+    model: str
+    texts: list[str] | None = None
+    tokens: list[list[int]] | None = None
+    truncate: bool = False  # cut inputs longer than the model's window instead of refusing them
+
+
+class Rerank(msgspec.Struct, tag="rerank", omit_defaults=True):
+    id: str
+    model: str
+    query: str
+    documents: list[str]
+
+
 class Ping(msgspec.Struct, tag="ping"):
     nonce: int
 
@@ -81,7 +96,7 @@ class Shutdown(msgspec.Struct, tag="shutdown"):
     pass
 
 
-Command = Generate | Abort | CountTokens | Settings | Ping | Shutdown
+Command = Generate | Abort | CountTokens | Embed | Rerank | Settings | Ping | Shutdown
 
 
 # ---- events (worker -> gateway) ----
@@ -164,6 +179,19 @@ class Result(msgspec.Struct, tag="result", omit_defaults=True):
     data: dict = {}
 
 
+class Embeddings(msgspec.Struct, tag="embeddings"):
+    id: str
+    vectors: list[list[float]]  # pooled and L2-normalised, one per input
+    tokens: int
+
+
+class Scores(msgspec.Struct, tag="scores"):
+    id: str
+    scores: list[float]  # one per document, higher is more relevant
+    tokens: int
+    method: str  # "cross-encoder" or "bi-encoder"
+
+
 class Pong(msgspec.Struct, tag="pong"):
     nonce: int
 
@@ -190,4 +218,4 @@ class Health(msgspec.Struct, tag="health", omit_defaults=True):
     peak_batch: int = 0  # most sequences decoded in one forward
 
 
-Event = Hello | Started | Step | Finished | Error | Result | Pong | Health
+Event = Hello | Started | Step | Finished | Error | Result | Embeddings | Scores | Pong | Health

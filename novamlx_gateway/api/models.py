@@ -18,4 +18,5 @@ async def list_models(request: Request):
 
 
 async def get_model(request: Request):
-    return JSONResponse(_model_obj(model_or_404(request.app.state.worker, request.path_params["model"])))
+    info = model_or_404(request.app.state.worker, request.path_params["model"], ("llm", "embedding", "rerank"))
+    return JSONResponse(_model_obj(info))

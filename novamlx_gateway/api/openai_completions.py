@@ -10,7 +10,7 @@ from .. import sse
 from ..errors import APIError
 from ..generation import Generation, choice_sampling, error_body, model_or_404
 from .openai_chat import _finish
-from .openai_schema import CompletionRequest, check_n, parse_body, priority_of, sampling_from
+from .openai_schema import CompletionRequest, check_n, parse_body, priority_of, sampling_from, typed_sdk
 
 
 def _prompts(req: CompletionRequest) -> list[dict]:
@@ -27,14 +27,6 @@ def _prompts(req: CompletionRequest) -> list[dict]:
         return [{"prompt_tokens": list(x)} for x in p]
     raise APIError(400, "Invalid 'prompt': expected a string, an array of strings, an array of token ids, "
                         "or an array of token id arrays.", "invalid_type", "prompt")
-
-
-def typed_sdk(request: Request) -> bool:
-    """The official (Stainless-generated) SDKs type a few legacy-completions fields as non-null
-    that OpenAI's wire sends as null: `finish_reason` of intermediate stream chunks and the
-    echoed first token's logprob. Their strict validation rejects the null, so for those
-    clients we send the closest typed value instead; raw clients get the exact wire."""
-    return "x-stainless-lang" in request.headers
 
 
 class LegacyLogprobs:

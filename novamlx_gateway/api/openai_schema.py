@@ -146,3 +146,13 @@ def priority_of(request: Request, value: str | int | None = None) -> int:
     if key in PRIORITIES:
         return PRIORITIES[key]
     raise APIError(400, f"Invalid priority {raw!r}: use low, normal or high.", "invalid_value", "priority")
+
+
+def typed_sdk(request: Request) -> bool:
+    """Requests from the official (Stainless-generated) SDKs, which validate responses against
+    types stricter than OpenAI's own wire in three places: intermediate legacy-completions
+    chunks (`finish_reason` typed non-null), the echoed first token's logprob (non-null), and
+    base64 embeddings (typed as a float list and checked before the SDK decodes them). For those
+    clients we send the closest typed value (floats for embeddings, which the SDK accepts as
+    they are); raw clients get the exact wire."""
+    return "x-stainless-lang" in request.headers

@@ -178,3 +178,22 @@ async def prefix_ttft(base_url: str, model: str, *, prefix_len: int, api_key: st
     out["speedup"] = out["cold_ttft_ms"] / max(out["warm_ttft_ms"], 1e-6)
     return out
 
+
+
+async def embed_bench(base_url: str, model: str, api_key: str | None = None, n: int = 256,
+                      batches: tuple[int, ...] = (1, 16, 64)) -> dict:
+    """Sentences per second embedding n sentences, sent `batch` inputs per request."""
+    rng = random.Random(3)
+    sentences = [synthetic_prompt(rng, rng.randint(8, 24)) for _ in range(n)]
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    url = base_url.rstrip("/") + "/v1/embeddings"
+    out = {}
+    async with httpx.AsyncClient(timeout=600) as client:
+        await client.post(url, json={"model": model, "input": sentences[:64]}, headers=headers)  # warm
+        for b in batches:
+            t = time.perf_counter()
+            for i in range(0, n, b):
+                r = await client.post(url, json={"model": model, "input": sentences[i:i + b]}, headers=headers)
+                r.raise_for_status()
+            out[f"batch_{b}_sentences_per_s"] = round(n / (time.perf_counter() - t), 1)
+    return out

@@ -15,6 +15,7 @@ from protocol import messages as m
 
 from ..faults import FaultSwitch
 from ..memory import MemoryEnforcer
+from ..models.embedder import EmbedError
 from ..models.loader import LoadedModel
 from ..models.pool import ModelPool, kv_bytes_per_token, weight_bytes
 from ..sampling import token_logprobs
@@ -43,7 +44,7 @@ class Engine:
     def __init__(self, pool: ModelPool, emit: Callable[[object], None], memory: MemoryEnforcer,
                  max_batch: int = 32, prefill_step: int = 512, prefill_batch: int = 16, default_max_tokens: int = 4096,
                  kv_budget_cap: int = 0, block_size: int = 64, prefix_cache_bytes: int = 2 * 1024**3,
-                 ssd: SSDTier | None = None):
+                 ssd: SSDTier | None = None, embedders: list | None = None):
         self.pool = pool
         self.memory = memory
         self.emit = emit
@@ -51,6 +52,7 @@ class Engine:
         self.default_max_tokens = default_max_tokens
         self.kv_budget_cap = kv_budget_cap
         self.block_size, self.prefix_cache_bytes, self.ssd = block_size, prefix_cache_bytes, ssd
+        self.embedders = {e.id: e for e in embedders or []}
         self.runners: dict[str, Runner] = {}
         self.caches: dict[str, PrefixCache] = {}
         self.inbox: queue.Queue = queue.Queue()
@@ -105,6 +107,8 @@ class Engine:
                 lm = self._model(cmd.model)
                 ids = self._prompt_ids(lm, cmd.messages, cmd.prompt, None, cmd.tools)
                 self.emit(m.Result(cmd.id, tokens=len(ids)))
+            elif isinstance(cmd, (m.Embed, m.Rerank)):
+                self._embed(cmd)
             elif isinstance(cmd, m.Settings):
                 if cmd.max_process_memory is not None:
                     try:
@@ -119,6 +123,22 @@ class Engine:
                 self.stopping = True
         except RequestError as e:
             self.emit(m.Error(cmd.id, str(e), e.status, e.code, e.param))
+
+    # ---- embeddings and reranking (run between decode steps, on this thread) ----
+    def _embed(self, cmd) -> None:
+        emb = self.embedders.get(cmd.model)
+        if emb is None:
+            raise RequestError(f"The model `{cmd.model}` is not an embedding or reranking model.", 400,
+                               "invalid_model", "model")
+        try:
+            if isinstance(cmd, m.Embed):
+                vecs, used = emb.embed(cmd.texts, cmd.tokens, cmd.truncate)
+                self.emit(m.Embeddings(cmd.id, vecs.tolist(), used))
+            else:
+                scores, used, method = emb.rerank(cmd.query, cmd.documents)
+                self.emit(m.Scores(cmd.id, scores, used, method))
+        except EmbedError as e:
+            raise RequestError(str(e), 400, "invalid_value", e.param) from None
 
     # ---- memory ----
     def kv_budget(self) -> int:

