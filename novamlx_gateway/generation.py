@@ -25,6 +25,7 @@ class Choice:
     finish_reason: str | None = None
     usage: m.Usage | None = None
     stop: str | None = None  # the stop string that ended it
+    tool_calls: list[m.ToolCallDelta] = field(default_factory=list)
 
 
 class Generation:
@@ -120,6 +121,8 @@ class Generation:
                     c.text.append(ev.text)
                 if ev.logprobs:
                     c.logprobs.extend(ev.logprobs)
+                if ev.tool_calls:
+                    c.tool_calls.extend(ev.tool_calls)
             elif isinstance(ev, m.Finished):
                 c.finish_reason, c.usage, c.stop = ev.finish_reason, ev.usage, ev.stop
             elif isinstance(ev, m.Error):

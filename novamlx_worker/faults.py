@@ -34,3 +34,18 @@ class FaultSwitch:
             os.kill(os.getpid(), signal.SIGKILL)
         while True:  # hang_after_tokens
             time.sleep(3600)
+
+
+def scripted_output(messages) -> str | None:
+    """Test-only: with NOVAMLX_TEST_SCRIPTS=DIR set, a chat whose last message is "SCRIPT:name"
+    is answered with exactly the text of DIR/name.txt (then EOS), so tests can drive a tiny
+    random model through tool calls and reasoning. Off unless the variable is set."""
+    folder = os.environ.get("NOVAMLX_TEST_SCRIPTS")
+    if not folder or not messages:
+        return None
+    last = (messages[-1].content or "").strip()
+    if not last.startswith("SCRIPT:"):
+        return None
+    name = os.path.basename(last[len("SCRIPT:"):].strip())
+    path = os.path.join(folder, f"{name}.txt")
+    return open(path, encoding="utf-8").read() if os.path.exists(path) else None

@@ -92,3 +92,11 @@ def token_logprobs(rows: list[mx.array], tokens: list[int], top_n: list[int]):
             alts = [(tid, val) for val, tid in pairs]
         out.append((chosen[i].item(), alts))
     return out
+
+
+def force_tokens(script: list[int]):
+    """A logits processor that makes generation follow `script` exactly (test-only scripts)."""
+    def force(context: mx.array, logits: mx.array) -> mx.array:
+        i = min(context.size - 1, len(script) - 1)
+        return mx.where(mx.arange(logits.shape[-1]) == script[i], 0.0, -1e9)[None].astype(logits.dtype)
+    return force

@@ -49,6 +49,7 @@ class Generate(msgspec.Struct, tag="generate", omit_defaults=True):
     sampling: Sampling = msgspec.field(default_factory=Sampling)
     messages: list[ChatMessage] | None = None  # chat: the worker applies the template
     tools: list[dict] | None = None  # function schemas ({"type": "function", "function": {...}})
+    parse_tools: bool = False  # turn tool-call markup in the output into tool calls
     prompt: str | None = None  # raw text
     prompt_tokens: list[int] | None = None  # raw token ids
     echo: bool = False  # return the prompt (and its logprobs) first
@@ -136,12 +137,20 @@ class TokenLogprob(msgspec.Struct, omit_defaults=True):
     top: list[TopLogprob] = []
 
 
+class ToolCallDelta(msgspec.Struct, omit_defaults=True):
+    index: int  # 0, 1, ... per call in this answer
+    id: str
+    name: str
+    arguments: str  # the whole JSON arguments of a finished call
+
+
 class Delta(msgspec.Struct, omit_defaults=True):
     """What one sequence produced in one engine step; canonical, not wire-shaped."""
     id: str
     text: str = ""
     logprobs: list[TokenLogprob] | None = None
     echo: bool = False  # this delta is the echoed prompt
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class Step(msgspec.Struct, tag="step"):
@@ -157,7 +166,7 @@ class Usage(msgspec.Struct):
 
 class Finished(msgspec.Struct, tag="finished", omit_defaults=True):
     id: str
-    finish_reason: str  # "stop" | "length" | "abort"
+    finish_reason: str  # "stop" | "length" | "tool_calls" | "abort"
     usage: Usage
     ttft_s: float = 0.0
     total_s: float = 0.0

@@ -18,6 +18,7 @@ sys.path.insert(0, str(ROOT))
 from tests.fixtures.tiny_models import build_tiny_llama  # noqa: E402
 
 API_KEY = "sk-test-key"
+SCRIPTS = ROOT / "tests" / "fixtures" / "scripts"  # test-only forced outputs (novamlx_worker.faults)
 
 
 def free_port() -> int:
@@ -105,7 +106,8 @@ def tiny_long(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def server(tiny_model, tmp_path_factory):
     """The shared server on the tiny model, with an API key."""
-    s = Server(["--model", str(tiny_model), "--health-interval", "0.5"], tmp_path_factory.mktemp("data")).wait_ready()
+    s = Server(["--model", str(tiny_model), "--health-interval", "0.5"], tmp_path_factory.mktemp("data"),
+               env={"NOVAMLX_TEST_SCRIPTS": str(SCRIPTS)}).wait_ready()
     yield s
     s.stop()
 

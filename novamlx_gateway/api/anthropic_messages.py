@@ -125,7 +125,22 @@ def to_protocol(req) -> tuple[list[m.ChatMessage], list[dict] | None]:
 def _stop_reason(reason: str | None, stop: str | None) -> str:
     if reason == "length":
         return "max_tokens"
+    if reason == "tool_calls":
+        return "tool_use"
     return "stop_sequence" if stop else "end_turn"
+
+
+def _input(arguments: str):
+    try:
+        value = json.loads(arguments or "{}")
+    except json.JSONDecodeError:
+        value = {}
+    return value if isinstance(value, dict) else {"value": value}
+
+
+def _tool_use(call: m.ToolCallDelta) -> dict:
+    tid = call.id if call.id.startswith("toolu_") else "toolu_" + call.id.removeprefix("call_")
+    return {"type": "tool_use", "id": tid, "name": call.name, "input": _input(call.arguments)}
 
 
 def _usage(input_tokens: int, output_tokens: int, cached: int = 0) -> dict:
@@ -149,16 +164,20 @@ async def messages(request: Request):
                           top_p=1.0 if req.top_p is None else req.top_p, top_k=max(req.top_k or 0, 0),
                           max_tokens=req.max_tokens, stop=[s for s in (req.stop_sequences or []) if s])
     rid = f"msg_{uuid.uuid4().hex[:24]}"
-    cmd = m.Generate(rid, info.id, sampling, messages=chat, tools=tools, priority=priority_of(request, req.priority))
+    parse = bool(tools) and (req.tool_choice or {}).get("type") != "none"
+    cmd = m.Generate(rid, info.id, sampling, messages=chat, tools=tools, parse_tools=parse,
+                     priority=priority_of(request, req.priority))
     gen = Generation(worker, [cmd], cfg.request_timeout, request.app.state.admission)
     await gen.start()
     if req.stream:
         return StreamingResponse(_stream(gen, rid, info.id), media_type="text/event-stream", headers=sse.SSE_HEADERS)
     (c,) = await gen.collect()
     u = gen.usage()
+    text = "".join(c.text)
+    content = ([{"type": "text", "text": text}] if text or not c.tool_calls else []) + [_tool_use(t) for t in c.tool_calls]
     return JSONResponse({
         "id": rid, "type": "message", "role": "assistant", "model": info.id,
-        "content": [{"type": "text", "text": "".join(c.text)}],
+        "content": content,
         "stop_reason": _stop_reason(c.finish_reason, c.stop), "stop_sequence": c.stop,
         "usage": _usage(u["prompt_tokens"], u["completion_tokens"], u["prompt_tokens_details"]["cached_tokens"]),
     })
@@ -166,19 +185,46 @@ async def messages(request: Request):
 
 async def _stream(gen: Generation, rid: str, model: str):
     prompt = gen.prompt_counts.get(rid, 0)
+    block = -1  # index of the open content block
+    text_open = False
+
+    def start(kind: dict):
+        nonlocal block
+        block += 1
+        return sse.event("content_block_start", {"type": "content_block_start", "index": block, "content_block": kind})
+
+    def stop():
+        return sse.event("content_block_stop", {"type": "content_block_stop", "index": block})
+
     try:
         yield sse.event("message_start", {"type": "message_start", "message": {
             "id": rid, "type": "message", "role": "assistant", "model": model, "content": [],
             "stop_reason": None, "stop_sequence": None, "usage": _usage(prompt, 1)}})
-        yield sse.event("content_block_start", {"type": "content_block_start", "index": 0,
-                                                "content_block": {"type": "text", "text": ""}})
         yield sse.event("ping", {"type": "ping"})
         async for _, ev in gen.events():
-            if isinstance(ev, m.Delta) and ev.text:
-                yield sse.event("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                                        "delta": {"type": "text_delta", "text": ev.text}})
+            if isinstance(ev, m.Delta):
+                if ev.text:
+                    if not text_open:
+                        yield start({"type": "text", "text": ""})
+                        text_open = True
+                    yield sse.event("content_block_delta", {"type": "content_block_delta", "index": block,
+                                                            "delta": {"type": "text_delta", "text": ev.text}})
+                for call in ev.tool_calls or []:
+                    if text_open:
+                        yield stop()
+                        text_open = False
+                    use = _tool_use(call)
+                    yield start({**use, "input": {}})
+                    yield sse.event("content_block_delta", {"type": "content_block_delta", "index": block,
+                                                            "delta": {"type": "input_json_delta",
+                                                                      "partial_json": json.dumps(use["input"])}})
+                    yield stop()
             elif isinstance(ev, m.Finished):
-                yield sse.event("content_block_stop", {"type": "content_block_stop", "index": 0})
+                if block < 0:  # an empty answer still has one (empty) text block
+                    yield start({"type": "text", "text": ""})
+                    text_open = True
+                if text_open:
+                    yield stop()
                 yield sse.event("message_delta", {
                     "type": "message_delta",
                     "delta": {"stop_reason": _stop_reason(ev.finish_reason, ev.stop), "stop_sequence": ev.stop},

@@ -39,9 +39,36 @@ def to_messages(req: ChatRequest) -> list[m.ChatMessage]:
         if msg.role not in ROLES:
             raise APIError(400, f"Invalid value: '{msg.role}'. Supported values are: {', '.join(repr(r) for r in ROLES)}.",
                            "invalid_value", f"messages[{i}].role")
-        role = "system" if msg.role == "developer" else msg.role
-        out.append(m.ChatMessage(role, _text_content(msg, i), msg.name))
+        role = {"developer": "system", "function": "tool"}.get(msg.role, msg.role)
+        calls = None
+        if msg.tool_calls:
+            try:
+                calls = [m.ToolCall(c.get("id") or f"call_{i}_{j}", c["function"]["name"],
+                                    c["function"].get("arguments") or "{}") for j, c in enumerate(msg.tool_calls)]
+            except (KeyError, TypeError, AttributeError):
+                raise APIError(400, f"Invalid 'messages[{i}].tool_calls': each needs function.name and "
+                                    "function.arguments.", "invalid_value", f"messages[{i}].tool_calls") from None
+        out.append(m.ChatMessage(role, _text_content(msg, i), msg.name, tool_calls=calls,
+                                 tool_call_id=msg.tool_call_id))
     return out
+
+
+def tools_of(req: ChatRequest) -> tuple[list[dict] | None, bool]:
+    """(tool schemas for the template, whether to parse tool calls out of the output)."""
+    tools = req.tools or None
+    for i, t in enumerate(tools or []):
+        if not isinstance(t, dict) or t.get("type") != "function" or not isinstance(t.get("function"), dict) \
+                or not t["function"].get("name"):
+            raise APIError(400, f"Invalid 'tools[{i}]': expected {{\"type\": \"function\", \"function\": "
+                                "{\"name\": ..., \"parameters\": {...}}}.", "invalid_value", f"tools[{i}]")
+    choice = req.tool_choice
+    if choice not in (None, "none", "auto", "required") and not isinstance(choice, dict):
+        raise APIError(400, f"Invalid 'tool_choice': {choice!r}.", "invalid_value", "tool_choice")
+    return tools, bool(tools) and choice != "none"
+
+
+def tool_calls_obj(calls: list[m.ToolCallDelta]) -> list[dict]:
+    return [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls]
 
 
 def _logprobs_obj(entries: list[m.TokenLogprob]) -> dict:
@@ -63,8 +90,10 @@ async def chat_completions(request: Request):
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     sampling = sampling_from(req, max_tokens, bool(req.logprobs), req.top_logprobs or 0)
     priority = priority_of(request, req.priority)
+    tools, parse_tools = tools_of(req)
     base = Generation.new_id()
-    cmds = [m.Generate(f"{base}-{i}", info.id, choice_sampling(sampling, i), messages=messages, priority=priority)
+    cmds = [m.Generate(f"{base}-{i}", info.id, choice_sampling(sampling, i), messages=messages, priority=priority,
+                       tools=tools, parse_tools=parse_tools)
             for i in range(n)]
     gen = Generation(worker, cmds, cfg.request_timeout, request.app.state.admission, n)
     await gen.start()
@@ -78,16 +107,23 @@ async def chat_completions(request: Request):
     return JSONResponse({
         "id": rid, "object": "chat.completion", "created": gen.created, "model": info.id,
         "system_fingerprint": fingerprint,
-        "choices": [{"index": i, "message": {"role": "assistant", "content": "".join(c.text), "refusal": None,
-                                             "annotations": []},
+        "choices": [{"index": i, "message": _message(c),
                      "logprobs": _logprobs_obj(c.logprobs) if req.logprobs else None,
                      "finish_reason": _finish(c.finish_reason)} for i, c in enumerate(choices)],
         "usage": gen.usage(),
     })
 
 
+def _message(c) -> dict:
+    msg = {"role": "assistant", "content": "".join(c.text) or (None if c.tool_calls else ""), "refusal": None,
+           "annotations": []}
+    if c.tool_calls:
+        msg["tool_calls"] = tool_calls_obj(c.tool_calls)
+    return msg
+
+
 def _finish(reason: str | None) -> str:
-    return "length" if reason == "length" else "stop"
+    return reason if reason in ("length", "tool_calls") else "stop"
 
 
 async def _stream(gen: Generation, rid: str, model: str, fingerprint: str, include_usage: bool, logprobs: bool):
@@ -104,8 +140,17 @@ async def _stream(gen: Generation, rid: str, model: str, fingerprint: str, inclu
                           "logprobs": None, "finish_reason": None}])
         async for i, ev in gen.events():
             if isinstance(ev, m.Delta):
-                yield chunk([{"index": i, "delta": {"content": ev.text},
-                              "logprobs": _logprobs_obj(ev.logprobs or []) if logprobs else None, "finish_reason": None}])
+                if ev.text or ev.logprobs or not ev.tool_calls:
+                    yield chunk([{"index": i, "delta": {"content": ev.text},
+                                  "logprobs": _logprobs_obj(ev.logprobs or []) if logprobs else None,
+                                  "finish_reason": None}])
+                for call in ev.tool_calls or []:
+                    # id and name on the first delta of a call, then the arguments as fragments.
+                    yield chunk([{"index": i, "delta": {"tool_calls": [{"index": call.index, "id": call.id,
+                                  "type": "function", "function": {"name": call.name, "arguments": ""}}]},
+                                  "logprobs": None, "finish_reason": None}])
+                    yield chunk([{"index": i, "delta": {"tool_calls": [{"index": call.index,
+                                  "function": {"arguments": call.arguments}}]}, "logprobs": None, "finish_reason": None}])
             elif isinstance(ev, m.Finished):
                 yield chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": _finish(ev.finish_reason)}])
             elif isinstance(ev, m.Error):

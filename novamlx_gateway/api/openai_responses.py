@@ -169,16 +169,18 @@ async def create_response(request: Request):
     sampling = m.Sampling(temperature=1.0 if req.temperature is None else req.temperature,
                           top_p=1.0 if req.top_p is None else req.top_p, max_tokens=req.max_output_tokens)
     rid = _new_id("resp")
-    cmd = m.Generate(rid, info.id, sampling, messages=chat, tools=_tools(req.tools),
+    tools = _tools(req.tools)
+    cmd = m.Generate(rid, info.id, sampling, messages=chat, tools=tools, parse_tools=bool(tools) and req.tool_choice != "none",
                      priority=priority_of(request, req.priority))
     gen = Generation(worker, [cmd], cfg.request_timeout, app.state.admission)
     await gen.start()
     created = int(time.time())
     item_id = _new_id("msg")
 
-    def finish(text: str, reason: str | None) -> dict:
+    def finish(text: str, reason: str | None, calls: list[m.ToolCallDelta]) -> dict:
         incomplete = "max_output_tokens" if reason == "length" else None
-        out = [_message_item(item_id, text, "incomplete" if incomplete else "completed")]
+        out = [_message_item(item_id, text, "incomplete" if incomplete else "completed")] if text or not calls else []
+        out += [_function_item(c) for c in calls]
         obj = _response(req, rid, info.id, created, "incomplete" if incomplete else "completed", out, _usage(gen),
                         incomplete)
         if req.store:
@@ -190,7 +192,12 @@ async def create_response(request: Request):
         return StreamingResponse(_stream(gen, req, rid, info.id, created, item_id, finish),
                                  media_type="text/event-stream", headers=sse.SSE_HEADERS)
     (c,) = await gen.collect()
-    return JSONResponse(finish("".join(c.text), c.finish_reason))
+    return JSONResponse(finish("".join(c.text), c.finish_reason, c.tool_calls))
+
+
+def _function_item(call: m.ToolCallDelta, status: str = "completed", arguments: str | None = None) -> dict:
+    return {"type": "function_call", "id": "fc_" + call.id.removeprefix("call_"), "call_id": call.id,
+            "name": call.name, "arguments": call.arguments if arguments is None else arguments, "status": status}
 
 
 async def _stream(gen: Generation, req: ResponsesRequest, rid: str, model: str, created: int, item_id: str, finish):
@@ -203,25 +210,54 @@ async def _stream(gen: Generation, req: ResponsesRequest, rid: str, model: str, 
         return frame
 
     text: list[str] = []
+    calls: list[m.ToolCallDelta] = []
     where = {"item_id": item_id, "output_index": 0, "content_index": 0}
+    message_open = False
+
+    def open_message():
+        yield ev("response.output_item.added", output_index=0, item=_message_item(item_id, "", "in_progress"))
+        yield ev("response.content_part.added", **where,
+                 part={"type": "output_text", "text": "", "annotations": [], "logprobs": []})
+
+    def close_message(item: dict):
+        full = "".join(text)
+        yield ev("response.output_text.done", **where, text=full, logprobs=[])
+        yield ev("response.content_part.done", **where,
+                 part={"type": "output_text", "text": full, "annotations": [], "logprobs": []})
+        yield ev("response.output_item.done", output_index=0, item=item)
+
     try:
         start = _response(req, rid, model, created, "in_progress", [], None)
         yield ev("response.created", response=start)
         yield ev("response.in_progress", response=start)
-        yield ev("response.output_item.added", output_index=0, item=_message_item(item_id, "", "in_progress"))
-        yield ev("response.content_part.added", **where,
-                 part={"type": "output_text", "text": "", "annotations": [], "logprobs": []})
         async for _, e in gen.events():
-            if isinstance(e, m.Delta) and e.text:
-                text.append(e.text)
-                yield ev("response.output_text.delta", **where, delta=e.text, logprobs=[])
+            if isinstance(e, m.Delta):
+                if e.text:
+                    if not message_open:
+                        for frame in open_message():
+                            yield frame
+                        message_open = True
+                    text.append(e.text)
+                    yield ev("response.output_text.delta", **where, delta=e.text, logprobs=[])
+                for call in e.tool_calls or []:
+                    calls.append(call)
+                    index = len(calls) - (0 if message_open else 1)
+                    item = _function_item(call, "in_progress", "")
+                    yield ev("response.output_item.added", output_index=index, item=item)
+                    yield ev("response.function_call_arguments.delta", item_id=item["id"], output_index=index,
+                             delta=call.arguments)
+                    yield ev("response.function_call_arguments.done", item_id=item["id"], output_index=index,
+                             arguments=call.arguments, name=call.name)
+                    yield ev("response.output_item.done", output_index=index, item=_function_item(call))
             elif isinstance(e, m.Finished):
-                full = "".join(text)
-                obj = finish(full, e.finish_reason)
-                part = {"type": "output_text", "text": full, "annotations": [], "logprobs": []}
-                yield ev("response.output_text.done", **where, text=full, logprobs=[])
-                yield ev("response.content_part.done", **where, part=part)
-                yield ev("response.output_item.done", output_index=0, item=obj["output"][0])
+                if not message_open and not calls:  # an empty answer is still one message
+                    for frame in open_message():
+                        yield frame
+                    message_open = True
+                obj = finish("".join(text), e.finish_reason, calls)
+                if message_open:
+                    for frame in close_message(obj["output"][0]):
+                        yield frame
                 yield ev("response.incomplete" if obj["status"] == "incomplete" else "response.completed", response=obj)
             elif isinstance(e, m.Error):
                 failed = _response(req, rid, model, created, "failed", [], None,

@@ -13,7 +13,7 @@ from typing import Callable
 
 from protocol import messages as m
 
-from ..faults import FaultSwitch
+from ..faults import FaultSwitch, scripted_output
 from ..memory import MemoryEnforcer
 from ..models.embedder import EmbedError
 from ..models.loader import LoadedModel
@@ -22,6 +22,7 @@ from ..sampling import token_logprobs
 from ..text.chat import encode_messages
 from ..text.detok import IncrementalDecoder
 from ..text.stops import StopMatcher
+from ..text.tool_parsers import ToolCallParser
 from .prefix_cache import PrefixCache
 from .runner import Runner
 from .scheduler import Item, plan
@@ -224,6 +225,12 @@ class Engine:
         seq = Sequence(cmd.id, lm.id, ids, s, max_tokens, IncrementalDecoder(lm.tokenizer.decode), StopMatcher(s.stop),
                        priority=cmd.priority)
         seq.kv_bytes = (len(ids) + max_tokens) * kv_bytes_per_token(lm)
+        if cmd.parse_tools:
+            seq.tools = ToolCallParser()
+        script = scripted_output(cmd.messages)
+        if script is not None:
+            eos = lm.tokenizer.eos_ids[-1:] or [0]
+            seq.script = lm.tokenizer.encode(script, add_special=False) + eos
         budget = self.kv_budget()
         if seq.kv_bytes > budget:
             raise RequestError(
@@ -341,8 +348,13 @@ class Engine:
                         seq.rid = None
                     if hit is None and not is_eos:
                         text += seq.stops.feed(seq.decoder.flush())[0] + seq.stops.flush()
-                if text or lp_entry:
-                    deltas.append(m.Delta(seq.id, text=text, logprobs=lp_entry))
+                calls = None
+                if seq.tools is not None:
+                    text, calls = self._tool_calls(seq, text, final=reason is not None)
+                    if reason is not None and seq.tools.calls and reason == "stop":
+                        reason = "tool_calls"
+                if text or lp_entry or calls:
+                    deltas.append(m.Delta(seq.id, text=text, logprobs=lp_entry, tool_calls=calls))
                 if reason is not None:
                     finished.append((seq, reason, hit, out.cache))
             self.tokens_out += len(want)
@@ -354,6 +366,17 @@ class Engine:
         for seq, reason, hit, kv in finished:
             self._finish(seq, reason, hit, kv)
         self.fault.check(self.tokens_out)
+
+    @staticmethod
+    def _tool_calls(seq: Sequence, text: str, final: bool):
+        """Content and finished tool calls out of this step's text."""
+        first = seq.tools.calls
+        content, calls = seq.tools.feed(text)
+        if final:
+            more, tail = seq.tools.finish()
+            content, calls = content + more, calls + tail
+        deltas = [m.ToolCallDelta(first + i, c.id, c.name, c.arguments) for i, c in enumerate(calls)]
+        return content, deltas or None
 
     def _finish(self, seq: Sequence, reason: str, stop: str | None = None, kv: list | None = None) -> None:
         """Release everything the sequence holds and report its end."""

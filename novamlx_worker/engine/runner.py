@@ -15,7 +15,7 @@ from mlx_lm.generate import BatchGenerator, StopSequences
 from mlx_lm.models.cache import KVCache, make_prompt_cache
 
 from ..models.loader import LoadedModel
-from ..sampling import make_penalties, make_sampler
+from ..sampling import force_tokens, make_penalties, make_sampler
 from .sequence import Sequence
 from .solo import Solo
 
@@ -59,7 +59,7 @@ class Runner:
         if self.active == 0 and self.solo_enabled:
             stop_ids = set() if seq.sampling.ignore_eos else self.eos_ids
             self.solo = Solo(self.loaded.model, rid, tokens, cache or make_prompt_cache(self.loaded.model),
-                             seq.sampler, make_penalties(seq.sampling, seq.prompt, seq.out_tokens),
+                             seq.sampler, self._processors(seq),
                              seq.max_tokens - seq.generated, stop_ids, self.prefill_step)
             self.solo_seq = seq
         else:
@@ -74,9 +74,15 @@ class Runner:
         done = seq.generated if generated is None else generated
         (uid,) = self.gen.insert([tokens], max_tokens=[seq.max_tokens - done], caches=[cache] if cache else None,
                                  samplers=[seq.sampler],
-                                 logits_processors=[make_penalties(seq.sampling, seq.prompt, seq.out_tokens)],
+                                 logits_processors=[self._processors(seq)],
                                  stop_sequences=[stops])
         self.uid_of[rid], self.rid_of[uid] = uid, rid
+
+    @staticmethod
+    def _processors(seq: Sequence) -> list:
+        if seq.script is not None:
+            return [force_tokens(seq.script[seq.generated:])]
+        return make_penalties(seq.sampling, seq.prompt, seq.out_tokens)
 
     def _solo_to_batch(self) -> None:
         solo, seq = self.solo, self.solo_seq

@@ -27,6 +27,8 @@ class Sequence:
     cached_tokens: int = 0  # prompt tokens served from the prefix cache
     sampler: object = None  # kept across preemption so a seeded stream continues
     preemptions: int = 0
+    tools: object = None  # a ToolCallParser when the request has tools
+    script: list[int] | None = None  # test-only forced output (see faults.scripted_output)
     submitted: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
 

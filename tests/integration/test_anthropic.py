@@ -56,7 +56,7 @@ def test_raw_event_sequence(server):
         names.append(data["type"])
         if "index" in data:
             assert data["index"] == 0
-    assert names[:3] == ["message_start", "content_block_start", "ping"]
+    assert names[:3] == ["message_start", "ping", "content_block_start"]
     assert names[-3:] == ["content_block_stop", "message_delta", "message_stop"]
     assert set(names[3:-3]) <= {"content_block_delta"}
 

@@ -1,0 +1,180 @@
+"""Tool calls out of generated text, while it streams.
+
+Each family is a start marker, an end marker and a body reader; the parser passes content
+through until a start marker may be forming (it holds back any tail that could still
+become one), then collects until the end marker and emits the finished call. A body that
+does not parse degrades to plain content, so a malformed call never breaks a stream.
+
+Families: Hermes/Qwen `<tool_call>{json}</tool_call>`, `<tool>{json}</tool>`, marker
+`<|tool_call|>{json}<|/tool_call|>`, Mistral `[TOOL_CALLS] [{...}]`, XML
+`<function=name>{json or <parameter=k>v</parameter>}</function>`, namespaced
+`<ns:tool_call><invoke name="..."><parameter name="k">v</parameter></invoke></ns:tool_call>`.
+"""
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass
+
+
+@dataclass
+class ParsedCall:
+    name: str
+    arguments: str  # JSON text
+    id: str = ""
+
+    def __post_init__(self):
+        self.id = self.id or f"call_{uuid.uuid4().hex[:24]}"
+
+
+def _json_calls(body: str) -> list[ParsedCall] | None:
+    """A JSON object or list of objects with name + arguments/parameters."""
+    try:
+        data = json.loads(body.strip())
+    except json.JSONDecodeError:
+        return None
+    items = data if isinstance(data, list) else [data]
+    out = []
+    for it in items:
+        if not isinstance(it, dict) or not isinstance(it.get("name"), str):
+            return None
+        args = it.get("arguments", it.get("parameters", {}))
+        out.append(ParsedCall(it["name"], args if isinstance(args, str) else json.dumps(args)))
+    return out
+
+
+_PARAM = re.compile(r"<parameter[= ](?:name=)?\"?([^>\"]+)\"?>(.*?)</parameter>", re.S)
+
+
+def _value(text: str):
+    text = text.strip()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _function_xml(body: str, name: str) -> list[ParsedCall] | None:
+    body = body.strip()
+    if body.startswith("{"):
+        try:
+            return [ParsedCall(name, json.dumps(json.loads(body)))]
+        except json.JSONDecodeError:
+            return None
+    return [ParsedCall(name, json.dumps({k: _value(v) for k, v in _PARAM.findall(body)}))]
+
+
+_INVOKE = re.compile(r"<invoke name=\"([^\"]+)\">(.*?)</invoke>", re.S)
+
+
+def _invoke_xml(body: str) -> list[ParsedCall] | None:
+    calls = [ParsedCall(n, json.dumps({k: _value(v) for k, v in _PARAM.findall(b)})) for n, b in _INVOKE.findall(body)]
+    return calls or None
+
+
+@dataclass(frozen=True)
+class Family:
+    start: str  # a literal, or a regex when it starts with "re:"
+    end: str
+    read: object  # (body, match) -> list[ParsedCall] | None
+
+
+FAMILIES = [
+    Family("<tool_call>", "</tool_call>", lambda b, mt: _json_calls(b)),
+    Family("<|tool_call|>", "<|/tool_call|>", lambda b, mt: _json_calls(b)),
+    Family("<tool>", "</tool>", lambda b, mt: _json_calls(b)),
+    Family("[TOOL_CALLS]", "", lambda b, mt: _json_calls(b)),  # runs to the end of the output
+    Family("re:<function=([^>]+)>", "</function>", lambda b, mt: _function_xml(b, mt.group(1))),
+    Family("re:<([A-Za-z_]+):tool_call>", "re:</{ns}:tool_call>", lambda b, mt: _invoke_xml(b)),
+]
+_LITERAL_PREFIXES = ["<tool_call>", "<|tool_call|>", "<tool>", "[TOOL_CALLS]", "<function=", "<"]
+
+
+class ToolCallParser:
+    """feed(text) -> (content to show, finished calls); finish() flushes at the end."""
+
+    def __init__(self, families: list[Family] = FAMILIES):
+        self.families = families
+        self.buf = ""
+        self.open: tuple[Family, re.Match | None, str] | None = None  # family, start match, end marker
+        self.calls = 0
+
+    def _find_start(self):
+        best = None
+        for fam in self.families:
+            if fam.start.startswith("re:"):
+                mt = re.search(fam.start[3:], self.buf)
+                pos = (mt.start(), mt.end(), mt) if mt else None
+            else:
+                i = self.buf.find(fam.start)
+                pos = (i, i + len(fam.start), None) if i >= 0 else None
+            if pos and (best is None or pos[0] < best[1][0]):
+                best = (fam, pos)
+        return best
+
+    def _hold(self) -> int:
+        """Length of the tail that could still grow into a start marker."""
+        i = self.buf.rfind("<")
+        j = self.buf.rfind("[")
+        cut = max(i, j)
+        if cut < 0:
+            return 0
+        tail = self.buf[cut:]
+        if len(tail) > 40 or ">" in tail[1:] and not tail.startswith("[TOOL"):
+            return 0
+        if any(p.startswith(tail) or tail.startswith(p) for p in _LITERAL_PREFIXES[:-1]) or re.match(r"<[A-Za-z_]*:?[a-z_]*$", tail):
+            return len(self.buf) - cut
+        return 0
+
+    def feed(self, text: str) -> tuple[str, list[ParsedCall]]:
+        self.buf += text
+        content, calls = [], []
+        while True:
+            if self.open is None:
+                found = self._find_start()
+                if found is None:
+                    keep = self._hold()
+                    content.append(self.buf[: len(self.buf) - keep])
+                    self.buf = self.buf[len(self.buf) - keep:]
+                    break
+                fam, (s, e, mt) = found
+                content.append(self.buf[:s])
+                end = fam.end
+                if end.startswith("re:"):
+                    end = end[3:].replace("{ns}", mt.group(1))
+                    end = re.sub(r"\\", "", end)
+                self.open = (fam, mt, end)
+                self.buf = self.buf[e:]
+            fam, mt, end = self.open
+            if not end:  # runs to the end of output
+                break
+            i = self.buf.find(end)
+            if i < 0:
+                break
+            body, self.buf = self.buf[:i], self.buf[i + len(end):]
+            parsed = fam.read(body, mt)
+            self.open = None
+            if parsed is None:
+                content.append(self._raw(fam, mt, body, end))
+            else:
+                calls += parsed
+        self.calls += len(calls)
+        return "".join(content), calls
+
+    @staticmethod
+    def _raw(fam, mt, body, end) -> str:
+        start = mt.group(0) if mt is not None else fam.start
+        return start + body + end
+
+    def finish(self) -> tuple[str, list[ParsedCall]]:
+        if self.open is None:
+            out, self.buf = self.buf, ""
+            return out, []
+        fam, mt, end = self.open
+        body, self.buf, self.open = self.buf, "", None
+        parsed = fam.read(body, mt)
+        if parsed is None:
+            return self._raw(fam, mt, body, "" if not end else ""), []
+        self.calls += len(parsed)
+        return "", parsed

@@ -1,0 +1,96 @@
+"""Tool calls parsed in the worker and rendered per wire format, through the official SDKs.
+
+The tiny random model is driven by the test-only scripted output switch
+(NOVAMLX_TEST_SCRIPTS, see novamlx_worker/faults.py) to emit exact tool-call markup.
+"""
+import json
+
+import anthropic
+import pytest
+
+from tests.conftest import API_KEY
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
+                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}},
+         {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}]
+
+
+def script(name):
+    return [{"role": "user", "content": f"SCRIPT:{name}"}]
+
+
+def test_chat_tool_call_non_streaming(client):
+    r = client.chat.completions.create(model="tiny-llama", messages=script("weather"), tools=TOOLS)
+    c = r.choices[0]
+    assert c.finish_reason == "tool_calls"
+    assert c.message.content == "Let me check the weather."
+    (call,) = c.message.tool_calls
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
+    assert call.id.startswith("call_") and call.type == "function"
+
+
+def test_chat_tool_call_streaming_deltas(client):
+    stream = client.chat.completions.create(model="tiny-llama", messages=script("parallel"), tools=TOOLS, stream=True)
+    content, calls, finish, firsts = "", {}, None, {}
+    for chunk in stream:
+        for ch in chunk.choices:
+            content += ch.delta.content or ""
+            for d in ch.delta.tool_calls or []:
+                entry = calls.setdefault(d.index, {"id": None, "name": None, "arguments": ""})
+                if d.id:
+                    assert entry["id"] is None  # id and name only on the first delta of a call
+                    entry["id"], entry["name"] = d.id, d.function.name
+                entry["arguments"] += d.function.arguments or ""
+            finish = ch.finish_reason or finish
+    assert content == "" and finish == "tool_calls"
+    assert [calls[i]["name"] for i in sorted(calls)] == ["get_weather", "get_time"]
+    assert json.loads(calls[1]["arguments"]) == {"tz": "CET"}
+    assert len({c["id"] for c in calls.values()}) == 2
+
+
+def test_malformed_call_degrades_to_text(client):
+    r = client.chat.completions.create(model="tiny-llama", messages=script("malformed"), tools=TOOLS)
+    assert r.choices[0].finish_reason == "stop" and not r.choices[0].message.tool_calls
+    assert "{city: Paris}" in r.choices[0].message.content
+
+
+def test_tool_choice_none_leaves_text(client):
+    r = client.chat.completions.create(model="tiny-llama", messages=script("weather"), tools=TOOLS, tool_choice="none")
+    assert not r.choices[0].message.tool_calls and "<tool_call>" in r.choices[0].message.content
+
+
+def test_tool_result_turn_is_accepted(client):
+    r = client.chat.completions.create(model="tiny-llama", max_tokens=4, tools=TOOLS, messages=[
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function",
+                                                               "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18C"},
+    ])
+    assert r.choices[0].message is not None
+
+
+def test_anthropic_tool_use_blocks(server):
+    ac = anthropic.Anthropic(base_url=server.base_url, api_key=API_KEY, max_retries=0, _strict_response_validation=True)
+    tools = [{"name": t["function"]["name"], "description": "d", "input_schema": t["function"]["parameters"]} for t in TOOLS]
+    r = ac.messages.create(model="tiny-llama", max_tokens=200, tools=tools, messages=script("weather"))
+    assert r.stop_reason == "tool_use"
+    assert [b.type for b in r.content] == ["text", "tool_use"]
+    assert r.content[1].name == "get_weather" and r.content[1].input == {"city": "Paris"}
+    with ac.messages.stream(model="tiny-llama", max_tokens=200, tools=tools, messages=script("parallel")) as s:
+        final = s.get_final_message()
+    assert [b.type for b in final.content] == ["tool_use", "tool_use"] and final.stop_reason == "tool_use"
+    assert final.content[1].input == {"tz": "CET"}
+
+
+def test_responses_function_call_items(client):
+    tools = [{"type": "function", "name": t["function"]["name"], "parameters": t["function"]["parameters"]} for t in TOOLS]
+    r = client.responses.create(model="tiny-llama", tools=tools, input="SCRIPT:weather")
+    kinds = [o.type for o in r.output]
+    assert kinds == ["message", "function_call"]
+    fc = r.output[1]
+    assert fc.name == "get_weather" and json.loads(fc.arguments) == {"city": "Paris"} and fc.call_id
+    with client.responses.stream(model="tiny-llama", tools=tools, input="SCRIPT:parallel") as s:
+        events = [e.type for e in s]
+        final = s.get_final_response()
+    assert [o.type for o in final.output if o.type == "function_call"] == ["function_call", "function_call"]
+    assert "response.function_call_arguments.done" in events

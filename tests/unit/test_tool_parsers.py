@@ -1,0 +1,54 @@
+"""Tool-call parsing on recorded outputs, streamed split at every character boundary."""
+import json
+
+import pytest
+
+from novamlx_worker.text.tool_parsers import ToolCallParser
+
+CASES = [
+    ("Let me check.<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>",
+     "Let me check.", [("get_weather", {"city": "Paris"})]),
+    ("<tool_call>{\"name\": \"a\", \"arguments\": {}}</tool_call><tool_call>{\"name\": \"b\", \"arguments\": {\"x\": 1}}</tool_call>",
+     "", [("a", {}), ("b", {"x": 1})]),
+    ("<|tool_call|>{\"name\": \"f\", \"arguments\": {\"q\": \"x<y\"}}<|/tool_call|>", "", [("f", {"q": "x<y"})]),
+    ("<tool>{\"name\": \"t\", \"parameters\": {\"n\": 2}}</tool>", "", [("t", {"n": 2})]),
+    ("Sure [TOOL_CALLS] [{\"name\": \"m\", \"arguments\": {\"k\": \"v\"}}]", "Sure ", [("m", {"k": "v"})]),
+    ("<function=search>{\"query\": \"mlx\"}</function>", "", [("search", {"query": "mlx"})]),
+    ("<function=search><parameter=query>mlx</parameter><parameter=n>3</parameter></function>", "",
+     [("search", {"query": "mlx", "n": 3})]),
+    ("ok <minimax:tool_call><invoke name=\"run\"><parameter name=\"cmd\">ls -la</parameter></invoke></minimax:tool_call>",
+     "ok ", [("run", {"cmd": "ls -la"})]),
+    ("No tools here, just a < b and [1, 2].", "No tools here, just a < b and [1, 2].", []),
+    ("<tool_call>{not json}</tool_call> after", "<tool_call>{not json}</tool_call> after", []),  # degrades to text
+]
+
+
+def run(text: str, cut_every: int | None = None, cuts: tuple[int, ...] = ()):
+    p = ToolCallParser()
+    pieces = [text[i:i + cut_every] for i in range(0, len(text), cut_every)] if cut_every else \
+        [text[a:b] for a, b in zip((0, *cuts), (*cuts, len(text)))]
+    content, calls = "", []
+    for piece in pieces:
+        c, k = p.feed(piece)
+        content += c
+        calls += k
+    c, k = p.finish()
+    return content + c, [(x.name, json.loads(x.arguments)) for x in calls + k]
+
+
+@pytest.mark.parametrize("text,content,calls", CASES)
+def test_every_split_point(text, content, calls):
+    assert run(text, cut_every=len(text)) == (content, calls)
+    for cut in range(1, len(text)):
+        assert run(text, cuts=(cut,)) == (content, calls), cut
+    assert run(text, cut_every=1) == (content, calls)
+
+
+def test_markup_never_leaks_mid_stream():
+    text = CASES[0][0]
+    p = ToolCallParser()
+    shown = ""
+    for ch in text:
+        c, _ = p.feed(ch)
+        shown += c
+        assert "<tool" not in shown and "tool_call" not in shown
