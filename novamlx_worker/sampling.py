@@ -37,6 +37,20 @@ def make_sampler(s: Sampling):
     return sample
 
 
+class Since:
+    """The tokens generated since a processor's first call. A processor's context starts with
+    prompt tokens (all of them on the batch path, only the last on the solo path), so the
+    first call marks where generation begins."""
+
+    def __init__(self):
+        self.base: int | None = None
+
+    def __call__(self, context: mx.array) -> mx.array:
+        if self.base is None:
+            self.base = context.size
+        return context[self.base:]
+
+
 def make_penalties(s: Sampling, prompt: list[int], prior: list[int] | None = None):
     """OpenAI frequency/presence penalties count generated tokens; the repetition
     penalty (HF/vLLM style) covers prompt and output. `prior` holds tokens generated
@@ -45,10 +59,10 @@ def make_penalties(s: Sampling, prompt: list[int], prior: list[int] | None = Non
     before = mx.array(prior or [], dtype=mx.int32)
     if s.frequency_penalty or s.presence_penalty:
         freq, pres = s.frequency_penalty, s.presence_penalty
+        since = Since()
 
         def openai_penalties(context: mx.array, logits: mx.array) -> mx.array:
-            # context[0] is the last prompt token; the rest were generated.
-            generated = mx.concatenate([before, context[1:].astype(mx.int32)])
+            generated = mx.concatenate([before, since(context).astype(mx.int32)])
             if generated.size == 0:
                 return logits
             counts = mx.zeros((logits.shape[-1],), logits.dtype).at[generated].add(1)
@@ -57,10 +71,11 @@ def make_penalties(s: Sampling, prompt: list[int], prior: list[int] | None = Non
         procs.append(openai_penalties)
     if s.repetition_penalty and s.repetition_penalty != 1.0:
         penalty = s.repetition_penalty
-        prompt_ids = mx.array(sorted(set(prompt)), dtype=mx.int32)
+        prompt_ids = mx.array(sorted(set(prompt) | set(prior or [])), dtype=mx.int32)
+        since_r = Since()
 
         def repetition(context: mx.array, logits: mx.array) -> mx.array:
-            ids = mx.concatenate([prompt_ids, context[1:].astype(mx.int32)])
+            ids = mx.concatenate([prompt_ids, since_r(context).astype(mx.int32)])
             selected = logits[:, ids]
             selected = mx.where(selected < 0, selected * penalty, selected / penalty)
             logits[:, ids] = selected
@@ -96,7 +111,9 @@ def token_logprobs(rows: list[mx.array], tokens: list[int], top_n: list[int]):
 
 def force_tokens(script: list[int]):
     """A logits processor that makes generation follow `script` exactly (test-only scripts)."""
+    since = Since()
+
     def force(context: mx.array, logits: mx.array) -> mx.array:
-        i = min(context.size - 1, len(script) - 1)
+        i = min(since(context).size, len(script) - 1)
         return mx.where(mx.arange(logits.shape[-1]) == script[i], 0.0, -1e9)[None].astype(logits.dtype)
     return force

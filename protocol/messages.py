@@ -25,6 +25,8 @@ class Sampling(msgspec.Struct, omit_defaults=True):
     logprobs: bool = False
     top_logprobs: int = 0
     ignore_eos: bool = False
+    # {"type": "json_object"} or {"type": "json_schema", "schema": {...}}: enforced by grammar
+    response_format: dict | None = None
 
 
 class ToolCall(msgspec.Struct, omit_defaults=True):

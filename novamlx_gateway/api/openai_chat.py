@@ -9,7 +9,7 @@ from protocol import messages as m
 from .. import sse
 from ..errors import APIError
 from ..generation import Generation, choice_sampling, error_body, model_or_404
-from .openai_schema import ChatMessageIn, ChatRequest, check_n, parse_body, priority_of, sampling_from
+from .openai_schema import ChatMessageIn, ChatRequest, check_n, parse_body, priority_of, response_format_of, sampling_from
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 
@@ -89,6 +89,7 @@ async def chat_completions(request: Request):
                        "invalid_value", "top_logprobs")
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     sampling = sampling_from(req, max_tokens, bool(req.logprobs), req.top_logprobs or 0)
+    sampling.response_format = response_format_of(req.response_format)
     priority = priority_of(request, req.priority)
     tools, parse_tools = tools_of(req)
     base = Generation.new_id()

@@ -21,7 +21,7 @@ from protocol import messages as m
 from .. import sse
 from ..errors import APIError
 from ..generation import Generation, model_or_404
-from .openai_schema import parse_body, priority_of
+from .openai_schema import parse_body, priority_of, response_format_of
 
 
 class ResponsesRequest(msgspec.Struct, kw_only=True):
@@ -150,9 +150,6 @@ async def create_response(request: Request):
     if req.max_output_tokens is not None and req.max_output_tokens < 1:
         raise APIError(400, f"Invalid 'max_output_tokens': {req.max_output_tokens}; expected a value >= 1.",
                        "integer_below_min_value", "max_output_tokens")
-    fmt = (req.text or {}).get("format", {}).get("type", "text")
-    if fmt not in ("text",):
-        raise APIError(400, f"text.format.type {fmt!r} is not supported yet; use 'text'.", "invalid_value", "text.format")
     history: list[dict] = []
     if req.previous_response_id:
         prev = store.get(req.previous_response_id)
@@ -167,7 +164,8 @@ async def create_response(request: Request):
     if not chat:
         raise APIError(400, "Invalid 'input': nothing to respond to.", "invalid_value", "input")
     sampling = m.Sampling(temperature=1.0 if req.temperature is None else req.temperature,
-                          top_p=1.0 if req.top_p is None else req.top_p, max_tokens=req.max_output_tokens)
+                          top_p=1.0 if req.top_p is None else req.top_p, max_tokens=req.max_output_tokens,
+                          response_format=response_format_of((req.text or {}).get("format"), "text.format"))
     rid = _new_id("resp")
     tools = _tools(req.tools)
     cmd = m.Generate(rid, info.id, sampling, messages=chat, tools=tools, parse_tools=bool(tools) and req.tool_choice != "none",

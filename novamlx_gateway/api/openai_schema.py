@@ -58,6 +58,7 @@ class ChatRequest(_SamplingFields, kw_only=True):
     tools: list[dict] | None = None
     tool_choice: str | dict | None = None
     parallel_tool_calls: bool | None = None
+    response_format: dict | None = None
 
 
 class CompletionRequest(_SamplingFields, kw_only=True):
@@ -159,3 +160,20 @@ def typed_sdk(request: Request) -> bool:
     clients we send the closest typed value (floats for embeddings, which the SDK accepts as
     they are); raw clients get the exact wire."""
     return "x-stainless-lang" in request.headers
+
+
+def response_format_of(fmt: dict | None, param: str = "response_format") -> dict | None:
+    """OpenAI's response_format (chat) or text.format (Responses) as the protocol's form."""
+    if not fmt or fmt.get("type") in (None, "text"):
+        return None
+    kind = fmt.get("type")
+    if kind == "json_object":
+        return {"type": "json_object"}
+    if kind == "json_schema":
+        spec = fmt.get("json_schema", fmt)  # chat nests it; Responses' text.format does not
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise APIError(400, f"Invalid '{param}': json_schema needs a 'schema' object.", "invalid_value", param)
+        return {"type": "json_schema", "schema": schema}
+    raise APIError(400, f"Invalid '{param}.type': {kind!r}; use 'text', 'json_object' or 'json_schema'.",
+                   "invalid_value", param)

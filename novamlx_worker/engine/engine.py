@@ -14,6 +14,7 @@ from typing import Callable
 from protocol import messages as m
 
 from ..faults import FaultSwitch, scripted_output
+from ..grammar import GrammarError, compile_format
 from ..memory import MemoryEnforcer
 from ..models.embedder import EmbedError
 from ..models.loader import LoadedModel
@@ -227,6 +228,11 @@ class Engine:
         seq.kv_bytes = (len(ids) + max_tokens) * kv_bytes_per_token(lm)
         if cmd.parse_tools:
             seq.tools = ToolCallParser()
+        if s.response_format:
+            try:
+                seq.grammar = compile_format(s.response_format)
+            except GrammarError as e:
+                raise RequestError(str(e), 400, "invalid_response_format", "response_format") from None
         script = scripted_output(cmd.messages)
         if script is not None:
             eos = lm.tokenizer.eos_ids[-1:] or [0]

@@ -15,6 +15,7 @@ from mlx_lm.generate import BatchGenerator, StopSequences
 from mlx_lm.models.cache import KVCache, make_prompt_cache
 
 from ..models.loader import LoadedModel
+from ..grammar import GrammarProcessor
 from ..sampling import force_tokens, make_penalties, make_sampler
 from .sequence import Sequence
 from .solo import Solo
@@ -42,6 +43,7 @@ class Runner:
         # Plain KV caches are what prefix caching and the solo path need (not windows or SSM state).
         self.cacheable = all(type(c) is KVCache for c in make_prompt_cache(loaded.model))
         self.solo_enabled = solo and self.cacheable
+        self.vocab_size = loaded.model.args.vocab_size
         self.solo: Solo | None = None
         self.solo_seq: Sequence | None = None
         self.uid_of: dict[int, int] = {}  # runner id -> batch uid
@@ -78,11 +80,13 @@ class Runner:
                                  stop_sequences=[stops])
         self.uid_of[rid], self.rid_of[uid] = uid, rid
 
-    @staticmethod
-    def _processors(seq: Sequence) -> list:
+    def _processors(self, seq: Sequence) -> list:
         if seq.script is not None:
             return [force_tokens(seq.script[seq.generated:])]
-        return make_penalties(seq.sampling, seq.prompt, seq.out_tokens)
+        procs = make_penalties(seq.sampling, seq.prompt, seq.out_tokens)
+        if seq.grammar is not None:  # last: the mask has the final word
+            procs.append(GrammarProcessor(seq.grammar, self.loaded.tokenizer, self.vocab_size, seq.out_tokens))
+        return procs
 
     def _solo_to_batch(self) -> None:
         solo, seq = self.solo, self.solo_seq

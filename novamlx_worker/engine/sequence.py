@@ -28,6 +28,7 @@ class Sequence:
     sampler: object = None  # kept across preemption so a seeded stream continues
     preemptions: int = 0
     tools: object = None  # a ToolCallParser when the request has tools
+    grammar: str | None = None  # compiled llguidance grammar for structured output
     script: list[int] | None = None  # test-only forced output (see faults.scripted_output)
     submitted: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None

@@ -1,0 +1,88 @@
+"""Structured output enforced at token level with llguidance.
+
+A request's JSON schema (or "any JSON object") is compiled once into a matcher per
+sequence; before each sample the matcher's allowed-token bitmask masks the logits, and the
+sampled token is fed back. The tokenizer view llguidance needs is built once per model.
+"""
+from __future__ import annotations
+
+import json
+
+import mlx.core as mx
+import numpy as np
+
+_TOKENIZERS: dict[int, object] = {}
+
+
+class GrammarError(ValueError):
+    pass
+
+
+def ll_tokenizer(tok, vocab_size: int):
+    """llguidance's view of a TextTokenizer, cached (building it takes about a second)."""
+    key = id(tok)
+    if key not in _TOKENIZERS:
+        import llguidance.hf
+        from transformers import PreTrainedTokenizerFast
+
+        hf = PreTrainedTokenizerFast(tokenizer_object=tok.tok)
+        _TOKENIZERS[key] = llguidance.hf.from_tokenizer(hf, n_vocab=vocab_size, eos_token=tok.eos_ids[-1])
+    return _TOKENIZERS[key]
+
+
+def compile_format(fmt: dict) -> str:
+    """A response_format ({"type": "json_object"} / {"type": "json_schema", "schema": ...}) as a grammar."""
+    from llguidance import LLMatcher
+
+    kind = fmt.get("type")
+    if kind == "json_object":
+        schema = {"type": "object"}
+    elif kind == "json_schema":
+        schema = fmt.get("schema")
+        if not isinstance(schema, dict):
+            raise GrammarError("response_format.json_schema.schema must be a JSON Schema object")
+    else:
+        raise GrammarError(f"unsupported response_format type {kind!r}")
+    try:
+        grammar = LLMatcher.grammar_from_json_schema(json.dumps(schema), defaults={"whitespace_flexible": False})
+    except ValueError as e:
+        raise GrammarError(f"invalid JSON schema: {e}") from None
+    is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar)
+    if is_error:
+        raise GrammarError(f"invalid JSON schema: {'; '.join(messages)}")
+    return grammar
+
+
+class GrammarProcessor:
+    """A logits processor (context, logits) -> logits that only allows what the grammar allows."""
+
+    def __init__(self, grammar: str, tokenizer, vocab_size: int, prior: list[int] | None = None):
+        from llguidance import LLMatcher
+
+        self.matcher = LLMatcher(ll_tokenizer(tokenizer, vocab_size), grammar)
+        if self.matcher.is_error():
+            raise GrammarError(self.matcher.get_error())
+        self.vocab = vocab_size
+        self.eos = tokenizer.eos_ids[-1]
+        self.words = (vocab_size + 31) // 32
+        self.seen: int | None = None  # set at the first call: the context so far is prompt
+        for t in prior or []:  # tokens generated before a preemption or a move into the batch
+            self.matcher.consume_token(int(t))
+
+    def __call__(self, context: mx.array, logits: mx.array) -> mx.array:
+        if self.seen is None:
+            self.seen = context.size
+        if context.size > self.seen:  # feed what was sampled since the last call
+            for t in context[self.seen:].tolist():
+                self.matcher.consume_token(int(t))
+            self.seen = context.size
+        if self.matcher.is_stopped() or self.matcher.is_error():
+            allowed = np.zeros(logits.shape[-1], dtype=bool)
+            allowed[self.eos] = True
+        else:
+            mask = np.zeros(self.words, dtype=np.int32)
+            self.matcher.unsafe_compute_mask_ptr(mask.ctypes.data, mask.nbytes)
+            bits = np.unpackbits(mask.view(np.uint8), bitorder="little")[: self.vocab].astype(bool)
+            allowed = np.zeros(logits.shape[-1], dtype=bool)
+            allowed[: len(bits)] = bits
+        return mx.where(mx.array(allowed)[None], logits, mx.array(-float("inf"), dtype=logits.dtype))
