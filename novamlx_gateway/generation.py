@@ -26,6 +26,7 @@ class Choice:
     usage: m.Usage | None = None
     stop: str | None = None  # the stop string that ended it
     tool_calls: list[m.ToolCallDelta] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
 
 
 class Generation:
@@ -123,6 +124,8 @@ class Generation:
                     c.logprobs.extend(ev.logprobs)
                 if ev.tool_calls:
                     c.tool_calls.extend(ev.tool_calls)
+                if ev.reasoning:
+                    c.reasoning.append(ev.reasoning)
             elif isinstance(ev, m.Finished):
                 c.finish_reason, c.usage, c.stop = ev.finish_reason, ev.usage, ev.stop
             elif isinstance(ev, m.Error):

@@ -153,6 +153,7 @@ class Delta(msgspec.Struct, omit_defaults=True):
     logprobs: list[TokenLogprob] | None = None
     echo: bool = False  # this delta is the echoed prompt
     tool_calls: list[ToolCallDelta] | None = None
+    reasoning: str = ""  # thinking text, split from the answer
 
 
 class Step(msgspec.Struct, tag="step"):

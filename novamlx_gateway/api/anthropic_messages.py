@@ -174,7 +174,9 @@ async def messages(request: Request):
     (c,) = await gen.collect()
     u = gen.usage()
     text = "".join(c.text)
-    content = ([{"type": "text", "text": text}] if text or not c.tool_calls else []) + [_tool_use(t) for t in c.tool_calls]
+    thinking = [{"type": "thinking", "thinking": "".join(c.reasoning), "signature": ""}] if c.reasoning else []
+    content = thinking + ([{"type": "text", "text": text}] if text or not (c.tool_calls or thinking) else []) \
+        + [_tool_use(t) for t in c.tool_calls]
     return JSONResponse({
         "id": rid, "type": "message", "role": "assistant", "model": info.id,
         "content": content,
@@ -186,7 +188,7 @@ async def messages(request: Request):
 async def _stream(gen: Generation, rid: str, model: str):
     prompt = gen.prompt_counts.get(rid, 0)
     block = -1  # index of the open content block
-    text_open = False
+    text_open = thinking_open = False
 
     def start(kind: dict):
         nonlocal block
@@ -203,6 +205,15 @@ async def _stream(gen: Generation, rid: str, model: str):
         yield sse.event("ping", {"type": "ping"})
         async for _, ev in gen.events():
             if isinstance(ev, m.Delta):
+                if ev.reasoning:
+                    if not thinking_open:
+                        yield start({"type": "thinking", "thinking": "", "signature": ""})
+                        thinking_open = True
+                    yield sse.event("content_block_delta", {"type": "content_block_delta", "index": block,
+                                                            "delta": {"type": "thinking_delta", "thinking": ev.reasoning}})
+                if thinking_open and (ev.text or ev.tool_calls):
+                    yield stop()
+                    thinking_open = False
                 if ev.text:
                     if not text_open:
                         yield start({"type": "text", "text": ""})
@@ -223,7 +234,7 @@ async def _stream(gen: Generation, rid: str, model: str):
                 if block < 0:  # an empty answer still has one (empty) text block
                     yield start({"type": "text", "text": ""})
                     text_open = True
-                if text_open:
+                if text_open or thinking_open:
                     yield stop()
                 yield sse.event("message_delta", {
                     "type": "message_delta",

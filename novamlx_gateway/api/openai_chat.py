@@ -115,9 +115,14 @@ async def chat_completions(request: Request):
     })
 
 
+REASONING_FIELD = "reasoning_content"  # what DeepSeek, vLLM and most clients read
+
+
 def _message(c) -> dict:
     msg = {"role": "assistant", "content": "".join(c.text) or (None if c.tool_calls else ""), "refusal": None,
            "annotations": []}
+    if c.reasoning:
+        msg[REASONING_FIELD] = "".join(c.reasoning)
     if c.tool_calls:
         msg["tool_calls"] = tool_calls_obj(c.tool_calls)
     return msg
@@ -141,7 +146,10 @@ async def _stream(gen: Generation, rid: str, model: str, fingerprint: str, inclu
                           "logprobs": None, "finish_reason": None}])
         async for i, ev in gen.events():
             if isinstance(ev, m.Delta):
-                if ev.text or ev.logprobs or not ev.tool_calls:
+                if ev.reasoning:
+                    yield chunk([{"index": i, "delta": {REASONING_FIELD: ev.reasoning}, "logprobs": None,
+                                  "finish_reason": None}])
+                if ev.text or ev.logprobs or not (ev.tool_calls or ev.reasoning):
                     yield chunk([{"index": i, "delta": {"content": ev.text},
                                   "logprobs": _logprobs_obj(ev.logprobs or []) if logprobs else None,
                                   "finish_reason": None}])

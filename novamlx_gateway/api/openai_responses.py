@@ -174,10 +174,12 @@ async def create_response(request: Request):
     await gen.start()
     created = int(time.time())
     item_id = _new_id("msg")
+    reasoning_id = _new_id("rs")
 
-    def finish(text: str, reason: str | None, calls: list[m.ToolCallDelta]) -> dict:
+    def finish(text: str, reason: str | None, calls: list[m.ToolCallDelta], thought: str = "") -> dict:
         incomplete = "max_output_tokens" if reason == "length" else None
-        out = [_message_item(item_id, text, "incomplete" if incomplete else "completed")] if text or not calls else []
+        out = [_reasoning_item(reasoning_id, thought)] if thought else []
+        out += [_message_item(item_id, text, "incomplete" if incomplete else "completed")] if text or not calls else []
         out += [_function_item(c) for c in calls]
         obj = _response(req, rid, info.id, created, "incomplete" if incomplete else "completed", out, _usage(gen),
                         incomplete)
@@ -187,10 +189,15 @@ async def create_response(request: Request):
         return obj
 
     if req.stream:
-        return StreamingResponse(_stream(gen, req, rid, info.id, created, item_id, finish),
+        return StreamingResponse(_stream(gen, req, rid, info.id, created, item_id, reasoning_id, finish),
                                  media_type="text/event-stream", headers=sse.SSE_HEADERS)
     (c,) = await gen.collect()
-    return JSONResponse(finish("".join(c.text), c.finish_reason, c.tool_calls))
+    return JSONResponse(finish("".join(c.text), c.finish_reason, c.tool_calls, "".join(c.reasoning)))
+
+
+def _reasoning_item(rid: str, text: str) -> dict:
+    return {"type": "reasoning", "id": rid, "summary": [], "content": [{"type": "reasoning_text", "text": text}],
+            "status": "completed"}
 
 
 def _function_item(call: m.ToolCallDelta, status: str = "completed", arguments: str | None = None) -> dict:
@@ -198,7 +205,8 @@ def _function_item(call: m.ToolCallDelta, status: str = "completed", arguments: 
             "name": call.name, "arguments": call.arguments if arguments is None else arguments, "status": status}
 
 
-async def _stream(gen: Generation, req: ResponsesRequest, rid: str, model: str, created: int, item_id: str, finish):
+async def _stream(gen: Generation, req: ResponsesRequest, rid: str, model: str, created: int, item_id: str,
+                  reasoning_id: str, finish):
     seq = 0
 
     def ev(kind: str, **fields):
@@ -208,12 +216,18 @@ async def _stream(gen: Generation, req: ResponsesRequest, rid: str, model: str, 
         return frame
 
     text: list[str] = []
+    thought: list[str] = []
     calls: list[m.ToolCallDelta] = []
     where = {"item_id": item_id, "output_index": 0, "content_index": 0}
-    message_open = False
+    message_open = reasoning_open = False
+    items = 0  # output items opened so far
 
     def open_message():
-        yield ev("response.output_item.added", output_index=0, item=_message_item(item_id, "", "in_progress"))
+        nonlocal items
+        where["output_index"] = items
+        items += 1
+        yield ev("response.output_item.added", output_index=where["output_index"],
+                 item=_message_item(item_id, "", "in_progress"))
         yield ev("response.content_part.added", **where,
                  part={"type": "output_text", "text": "", "annotations": [], "logprobs": []})
 
@@ -222,7 +236,12 @@ async def _stream(gen: Generation, req: ResponsesRequest, rid: str, model: str, 
         yield ev("response.output_text.done", **where, text=full, logprobs=[])
         yield ev("response.content_part.done", **where,
                  part={"type": "output_text", "text": full, "annotations": [], "logprobs": []})
-        yield ev("response.output_item.done", output_index=0, item=item)
+        yield ev("response.output_item.done", output_index=where["output_index"], item=item)
+
+    def close_reasoning():
+        full = "".join(thought)
+        yield ev("response.reasoning_text.done", item_id=reasoning_id, output_index=0, content_index=0, text=full)
+        yield ev("response.output_item.done", output_index=0, item=_reasoning_item(reasoning_id, full))
 
     try:
         start = _response(req, rid, model, created, "in_progress", [], None)
@@ -230,6 +249,19 @@ async def _stream(gen: Generation, req: ResponsesRequest, rid: str, model: str, 
         yield ev("response.in_progress", response=start)
         async for _, e in gen.events():
             if isinstance(e, m.Delta):
+                if e.reasoning:
+                    if not reasoning_open:
+                        items += 1
+                        reasoning_open = True
+                        yield ev("response.output_item.added", output_index=0,
+                                 item={**_reasoning_item(reasoning_id, ""), "content": [], "status": "in_progress"})
+                    thought.append(e.reasoning)
+                    yield ev("response.reasoning_text.delta", item_id=reasoning_id, output_index=0, content_index=0,
+                             delta=e.reasoning)
+                if reasoning_open and (e.text or e.tool_calls):
+                    for frame in close_reasoning():
+                        yield frame
+                    reasoning_open = False
                 if e.text:
                     if not message_open:
                         for frame in open_message():
@@ -239,7 +271,8 @@ async def _stream(gen: Generation, req: ResponsesRequest, rid: str, model: str, 
                     yield ev("response.output_text.delta", **where, delta=e.text, logprobs=[])
                 for call in e.tool_calls or []:
                     calls.append(call)
-                    index = len(calls) - (0 if message_open else 1)
+                    index = items
+                    items += 1
                     item = _function_item(call, "in_progress", "")
                     yield ev("response.output_item.added", output_index=index, item=item)
                     yield ev("response.function_call_arguments.delta", item_id=item["id"], output_index=index,
@@ -248,13 +281,16 @@ async def _stream(gen: Generation, req: ResponsesRequest, rid: str, model: str, 
                              arguments=call.arguments, name=call.name)
                     yield ev("response.output_item.done", output_index=index, item=_function_item(call))
             elif isinstance(e, m.Finished):
+                if reasoning_open:
+                    for frame in close_reasoning():
+                        yield frame
                 if not message_open and not calls:  # an empty answer is still one message
                     for frame in open_message():
                         yield frame
                     message_open = True
-                obj = finish("".join(text), e.finish_reason, calls)
+                obj = finish("".join(text), e.finish_reason, calls, "".join(thought))
                 if message_open:
-                    for frame in close_message(obj["output"][0]):
+                    for frame in close_message(obj["output"][where["output_index"]]):
                         yield frame
                 yield ev("response.incomplete" if obj["status"] == "incomplete" else "response.completed", response=obj)
             elif isinstance(e, m.Error):

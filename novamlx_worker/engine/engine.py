@@ -23,6 +23,7 @@ from ..sampling import token_logprobs
 from ..text.chat import encode_messages
 from ..text.detok import IncrementalDecoder
 from ..text.stops import StopMatcher
+from ..text.reasoning import ReasoningSplitter
 from ..text.tool_parsers import ToolCallParser
 from .prefix_cache import PrefixCache
 from .runner import Runner
@@ -228,6 +229,9 @@ class Engine:
         seq.kv_bytes = (len(ids) + max_tokens) * kv_bytes_per_token(lm)
         if cmd.parse_tools:
             seq.tools = ToolCallParser()
+        if cmd.messages is not None and not s.response_format:
+            opened = lm.tokenizer.decode(ids[-3:]).rstrip().endswith("<think>")  # the template opened it
+            seq.reasoning = ReasoningSplitter(implicit_open=opened)
         if s.response_format:
             try:
                 seq.grammar = compile_format(s.response_format)
@@ -354,13 +358,19 @@ class Engine:
                         seq.rid = None
                     if hit is None and not is_eos:
                         text += seq.stops.feed(seq.decoder.flush())[0] + seq.stops.flush()
+                thought = ""
+                if seq.reasoning is not None:
+                    text, thought = seq.reasoning.feed(text)
+                    if reason is not None:
+                        more, more_thought = seq.reasoning.finish()
+                        text, thought = text + more, thought + more_thought
                 calls = None
                 if seq.tools is not None:
                     text, calls = self._tool_calls(seq, text, final=reason is not None)
                     if reason is not None and seq.tools.calls and reason == "stop":
                         reason = "tool_calls"
-                if text or lp_entry or calls:
-                    deltas.append(m.Delta(seq.id, text=text, logprobs=lp_entry, tool_calls=calls))
+                if text or lp_entry or calls or thought:
+                    deltas.append(m.Delta(seq.id, text=text, logprobs=lp_entry, tool_calls=calls, reasoning=thought))
                 if reason is not None:
                     finished.append((seq, reason, hit, out.cache))
             self.tokens_out += len(want)

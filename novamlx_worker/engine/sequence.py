@@ -29,6 +29,7 @@ class Sequence:
     preemptions: int = 0
     tools: object = None  # a ToolCallParser when the request has tools
     grammar: str | None = None  # compiled llguidance grammar for structured output
+    reasoning: object = None  # a ReasoningSplitter for chat answers
     script: list[int] | None = None  # test-only forced output (see faults.scripted_output)
     submitted: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None

@@ -94,3 +94,28 @@ def test_responses_function_call_items(client):
         final = s.get_final_response()
     assert [o.type for o in final.output if o.type == "function_call"] == ["function_call", "function_call"]
     assert "response.function_call_arguments.done" in events
+
+
+def test_reasoning_split_everywhere(server, client):
+    r = client.chat.completions.create(model="tiny-llama", messages=script("think"))
+    msg = r.choices[0].message
+    assert msg.content == "The answer is 4."
+    assert msg.model_extra["reasoning_content"] == "The user wants the sum. Two plus two is four."
+    stream = client.chat.completions.create(model="tiny-llama", messages=script("think"), stream=True)
+    content = reasoning = ""
+    for chunk in stream:
+        for ch in chunk.choices:
+            content += ch.delta.content or ""
+            reasoning += (ch.delta.model_extra or {}).get("reasoning_content") or ""
+    assert (content, reasoning) == (msg.content, msg.model_extra["reasoning_content"])
+    ac = anthropic.Anthropic(base_url=server.base_url, api_key=API_KEY, max_retries=0, _strict_response_validation=True)
+    a = ac.messages.create(model="tiny-llama", max_tokens=100, messages=script("think"))
+    assert [b.type for b in a.content] == ["thinking", "text"] and a.content[1].text == "The answer is 4."
+    with ac.messages.stream(model="tiny-llama", max_tokens=100, messages=script("think")) as s:
+        final = s.get_final_message()
+    assert final.content[0].thinking == a.content[0].thinking
+    resp = client.responses.create(model="tiny-llama", input="SCRIPT:think")
+    assert [o.type for o in resp.output] == ["reasoning", "message"] and resp.output_text == "The answer is 4."
+    with client.responses.stream(model="tiny-llama", input="SCRIPT:think") as s:
+        final_r = s.get_final_response()
+    assert final_r.output_text == "The answer is 4." and final_r.output[0].type == "reasoning"
