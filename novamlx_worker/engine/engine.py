@@ -224,7 +224,7 @@ class Engine:
                                "Please reduce the length of the prompt or the completion.",
                                400, "context_length_exceeded", "messages" if cmd.messages is not None else "prompt")
         max_tokens = s.max_tokens or min(room, self.default_max_tokens)
-        seq = Sequence(cmd.id, lm.id, ids, s, max_tokens, IncrementalDecoder(lm.tokenizer.decode), StopMatcher(s.stop),
+        seq = Sequence(cmd.id, lm.id, ids, s, max_tokens, IncrementalDecoder(lm.tokenizer.decode_visible), StopMatcher(s.stop),
                        priority=cmd.priority)
         seq.kv_bytes = (len(ids) + max_tokens) * kv_bytes_per_token(lm)
         if cmd.parse_tools:

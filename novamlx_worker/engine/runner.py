@@ -34,8 +34,8 @@ class Runner:
     def __init__(self, loaded: LoadedModel, max_batch: int = 32, prefill_batch: int = 8,
                  prefill_step: int = 512, solo: bool = True):
         self.loaded = loaded
-        self.eos_ids = set(loaded.tokenizer.eos_ids)
-        self.eos = StopSequences([[t] for t in loaded.tokenizer.eos_ids])
+        self.eos_ids = set(loaded.tokenizer.stop_ids)  # EOS and turn-opening control tokens
+        self.eos = StopSequences([[t] for t in loaded.tokenizer.stop_ids])
         self.no_eos = StopSequences()
         self.prefill_step = prefill_step
         self.gen = BatchGenerator(loaded.model, max_tokens=1 << 30, completion_batch_size=max_batch,

@@ -10,6 +10,13 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalize
 # Names of control tokens that end a turn in common chat templates.
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<end_of_turn>", "<|end|>", "</s>", "<|eom_id|>")
 
+# Control tokens that open a new turn: a model that emits one has finished its own turn
+# (the spec's TurnStopProcessor), so they stop generation like EOS.
+TURN_START = ("<|im_start|>", "<|start_header_id|>", "<start_of_turn>", "<|user|>")
+# Special tokens that carry meaning for the parsers and stay in the decoded text.
+SEMANTIC = {"<think>", "</think>", "<tool_call>", "</tool_call>", "<|tool_call|>", "<|/tool_call|>", "[TOOL_CALLS]",
+            "<tool_response>", "</tool_response>"}
+
 # GPT-2 style byte <-> unicode table used by byte-level BPE vocabularies.
 def _bytes_to_unicode() -> dict[int, str]:
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
@@ -49,6 +56,9 @@ class TextTokenizer:
         self.byte_level = any(k.startswith("Ġ") for k in list(vocab)[:5000]) or "Ġ" in "".join(list(vocab)[:2000])
         ids = {vocab[t] for t in (eos, *extra_eos) if t and t in vocab}
         self.eos_ids = sorted(ids)
+        self.stop_ids = sorted(ids | {vocab[t] for t in TURN_START if t in vocab})
+        added = tok.get_added_tokens_decoder()
+        self.control_ids = {i for i, t in added.items() if t.special and t.content not in SEMANTIC}
         self.bos_id = vocab.get(bos) if bos else None
         self._template = None
         if chat_template:
@@ -65,6 +75,10 @@ class TextTokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode(ids, skip_special_tokens=False)
+
+    def decode_visible(self, ids: list[int]) -> str:
+        """What a user may see: control tokens (<|im_end|>, <|eot_id|>, ...) removed."""
+        return self.tok.decode([i for i in ids if i not in self.control_ids], skip_special_tokens=False)
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True,
                             tools: list[dict] | None = None) -> str:

@@ -119,3 +119,10 @@ def test_reasoning_split_everywhere(server, client):
     with client.responses.stream(model="tiny-llama", input="SCRIPT:think") as s:
         final_r = s.get_final_response()
     assert final_r.output_text == "The answer is 4." and final_r.output[0].type == "reasoning"
+
+
+def test_control_tokens_never_reach_content(client):
+    """The script decodes to control tokens mid-answer: they are dropped, and a turn opener stops it."""
+    r = client.chat.completions.create(model="tiny-llama", messages=script("control"), max_tokens=40)
+    text = r.choices[0].message.content
+    assert text == "Hello there" and r.choices[0].finish_reason == "stop"
