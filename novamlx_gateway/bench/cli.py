@@ -19,7 +19,7 @@ import sys
 import tempfile
 
 from . import servers
-from .load import agent_replay, embed_bench, prefix_ttft, run_load
+from .load import agent_replay, embed_bench, mask_bench, prefix_ttft, run_load
 
 
 def _levels(s: str) -> list[int]:
@@ -137,7 +137,7 @@ def compare(args) -> None:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="novamlx bench")
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("load", "agent", "prefix", "compare", "embed"):
+    for name in ("load", "agent", "prefix", "compare", "embed", "mask"):
         sp = sub.add_parser(name)
         sp.add_argument("--base-url", default="http://127.0.0.1:6590")
         sp.add_argument("--model", default=None)
@@ -169,6 +169,9 @@ def main(argv=None) -> None:
         for row in asyncio.run(agent_replay(args.base_url, args.model, turns=args.turns, turn_len=args.turn_len,
                                             output_len=args.output_len, api_key=args.api_key)):
             print(json.dumps(row))
+    elif args.cmd == "mask":
+        print(json.dumps(asyncio.run(mask_bench(args.base_url, args.model or "smollm2-135m-instruct", args.api_key,
+                                                output_len=args.output_len))))
     elif args.cmd == "embed":
         print(json.dumps(asyncio.run(embed_bench(args.base_url, args.model or "all-minilm-l6-v2", args.api_key))))
     elif args.cmd == "prefix":

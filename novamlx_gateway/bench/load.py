@@ -197,3 +197,29 @@ async def embed_bench(base_url: str, model: str, api_key: str | None = None, n: 
                 r.raise_for_status()
             out[f"batch_{b}_sentences_per_s"] = round(n / (time.perf_counter() - t), 1)
     return out
+
+
+MASK_SCHEMA = {"type": "object", "properties": {"items": {"type": "array", "items": {"type": "string"}}},
+               "required": ["items"]}
+
+
+async def mask_bench(base_url: str, model: str, api_key: str | None = None, output_len: int = 64,
+                     rounds: int = 3) -> dict:
+    """One stream's decode rate (1000 / TPOT p50) with and without a json_schema mask, alternating."""
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    url = base_url.rstrip("/") + "/v1/chat/completions"
+    rng = random.Random(5)
+    tpot = {"plain": [], "json_schema": []}
+    async with httpx.AsyncClient(timeout=600) as client:
+        for r in range(rounds + 1):  # the first round warms up
+            for name in tpot:
+                body = chat_body(model, synthetic_prompt(rng, 32), output_len)
+                if name == "json_schema":
+                    body["response_format"] = {"type": "json_schema", "json_schema": {"name": "b", "schema": MASK_SCHEMA}}
+                s = await stream_chat(client, url, body, headers)
+                if r and s.tokens > 1:
+                    tpot[name].append((s.end - s.first) / (s.tokens - 1))
+    out = {f"{k}_decode_tok_s": round(1 / (sorted(v)[len(v) // 2]), 2) for k, v in tpot.items() if v}
+    if len(out) == 2:
+        out["ratio"] = round(out["json_schema_decode_tok_s"] / out["plain_decode_tok_s"], 3)
+    return out
