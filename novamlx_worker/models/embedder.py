@@ -107,25 +107,43 @@ class Embedder:
         return scores, used, "cross-encoder"
 
 
-def load_embedder(path: str, model_id: str | None = None, aliases: list[str] | None = None) -> Embedder:
-    from mlx_embeddings.utils import load
+def _cross_encoder(path: str, config: dict):
+    """A BERT-family `...ForSequenceClassification` folder: the encoder (its weights under
+    `bert.` / `roberta.`), mlx-embeddings' model class for it, and the classification head."""
+    from mlx_embeddings.utils import _get_classes
     from safetensors.numpy import load_file
+    from transformers import AutoTokenizer
 
+    weights = {}
+    for f in sorted(Path(path).glob("*.safetensors")):
+        weights.update(load_file(str(f)))
+    w = weights.get("classifier.weight")
+    if w is None:
+        raise ValueError(f"{path}: a sequence-classification model without classifier weights")
+    model_class, args_class = _get_classes(config)[:2]
+    model = model_class(args_class.from_dict(config))
+    prefixes = ("bert.", "roberta.", "model.")
+    encoder = {next((k[len(p):] for p in prefixes if k.startswith(p)), k): mx.array(v)
+               for k, v in weights.items() if not k.startswith("classifier.") and "position_ids" not in k}
+    model.load_weights(list(encoder.items()), strict=True)
+    model.eval()  # no dropout
+    head = nn.Linear(w.shape[1], w.shape[0])
+    head.weight = mx.array(w)
+    head.bias = mx.array(weights.get("classifier.bias", np.zeros(w.shape[0], np.float32)))
+    return model, AutoTokenizer.from_pretrained(path), head
+
+
+def load_embedder(path: str, model_id: str | None = None, aliases: list[str] | None = None) -> Embedder:
     config = json.loads((Path(path) / "config.json").read_text())
-    model, wrapper = load(path)
-    hf = getattr(wrapper, "_tokenizer", wrapper)
     cross = any(a.endswith("ForSequenceClassification") for a in config.get("architectures", []))
     classifier = None
     if cross:
-        weights = {}
-        for f in sorted(Path(path).glob("*.safetensors")):
-            weights.update(load_file(str(f)))
-        w = weights.get("classifier.weight")
-        if w is None:
-            raise ValueError(f"{path}: a sequence-classification model without classifier weights")
-        classifier = nn.Linear(w.shape[1], w.shape[0])
-        classifier.weight = mx.array(w)
-        classifier.bias = mx.array(weights.get("classifier.bias", np.zeros(w.shape[0], np.float32)))
+        model, hf, classifier = _cross_encoder(path, config)
+    else:
+        from mlx_embeddings.utils import load
+
+        model, wrapper = load(path)
+        hf = getattr(wrapper, "_tokenizer", wrapper)
     mx.eval(model.parameters())
     name = model_id or Path(path).name
     return Embedder(name, str(path), model, hf, int(config.get("max_position_embeddings", 512)),

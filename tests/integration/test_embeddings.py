@@ -85,3 +85,20 @@ def test_raw_base64_wire(server):
                    json={"model": EMB, "input": "A cat sits on the mat.", "encoding_format": "base64"}).json()
     vec = np.frombuffer(__import__("base64").b64decode(r["data"][0]["embedding"]), dtype="<f4")
     assert vec.shape == (384,) and np.allclose(vec, REFERENCE["embeddings"][0], atol=1e-4)
+
+
+def test_cross_encoder_scores_match_reference(tiny_model, tmp_path):
+    from tests.conftest import Server
+    from tests.fixtures.tiny_models import build_tiny_cross_encoder
+
+    ref = json.loads((Path(__file__).parent.parent / "fixtures" / "cross_encoder_reference.json").read_text())
+    ce = build_tiny_cross_encoder(tmp_path / "tiny-cross-encoder")
+    s = Server(["--model", str(tiny_model), "--embedding-model", str(ce)], tmp_path / "data", keys=()).wait_ready()
+    try:
+        r = httpx.post(s.base_url + "/v1/rerank", json={"query": ref["query"], "documents": ref["documents"]}).json()
+        assert r["model"] == "tiny-cross-encoder" and r["method"] == "cross-encoder"
+        got = {x["index"]: x["relevance_score"] for x in r["results"]}
+        assert np.allclose([got[i] for i in range(len(ref["scores"]))], ref["scores"], atol=1e-4)
+        assert [x["index"] for x in r["results"]] == sorted(range(4), key=lambda i: -ref["scores"][i])
+    finally:
+        s.stop()
