@@ -53,6 +53,30 @@ def compile_format(fmt: dict) -> str:
     return grammar
 
 
+def tool_call_grammar(tools: list[dict], force: str) -> str:
+    """A grammar for exactly one `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`:
+    of the named function, or of any of the tools ("required"); arguments follow its schema."""
+    from llguidance import LLMatcher
+
+    fns = [t.get("function", t) for t in tools or []]
+    if force != "required":
+        fns = [f for f in fns if f.get("name") == force]
+        if not fns:
+            raise GrammarError(f"tool_choice names `{force}`, which is not among the tools")
+    if not fns:
+        raise GrammarError("tool_choice requires a tool call, but no tools were given")
+    options = [{"type": "object", "properties": {"name": {"const": f["name"]},
+                                                 "arguments": f.get("parameters") or {"type": "object"}},
+                "required": ["name", "arguments"], "additionalProperties": False} for f in fns]
+    schema = options[0] if len(options) == 1 else {"anyOf": options}
+    schema["x-guidance"] = {"whitespace_flexible": False}  # compact JSON: no runaway whitespace
+    grammar = f'start: "<tool_call>" call "</tool_call>"\ncall: %json {json.dumps(schema)}\n'
+    is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar)
+    if is_error:
+        raise GrammarError(f"invalid tool parameters schema: {'; '.join(messages)}")
+    return grammar
+
+
 class GrammarProcessor:
     """A logits processor (context, logits) -> logits that only allows what the grammar allows."""
 

@@ -117,3 +117,20 @@ def force_tokens(script: list[int]):
         i = min(since(context).size, len(script) - 1)
         return mx.where(mx.arange(logits.shape[-1]) == script[i], 0.0, -1e9)[None].astype(logits.dtype)
     return force
+
+
+def think_budget(budget: int, close_ids: list[int], still_thinking):
+    """After `budget` generated tokens, if the answer is still in its thinking part, force the
+    close tag's tokens (the reasoning stops, the answer begins)."""
+    since = Since()
+    forced = [0]
+
+    def proc(context: mx.array, logits: mx.array) -> mx.array:
+        n = since(context).size
+        if n < budget or forced[0] >= len(close_ids) or not (forced[0] or still_thinking()):
+            return logits
+        tok = close_ids[forced[0]]
+        forced[0] += 1
+        return mx.where(mx.arange(logits.shape[-1]) == tok, 0.0, -1e9)[None].astype(logits.dtype)
+
+    return proc

@@ -27,6 +27,7 @@ class Sampling(msgspec.Struct, omit_defaults=True):
     ignore_eos: bool = False
     # {"type": "json_object"} or {"type": "json_schema", "schema": {...}}: enforced by grammar
     response_format: dict | None = None
+    thinking_budget: int | None = None  # reasoning tokens before </think> is forced
 
 
 class ToolCall(msgspec.Struct, omit_defaults=True):
@@ -52,6 +53,8 @@ class Generate(msgspec.Struct, tag="generate", omit_defaults=True):
     messages: list[ChatMessage] | None = None  # chat: the worker applies the template
     tools: list[dict] | None = None  # function schemas ({"type": "function", "function": {...}})
     parse_tools: bool = False  # turn tool-call markup in the output into tool calls
+    force_tool: str | None = None  # "required" (any tool) or a function name: enforced by grammar
+    template_kwargs: dict | None = None  # extra chat-template variables, e.g. {"enable_thinking": false}
     prompt: str | None = None  # raw text
     prompt_tokens: list[int] | None = None  # raw token ids
     echo: bool = False  # return the prompt (and its logprobs) first

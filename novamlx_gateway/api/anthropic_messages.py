@@ -160,12 +160,18 @@ async def messages(request: Request):
             raise APIError(400, f"{name}: Input should be between {lo} and {hi}", None, name)
     info = model_or_404(worker, req.model)
     chat, tools = to_protocol(req)
-    sampling = m.Sampling(temperature=1.0 if req.temperature is None else req.temperature,
+    thinking = req.thinking or {}
+    budget = thinking.get("budget_tokens") if thinking.get("type") == "enabled" else None
+    enable = {"enabled": True, "disabled": False}.get(thinking.get("type"))
+    sampling = m.Sampling(thinking_budget=budget, temperature=1.0 if req.temperature is None else req.temperature,
                           top_p=1.0 if req.top_p is None else req.top_p, top_k=max(req.top_k or 0, 0),
                           max_tokens=req.max_tokens, stop=[s for s in (req.stop_sequences or []) if s])
     rid = f"msg_{uuid.uuid4().hex[:24]}"
-    parse = bool(tools) and (req.tool_choice or {}).get("type") != "none"
-    cmd = m.Generate(rid, info.id, sampling, messages=chat, tools=tools, parse_tools=parse,
+    choice = req.tool_choice or {}
+    parse = bool(tools) and choice.get("type") != "none"
+    force = {"any": "required", "tool": choice.get("name")}.get(choice.get("type")) if tools else None
+    cmd = m.Generate(rid, info.id, sampling, messages=chat, tools=tools, parse_tools=parse, force_tool=force,
+                     template_kwargs={"enable_thinking": enable} if enable is not None else None,
                      priority=priority_of(request, req.priority))
     gen = Generation(worker, [cmd], cfg.request_timeout, request.app.state.admission)
     await gen.start()

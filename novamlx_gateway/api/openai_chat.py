@@ -9,7 +9,7 @@ from protocol import messages as m
 from .. import sse
 from ..errors import APIError
 from ..generation import Generation, choice_sampling, error_body, model_or_404
-from .openai_schema import ChatMessageIn, ChatRequest, check_n, parse_body, priority_of, response_format_of, sampling_from
+from .openai_schema import ChatMessageIn, ChatRequest, check_n, parse_body, priority_of, response_format_of, sampling_from, thinking_of
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 
@@ -53,8 +53,8 @@ def to_messages(req: ChatRequest) -> list[m.ChatMessage]:
     return out
 
 
-def tools_of(req: ChatRequest) -> tuple[list[dict] | None, bool]:
-    """(tool schemas for the template, whether to parse tool calls out of the output)."""
+def tools_of(req: ChatRequest) -> tuple[list[dict] | None, bool, str | None]:
+    """(tool schemas for the template, whether to parse tool calls, the call to force if any)."""
     tools = req.tools or None
     for i, t in enumerate(tools or []):
         if not isinstance(t, dict) or t.get("type") != "function" or not isinstance(t.get("function"), dict) \
@@ -62,9 +62,20 @@ def tools_of(req: ChatRequest) -> tuple[list[dict] | None, bool]:
             raise APIError(400, f"Invalid 'tools[{i}]': expected {{\"type\": \"function\", \"function\": "
                                 "{\"name\": ..., \"parameters\": {...}}}.", "invalid_value", f"tools[{i}]")
     choice = req.tool_choice
-    if choice not in (None, "none", "auto", "required") and not isinstance(choice, dict):
+    force = None
+    if isinstance(choice, dict):
+        force = (choice.get("function") or {}).get("name") or choice.get("name")
+        if not force:
+            raise APIError(400, "Invalid 'tool_choice': name a function as {\"type\": \"function\", "
+                                "\"function\": {\"name\": ...}}.", "invalid_value", "tool_choice")
+    elif choice == "required":
+        force = "required"
+    elif choice not in (None, "none", "auto"):
         raise APIError(400, f"Invalid 'tool_choice': {choice!r}.", "invalid_value", "tool_choice")
-    return tools, bool(tools) and choice != "none"
+    if force and not tools:
+        raise APIError(400, "Invalid 'tool_choice': it asks for a tool call but 'tools' is empty.", "invalid_value",
+                       "tool_choice")
+    return tools, bool(tools) and choice != "none", force
 
 
 def tool_calls_obj(calls: list[m.ToolCallDelta]) -> list[dict]:
@@ -90,11 +101,14 @@ async def chat_completions(request: Request):
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     sampling = sampling_from(req, max_tokens, bool(req.logprobs), req.top_logprobs or 0)
     sampling.response_format = response_format_of(req.response_format)
+    sampling.thinking_budget, template_kwargs = thinking_of(req.reasoning_effort, req.thinking_budget,
+                                                            req.enable_thinking, req.chat_template_kwargs)
+    field = cfg.reasoning_field
     priority = priority_of(request, req.priority)
-    tools, parse_tools = tools_of(req)
+    tools, parse_tools, force = tools_of(req)
     base = Generation.new_id()
     cmds = [m.Generate(f"{base}-{i}", info.id, choice_sampling(sampling, i), messages=messages, priority=priority,
-                       tools=tools, parse_tools=parse_tools)
+                       tools=tools, parse_tools=parse_tools, force_tool=force, template_kwargs=template_kwargs)
             for i in range(n)]
     gen = Generation(worker, cmds, cfg.request_timeout, request.app.state.admission, n)
     await gen.start()
@@ -102,27 +116,24 @@ async def chat_completions(request: Request):
     fingerprint = f"fp_novamlx_{info.id[:16]}"
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return StreamingResponse(_stream(gen, rid, info.id, fingerprint, include_usage, bool(req.logprobs)),
+        return StreamingResponse(_stream(gen, rid, info.id, fingerprint, include_usage, bool(req.logprobs), field),
                                  media_type="text/event-stream", headers=sse.SSE_HEADERS)
     choices = await gen.collect()
     return JSONResponse({
         "id": rid, "object": "chat.completion", "created": gen.created, "model": info.id,
         "system_fingerprint": fingerprint,
-        "choices": [{"index": i, "message": _message(c),
+        "choices": [{"index": i, "message": _message(c, field),
                      "logprobs": _logprobs_obj(c.logprobs) if req.logprobs else None,
                      "finish_reason": _finish(c.finish_reason)} for i, c in enumerate(choices)],
         "usage": gen.usage(),
     })
 
 
-REASONING_FIELD = "reasoning_content"  # what DeepSeek, vLLM and most clients read
-
-
-def _message(c) -> dict:
+def _message(c, field: str) -> dict:
     msg = {"role": "assistant", "content": "".join(c.text) or (None if c.tool_calls else ""), "refusal": None,
            "annotations": []}
     if c.reasoning:
-        msg[REASONING_FIELD] = "".join(c.reasoning)
+        msg[field] = "".join(c.reasoning)
     if c.tool_calls:
         msg["tool_calls"] = tool_calls_obj(c.tool_calls)
     return msg
@@ -132,7 +143,8 @@ def _finish(reason: str | None) -> str:
     return reason if reason in ("length", "tool_calls") else "stop"
 
 
-async def _stream(gen: Generation, rid: str, model: str, fingerprint: str, include_usage: bool, logprobs: bool):
+async def _stream(gen: Generation, rid: str, model: str, fingerprint: str, include_usage: bool, logprobs: bool,
+                  field: str):
     def chunk(choices, usage=None):
         obj = {"id": rid, "object": "chat.completion.chunk", "created": gen.created, "model": model,
                "system_fingerprint": fingerprint, "choices": choices}
@@ -147,7 +159,7 @@ async def _stream(gen: Generation, rid: str, model: str, fingerprint: str, inclu
         async for i, ev in gen.events():
             if isinstance(ev, m.Delta):
                 if ev.reasoning:
-                    yield chunk([{"index": i, "delta": {REASONING_FIELD: ev.reasoning}, "logprobs": None,
+                    yield chunk([{"index": i, "delta": {field: ev.reasoning}, "logprobs": None,
                                   "finish_reason": None}])
                 if ev.text or ev.logprobs or not (ev.tool_calls or ev.reasoning):
                     yield chunk([{"index": i, "delta": {"content": ev.text},

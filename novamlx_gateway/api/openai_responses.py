@@ -168,7 +168,11 @@ async def create_response(request: Request):
                           response_format=response_format_of((req.text or {}).get("format"), "text.format"))
     rid = _new_id("resp")
     tools = _tools(req.tools)
-    cmd = m.Generate(rid, info.id, sampling, messages=chat, tools=tools, parse_tools=bool(tools) and req.tool_choice != "none",
+    choice = req.tool_choice
+    force = ("required" if choice == "required" else choice.get("name") if isinstance(choice, dict) else None) \
+        if tools else None
+    cmd = m.Generate(rid, info.id, sampling, messages=chat, tools=tools, parse_tools=bool(tools) and choice != "none",
+                     force_tool=force,
                      priority=priority_of(request, req.priority))
     gen = Generation(worker, [cmd], cfg.request_timeout, app.state.admission)
     await gen.start()

@@ -59,6 +59,10 @@ class ChatRequest(_SamplingFields, kw_only=True):
     tool_choice: str | dict | None = None
     parallel_tool_calls: bool | None = None
     response_format: dict | None = None
+    reasoning_effort: str | None = None
+    thinking_budget: int | None = None
+    enable_thinking: bool | None = None
+    chat_template_kwargs: dict | None = None
 
 
 class CompletionRequest(_SamplingFields, kw_only=True):
@@ -177,3 +181,24 @@ def response_format_of(fmt: dict | None, param: str = "response_format") -> dict
         return {"type": "json_schema", "schema": schema}
     raise APIError(400, f"Invalid '{param}.type': {kind!r}; use 'text', 'json_object' or 'json_schema'.",
                    "invalid_value", param)
+
+
+EFFORT_BUDGET = {"minimal": 256, "low": 1024, "medium": 4096, "high": 16384}
+
+
+def thinking_of(effort: str | None, budget: int | None, enable: bool | None,
+                template_kwargs: dict | None) -> tuple[int | None, dict | None]:
+    """(thinking token budget, chat-template variables) from the several ways clients ask."""
+    kwargs = dict(template_kwargs or {})
+    if effort is not None:
+        if effort == "none":
+            enable = False
+        elif effort in EFFORT_BUDGET:
+            budget = budget if budget is not None else EFFORT_BUDGET[effort]
+        else:
+            raise APIError(400, f"Invalid 'reasoning_effort': {effort!r}.", "invalid_value", "reasoning_effort")
+    if budget is not None and budget < 0:
+        raise APIError(400, "Invalid 'thinking_budget': it must be >= 0.", "invalid_value", "thinking_budget")
+    if enable is not None:
+        kwargs["enable_thinking"] = enable
+    return budget, kwargs or None

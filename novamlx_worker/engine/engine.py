@@ -14,7 +14,7 @@ from typing import Callable
 from protocol import messages as m
 
 from ..faults import FaultSwitch, scripted_output
-from ..grammar import GrammarError, compile_format
+from ..grammar import GrammarError, compile_format, tool_call_grammar
 from ..memory import MemoryEnforcer
 from ..models.embedder import EmbedError
 from ..models.loader import LoadedModel
@@ -190,11 +190,11 @@ class Engine:
                             f"{st['limit_bytes'] / 1024**3:.2f} GB limit ({st['mode']}). Retry later.", 503, "out_of_memory")
 
     @staticmethod
-    def _prompt_ids(lm: LoadedModel, messages, prompt, prompt_tokens, tools=None) -> list[int]:
+    def _prompt_ids(lm: LoadedModel, messages, prompt, prompt_tokens, tools=None, template_kwargs=None) -> list[int]:
         tok = lm.tokenizer
         if messages is not None:
             try:
-                return encode_messages(tok, messages, tools)
+                return encode_messages(tok, messages, tools, template_kwargs)
             except Exception as e:  # a template that rejects the conversation (jinja raise_exception)
                 raise RequestError(f"The chat template rejected the messages: {e}", 400, "invalid_messages", "messages")
         if prompt_tokens is not None:
@@ -210,7 +210,7 @@ class Engine:
         if cmd.id in self.seqs:
             raise RequestError(f"duplicate request id {cmd.id}", 400)
         lm = self._model(cmd.model)
-        ids = self._prompt_ids(lm, cmd.messages, cmd.prompt, cmd.prompt_tokens, cmd.tools)
+        ids = self._prompt_ids(lm, cmd.messages, cmd.prompt, cmd.prompt_tokens, cmd.tools, cmd.template_kwargs)
         if not ids:
             if lm.tokenizer.bos_id is None:
                 raise RequestError("The prompt is empty.", 400, None, "prompt")
@@ -232,11 +232,14 @@ class Engine:
         if cmd.messages is not None and not s.response_format:
             opened = lm.tokenizer.decode(ids[-3:]).rstrip().endswith("<think>")  # the template opened it
             seq.reasoning = ReasoningSplitter(implicit_open=opened)
-        if s.response_format:
-            try:
+        try:
+            if cmd.force_tool:
+                seq.grammar = tool_call_grammar(cmd.tools, cmd.force_tool)
+            elif s.response_format:
                 seq.grammar = compile_format(s.response_format)
-            except GrammarError as e:
-                raise RequestError(str(e), 400, "invalid_response_format", "response_format") from None
+        except GrammarError as e:
+            param = "tool_choice" if cmd.force_tool else "response_format"
+            raise RequestError(str(e), 400, f"invalid_{param}", param) from None
         script = scripted_output(cmd.messages)
         if script is not None:
             eos = lm.tokenizer.eos_ids[-1:] or [0]
@@ -367,7 +370,10 @@ class Engine:
                 calls = None
                 if seq.tools is not None:
                     text, calls = self._tool_calls(seq, text, final=reason is not None)
-                    if reason is not None and seq.tools.calls and reason == "stop":
+                    if thought:  # some models call tools from inside their thinking
+                        thought, inner = self._tool_calls(seq, thought, final=reason is not None, inner=True)
+                        calls = (calls or []) + (inner or []) or None
+                    if reason is not None and seq.tool_index and reason == "stop":
                         reason = "tool_calls"
                 if text or lp_entry or calls or thought:
                     deltas.append(m.Delta(seq.id, text=text, logprobs=lp_entry, tool_calls=calls, reasoning=thought))
@@ -384,13 +390,17 @@ class Engine:
         self.fault.check(self.tokens_out)
 
     @staticmethod
-    def _tool_calls(seq: Sequence, text: str, final: bool):
-        """Content and finished tool calls out of this step's text."""
-        first = seq.tools.calls
-        content, calls = seq.tools.feed(text)
+    def _tool_calls(seq: Sequence, text: str, final: bool, inner: bool = False):
+        """Content (or thinking) and finished tool calls out of this step's text."""
+        parser = seq.tools
+        if inner:
+            parser = seq.tools_in_thinking = seq.tools_in_thinking or ToolCallParser()
+        content, calls = parser.feed(text)
         if final:
-            more, tail = seq.tools.finish()
+            more, tail = parser.finish()
             content, calls = content + more, calls + tail
+        first = seq.tool_index
+        seq.tool_index += len(calls)
         deltas = [m.ToolCallDelta(first + i, c.id, c.name, c.arguments) for i, c in enumerate(calls)]
         return content, deltas or None
 

@@ -16,7 +16,7 @@ from mlx_lm.models.cache import KVCache, make_prompt_cache
 
 from ..models.loader import LoadedModel
 from ..grammar import GrammarProcessor
-from ..sampling import force_tokens, make_penalties, make_sampler
+from ..sampling import force_tokens, make_penalties, make_sampler, think_budget
 from .sequence import Sequence
 from .solo import Solo
 
@@ -82,8 +82,14 @@ class Runner:
 
     def _processors(self, seq: Sequence) -> list:
         if seq.script is not None:
-            return [force_tokens(seq.script[seq.generated:])]
-        procs = make_penalties(seq.sampling, seq.prompt, seq.out_tokens)
+            procs = [force_tokens(seq.script[seq.generated:])]
+        else:
+            procs = make_penalties(seq.sampling, seq.prompt, seq.out_tokens)
+        budget = seq.sampling.thinking_budget
+        if budget is not None and seq.reasoning is not None:
+            close = self.loaded.tokenizer.encode("</think>", add_special=False)
+            procs.append(think_budget(max(budget - seq.generated, 0), close,
+                                      lambda: seq.reasoning.state in ("start", "thinking")))
         if seq.grammar is not None:  # last: the mask has the final word
             procs.append(GrammarProcessor(seq.grammar, self.loaded.tokenizer, self.vocab_size, seq.out_tokens))
         return procs

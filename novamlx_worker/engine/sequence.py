@@ -28,6 +28,8 @@ class Sequence:
     sampler: object = None  # kept across preemption so a seeded stream continues
     preemptions: int = 0
     tools: object = None  # a ToolCallParser when the request has tools
+    tools_in_thinking: object = None  # a second one over the reasoning text
+    tool_index: int = 0  # tool calls emitted so far (their OpenAI indices)
     grammar: str | None = None  # compiled llguidance grammar for structured output
     reasoning: object = None  # a ReasoningSplitter for chat answers
     script: list[int] | None = None  # test-only forced output (see faults.scripted_output)

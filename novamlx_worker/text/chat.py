@@ -64,7 +64,9 @@ def knows_tools(tok: TextTokenizer) -> bool:
     return "tool_calls" in t or "tools" in t
 
 
-def encode_messages(tok: TextTokenizer, messages: list[ChatMessage], tools: list[dict] | None = None) -> list[int]:
+def encode_messages(tok: TextTokenizer, messages: list[ChatMessage], tools: list[dict] | None = None,
+                    template_kwargs: dict | None = None) -> list[int]:
+    kw = template_kwargs or {}
     if knows_tools(tok):
-        return tok.encode_chat(_native(messages), tools=tools)
-    return tok.encode_chat(_inline(messages, tools))
+        return tok.encode_chat(_native(messages), tools=tools, **kw)
+    return tok.encode_chat(_inline(messages, tools), **kw)

@@ -81,17 +81,17 @@ class TextTokenizer:
         return self.tok.decode([i for i in ids if i not in self.control_ids], skip_special_tokens=False)
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True,
-                            tools: list[dict] | None = None) -> str:
+                            tools: list[dict] | None = None, **template_kwargs) -> str:
         if self._template is None:
             # A model with no template: plain role-prefixed transcript.
             text = "".join(f"{m['role']}: {m.get('content') or ''}\n" for m in messages)
             return text + ("assistant:" if add_generation_prompt else "")
-        extra = {"tools": tools} if tools else {}
+        extra = {**template_kwargs, **({"tools": tools} if tools else {})}
         return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
                                      bos_token=self.bos_token or "", eos_token=self.eos_token or "", **extra)
 
-    def encode_chat(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
-        text = self.apply_chat_template(messages, tools=tools)
+    def encode_chat(self, messages: list[dict], tools: list[dict] | None = None, **template_kwargs) -> list[int]:
+        text = self.apply_chat_template(messages, tools=tools, **template_kwargs)
         # The template writes BOS itself when the model wants one.
         return self.encode(text, add_special=not (self.bos_token and text.startswith(self.bos_token)))
 

@@ -66,6 +66,58 @@ def _function_xml(body: str, name: str) -> list[ParsedCall] | None:
 
 
 _INVOKE = re.compile(r"<invoke name=\"([^\"]+)\">(.*?)</invoke>", re.S)
+_GLM_ARG = re.compile(r"<arg_key>(.*?)</arg_key>\s*<arg_value>(.*?)</arg_value>", re.S)
+
+
+def _hermes_or_glm(body: str) -> list[ParsedCall] | None:
+    """`<tool_call>` holds JSON (Hermes, Qwen) or GLM's `name<arg_key>k</arg_key><arg_value>v</arg_value>`."""
+    calls = _json_calls(body)
+    if calls is not None:
+        return calls
+    name, _, rest = body.strip().partition("\n")
+    if "<arg_key>" in name:
+        name, rest = name.split("<arg_key>", 1)[0], body.strip()[len(name.split("<arg_key>", 1)[0]):]
+    name = name.strip()
+    if not re.fullmatch(r"[\w.\-]+", name or "-"):
+        return None
+    return [ParsedCall(name, json.dumps({k.strip(): _value(v) for k, v in _GLM_ARG.findall(rest)}))]
+
+
+_GEMMA_ESC = "<escape>"
+
+
+def _gemma(body: str, name: str) -> list[ParsedCall] | None:
+    """FunctionGemma `call:name{k:<escape>v<escape>,n:3}` (the body is what follows the name)."""
+    body = body.strip()
+    if not (body.startswith("{") and body.endswith("}")):
+        return None
+    inner, args = body[1:-1], {}
+    while inner.strip():
+        key, sep, inner = inner.partition(":")
+        if not sep:
+            return None
+        inner = inner.lstrip()
+        if inner.startswith(_GEMMA_ESC):
+            value, _, inner = inner[len(_GEMMA_ESC):].partition(_GEMMA_ESC)
+            args[key.strip().strip(",").strip()] = value
+        else:
+            value, _, inner = inner.partition(",")
+            args[key.strip().strip(",").strip()] = _value(value)
+        inner = inner.lstrip(", ")
+    return [ParsedCall(name, json.dumps(args))]
+
+
+def _deepseek(body: str) -> list[ParsedCall] | None:
+    """DeepSeek `function<｜tool▁sep｜>name\n```json\n{...}\n```` inside call begin/end markers."""
+    _, sep, rest = body.partition("<｜tool▁sep｜>")
+    if not sep:
+        return None
+    name, _, args = rest.partition("\n")
+    args = args.strip().removeprefix("```json").removeprefix("```").removesuffix("```").strip()
+    try:
+        return [ParsedCall(name.strip(), json.dumps(json.loads(args or "{}")))]
+    except json.JSONDecodeError:
+        return None
 
 
 def _invoke_xml(body: str) -> list[ParsedCall] | None:
@@ -81,14 +133,21 @@ class Family:
 
 
 FAMILIES = [
-    Family("<tool_call>", "</tool_call>", lambda b, mt: _json_calls(b)),
+    Family("<tool_call>", "</tool_call>", lambda b, mt: _hermes_or_glm(b)),
+    Family("<｜tool▁call▁begin｜>", "<｜tool▁call▁end｜>", lambda b, mt: _deepseek(b)),
+    Family("<start_function_call>call:", "<end_function_call>",
+           lambda b, mt: _gemma(b[len(b.split("{", 1)[0]):], b.split("{", 1)[0].strip())),
+    Family("<|python_tag|>", "", lambda b, mt: _json_calls(b)),  # Llama 3.x: to the end of output
     Family("<|tool_call|>", "<|/tool_call|>", lambda b, mt: _json_calls(b)),
     Family("<tool>", "</tool>", lambda b, mt: _json_calls(b)),
     Family("[TOOL_CALLS]", "", lambda b, mt: _json_calls(b)),  # runs to the end of the output
     Family("re:<function=([^>]+)>", "</function>", lambda b, mt: _function_xml(b, mt.group(1))),
     Family("re:<([A-Za-z_]+):tool_call>", "re:</{ns}:tool_call>", lambda b, mt: _invoke_xml(b)),
 ]
-_LITERAL_PREFIXES = ["<tool_call>", "<|tool_call|>", "<tool>", "[TOOL_CALLS]", "<function=", "<"]
+_LITERAL_PREFIXES = ["<tool_call>", "<|tool_call|>", "<tool>", "[TOOL_CALLS]", "<function=", "<｜tool▁call▁begin｜>",
+                     "<start_function_call>call:", "<|python_tag|>", "<"]
+# Wrappers around a family's calls that carry nothing themselves.
+_WRAPPERS = ("<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>")
 
 
 class ToolCallParser:
@@ -97,6 +156,7 @@ class ToolCallParser:
     def __init__(self, families: list[Family] = FAMILIES):
         self.families = families
         self.buf = ""
+        self.bare_json: bool | None = None  # a reply that opens with "{" may be one JSON tool call
         self.open: tuple[Family, re.Match | None, str] | None = None  # family, start match, end marker
         self.calls = 0
 
@@ -121,14 +181,22 @@ class ToolCallParser:
         if cut < 0:
             return 0
         tail = self.buf[cut:]
-        if len(tail) > 40 or ">" in tail[1:] and not tail.startswith("[TOOL"):
+        if len(tail) > 40:
             return 0
-        if any(p.startswith(tail) or tail.startswith(p) for p in _LITERAL_PREFIXES[:-1]) or re.match(r"<[A-Za-z_]*:?[a-z_]*$", tail):
+        partial_literal = any(p.startswith(tail) for p in (*_LITERAL_PREFIXES[:-1], *_WRAPPERS))
+        open_name = tail.startswith("<function=") and ">" not in tail  # the name runs to ">"
+        if partial_literal or open_name or re.match(r"<[A-Za-z_]*:?[a-z_]*$", tail):
             return len(self.buf) - cut
         return 0
 
     def feed(self, text: str) -> tuple[str, list[ParsedCall]]:
         self.buf += text
+        for w in _WRAPPERS:
+            self.buf = self.buf.replace(w, "")
+        if self.bare_json is None and self.buf.strip():
+            self.bare_json = self.buf.lstrip().startswith("{")
+        if self.bare_json:  # decided at the end (Llama 3.x JSON calls have no markers)
+            return "", []
         content, calls = [], []
         while True:
             if self.open is None:
@@ -168,6 +236,16 @@ class ToolCallParser:
         return start + body + end
 
     def finish(self) -> tuple[str, list[ParsedCall]]:
+        if self.bare_json:
+            self.bare_json = False
+            parsed = _json_calls(self.buf)
+            if parsed is not None:
+                self.buf = ""
+                self.calls += len(parsed)
+                return "", parsed
+            content, calls = self.feed("")
+            more, tail = self.finish()
+            return content + more, calls + tail
         if self.open is None:
             out, self.buf = self.buf, ""
             return out, []

@@ -31,7 +31,7 @@ def test_chat_tool_call_non_streaming(client):
 
 def test_chat_tool_call_streaming_deltas(client):
     stream = client.chat.completions.create(model="tiny-llama", messages=script("parallel"), tools=TOOLS, stream=True)
-    content, calls, finish, firsts = "", {}, None, {}
+    content, calls, finish = "", {}, None
     for chunk in stream:
         for ch in chunk.choices:
             content += ch.delta.content or ""
@@ -126,3 +126,56 @@ def test_control_tokens_never_reach_content(client):
     r = client.chat.completions.create(model="tiny-llama", messages=script("control"), max_tokens=40)
     text = r.choices[0].message.content
     assert text == "Hello there" and r.choices[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize("choice,names", [("required", {"get_weather", "get_time"}),
+                                          ({"type": "function", "function": {"name": "get_weather"}}, {"get_weather"})])
+def test_tool_choice_enforced_by_grammar(client, choice, names):
+    """A random model never calls tools by itself; the grammar makes every sample a valid call."""
+    for seed in range(3):
+        r = client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "go"}], tools=TOOLS,
+                                           tool_choice=choice, temperature=1.0, seed=seed, max_tokens=120)
+        c = r.choices[0]
+        assert c.finish_reason == "tool_calls", c.message.content
+        (call,) = c.message.tool_calls
+        assert call.function.name in names
+        args = json.loads(call.function.arguments)
+        if call.function.name == "get_weather":
+            assert isinstance(args, dict) and set(args) <= {"city"}
+
+
+def test_tool_choice_errors(client):
+    import openai
+
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="tiny-llama", messages=script("weather"), tools=TOOLS,
+                                       tool_choice={"type": "function", "function": {"name": "nope"}})
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="tiny-llama", messages=script("weather"), tool_choice="required")
+
+
+def test_anthropic_tool_choice_any(server):
+    ac = anthropic.Anthropic(base_url=server.base_url, api_key=API_KEY, max_retries=0, _strict_response_validation=True)
+    tools = [{"name": t["function"]["name"], "input_schema": t["function"]["parameters"]} for t in TOOLS]
+    r = ac.messages.create(model="tiny-llama", max_tokens=120, tools=tools, tool_choice={"type": "tool", "name": "get_time"},
+                           messages=[{"role": "user", "content": "time?"}])
+    assert r.stop_reason == "tool_use" and r.content[-1].type == "tool_use" and r.content[-1].name == "get_time"
+
+
+def test_thinking_budget_forces_the_close_tag(client):
+    free = client.chat.completions.create(model="tiny-llama", messages=script("long_think"))
+    assert free.choices[0].message.model_extra["reasoning_content"].count("step") == 60
+    r = client.chat.completions.create(model="tiny-llama", messages=script("long_think"),
+                                       extra_body={"thinking_budget": 8})
+    reasoning = r.choices[0].message.model_extra["reasoning_content"]
+    assert reasoning.count("step") <= 10  # closed near the budget (the script then runs on as the answer)
+    assert r.choices[0].message.content
+
+
+def test_tool_call_inside_thinking(client):
+    r = client.chat.completions.create(model="tiny-llama", messages=script("think_tool"), tools=TOOLS)
+    msg = r.choices[0].message
+    assert r.choices[0].finish_reason == "tool_calls"
+    assert msg.tool_calls[0].function.name == "get_weather"
+    assert json.loads(msg.tool_calls[0].function.arguments) == {"city": "Oslo"}
+    assert "<tool_call>" not in msg.model_extra["reasoning_content"]

@@ -19,6 +19,20 @@ CASES = [
     ("ok <minimax:tool_call><invoke name=\"run\"><parameter name=\"cmd\">ls -la</parameter></invoke></minimax:tool_call>",
      "ok ", [("run", {"cmd": "ls -la"})]),
     ("No tools here, just a < b and [1, 2].", "No tools here, just a < b and [1, 2].", []),
+    # GLM 4.5
+    ("<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>\n<arg_key>days</arg_key>\n"
+     "<arg_value>2</arg_value>\n</tool_call>", "", [("get_weather", {"city": "Paris", "days": 2})]),
+    # FunctionGemma
+    ("<start_function_call>call:get_weather{city:<escape>Paris, FR<escape>,days:2}<end_function_call>", "",
+     [("get_weather", {"city": "Paris, FR", "days": 2})]),
+    # DeepSeek V3
+    ("<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n{\"city\": \"Paris\"}\n```"
+     "<｜tool▁call▁end｜><｜tool▁calls▁end｜>", "", [("get_weather", {"city": "Paris"})]),
+    # Llama 3.x, with and without <|python_tag|>
+    ("<|python_tag|>{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Paris\"}}", "",
+     [("get_weather", {"city": "Paris"})]),
+    ("{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Paris\"}}", "", [("get_weather", {"city": "Paris"})]),
+    ("{\"not\": \"a call\"}", "{\"not\": \"a call\"}", []),
     ("<tool_call>{not json}</tool_call> after", "<tool_call>{not json}</tool_call> after", []),  # degrades to text
 ]
 
