@@ -69,7 +69,8 @@ class WorkerClient:
              "--prefill-batch", str(self.cfg.prefill_batch),
              "--health-interval", str(self.cfg.health_interval),
              "--max-process-memory", self.cfg.max_process_memory,
-             "--default-max-tokens", str(self.cfg.default_max_tokens), "--kv-budget-mb", str(self.cfg.kv_budget_mb)]
+             "--default-max-tokens", str(self.cfg.default_max_tokens), "--kv-budget-mb", str(self.cfg.kv_budget_mb),
+             "--tool-parser", self.cfg.tool_parser]
         a += ["--block-size", str(self.cfg.block_size), "--prefix-cache-mb", str(self.cfg.prefix_cache_mb),
               "--ssd-cache-gb", str(self.cfg.ssd_cache_gb)]
         if self.cfg.ssd_cache:

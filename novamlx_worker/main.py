@@ -34,6 +34,7 @@ def parse_args(argv=None):
     p.add_argument("--max-process-memory", default="auto", help="auto, a percent (80%%) or a size (24GB)")
     p.add_argument("--default-max-tokens", type=int, default=4096)
     p.add_argument("--kv-budget-mb", type=float, default=0.0)
+    p.add_argument("--tool-parser", default="auto", help="auto (from the chat template) or families: hermes,mistral,...")
     p.add_argument("--block-size", type=int, default=64)
     p.add_argument("--prefix-cache-mb", type=float, default=2048.0, help="0 turns the prefix cache off")
     p.add_argument("--ssd-cache-dir", default="", help="folder for the SSD tier ('' turns it off)")
@@ -86,6 +87,9 @@ def main(argv=None) -> None:
             pool.get(entry.id)
         memory = MemoryEnforcer(args.max_process_memory)
         embedders = load_embedders(args.embedding_model)
+        from .text.tool_parsers import families_for
+
+        families_for(None, args.tool_parser)  # an unknown parser name fails here, at start-up
     except Exception as e:  # noqa: BLE001 - report any load failure to the gateway, then exit
         log.exception("start-up failed")
         emit(m.Error("", f"worker start-up failed: {e}", 500, "model_load_failed"))
@@ -96,7 +100,7 @@ def main(argv=None) -> None:
                     default_max_tokens=args.default_max_tokens, kv_budget_cap=int(args.kv_budget_mb * 1024**2),
                     block_size=args.block_size, prefix_cache_bytes=int(args.prefix_cache_mb * 1024**2),
                     ssd=SSDTier(args.ssd_cache_dir, int(args.ssd_cache_gb * 1024**3)) if args.ssd_cache_dir else None,
-                    embedders=embedders)
+                    embedders=embedders, tool_parser=args.tool_parser)
     infos = [m.ModelInfo(e.id, "llm", e.context_length, e.created, e.loaded.path, e.aliases)
              for e in pool.entries.values()]
     infos += [m.ModelInfo(e.id, e.kind, e.max_len, e.created, e.path, e.aliases) for e in embedders]

@@ -24,7 +24,7 @@ from ..text.chat import encode_messages
 from ..text.detok import IncrementalDecoder
 from ..text.stops import StopMatcher
 from ..text.reasoning import ReasoningSplitter
-from ..text.tool_parsers import ToolCallParser
+from ..text.tool_parsers import ToolCallParser, families_for
 from .prefix_cache import PrefixCache
 from .runner import Runner
 from .scheduler import Item, plan
@@ -47,7 +47,7 @@ class Engine:
     def __init__(self, pool: ModelPool, emit: Callable[[object], None], memory: MemoryEnforcer,
                  max_batch: int = 32, prefill_step: int = 512, prefill_batch: int = 16, default_max_tokens: int = 4096,
                  kv_budget_cap: int = 0, block_size: int = 64, prefix_cache_bytes: int = 2 * 1024**3,
-                 ssd: SSDTier | None = None, embedders: list | None = None):
+                 ssd: SSDTier | None = None, embedders: list | None = None, tool_parser: str = "auto"):
         self.pool = pool
         self.memory = memory
         self.emit = emit
@@ -56,6 +56,7 @@ class Engine:
         self.kv_budget_cap = kv_budget_cap
         self.block_size, self.prefix_cache_bytes, self.ssd = block_size, prefix_cache_bytes, ssd
         self.embedders = {e.id: e for e in embedders or []}
+        self.tool_parser = tool_parser
         self.runners: dict[str, Runner] = {}
         self.caches: dict[str, PrefixCache] = {}
         self.inbox: queue.Queue = queue.Queue()
@@ -228,7 +229,7 @@ class Engine:
                        priority=cmd.priority)
         seq.kv_bytes = (len(ids) + max_tokens) * kv_bytes_per_token(lm)
         if cmd.parse_tools:
-            seq.tools = ToolCallParser()
+            seq.tools = ToolCallParser(families_for(lm.tokenizer.chat_template, self.tool_parser))
         if cmd.messages is not None and not s.response_format:
             opened = lm.tokenizer.decode(ids[-3:]).rstrip().endswith("<think>")  # the template opened it
             seq.reasoning = ReasoningSplitter(implicit_open=opened)
@@ -394,7 +395,7 @@ class Engine:
         """Content (or thinking) and finished tool calls out of this step's text."""
         parser = seq.tools
         if inner:
-            parser = seq.tools_in_thinking = seq.tools_in_thinking or ToolCallParser()
+            parser = seq.tools_in_thinking = seq.tools_in_thinking or ToolCallParser(seq.tools.families)
         content, calls = parser.feed(text)
         if final:
             more, tail = parser.finish()

@@ -144,6 +144,26 @@ FAMILIES = [
     Family("re:<function=([^>]+)>", "</function>", lambda b, mt: _function_xml(b, mt.group(1))),
     Family("re:<([A-Za-z_]+):tool_call>", "re:</{ns}:tool_call>", lambda b, mt: _invoke_xml(b)),
 ]
+# Family names, for choosing by template or by setting.
+NAMES = {"hermes": 0, "glm": 0, "deepseek": 1, "gemma": 2, "llama": 3, "marker": 4, "tool": 5, "mistral": 6,
+         "function": 7, "namespaced": 8}
+_TEMPLATE_HINTS = [("<tool_call>", "hermes"), ("tool▁call", "deepseek"), ("start_function_call", "gemma"),
+                   ("<|python_tag|>", "llama"), ("<|tool_call|>", "marker"), ("[TOOL_CALLS]", "mistral"),
+                   ("<function=", "function"), (":tool_call>", "namespaced")]
+
+
+def families_for(template: str | None, setting: str = "auto") -> list[Family]:
+    """The families to parse for a model: named in settings ("hermes,mistral"), or "auto": the
+    ones its chat template mentions, or every family when it mentions none."""
+    if setting and setting != "auto":
+        unknown = [n for n in setting.split(",") if n.strip() not in NAMES]
+        if unknown:
+            raise ValueError(f"unknown tool parser {unknown[0]!r}; known: {', '.join(sorted(NAMES))}")
+        return [FAMILIES[i] for i in sorted({NAMES[n.strip()] for n in setting.split(",")})]
+    found = sorted({NAMES[name] for hint, name in _TEMPLATE_HINTS if hint in (template or "")})
+    return [FAMILIES[i] for i in found] if found else FAMILIES
+
+
 _LITERAL_PREFIXES = ["<tool_call>", "<|tool_call|>", "<tool>", "[TOOL_CALLS]", "<function=", "<｜tool▁call▁begin｜>",
                      "<start_function_call>call:", "<|python_tag|>", "<"]
 # Wrappers around a family's calls that carry nothing themselves.
@@ -156,7 +176,8 @@ class ToolCallParser:
     def __init__(self, families: list[Family] = FAMILIES):
         self.families = families
         self.buf = ""
-        self.bare_json: bool | None = None  # a reply that opens with "{" may be one JSON tool call
+        # A reply that opens with "{" may be one bare JSON tool call (Llama 3.x): decided at the end.
+        self.bare_json: bool | None = None if FAMILIES[3] in families else False
         self.open: tuple[Family, re.Match | None, str] | None = None  # family, start match, end marker
         self.calls = 0
 

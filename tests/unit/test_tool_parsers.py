@@ -66,3 +66,18 @@ def test_markup_never_leaks_mid_stream():
         c, _ = p.feed(ch)
         shown += c
         assert "<tool" not in shown and "tool_call" not in shown
+
+
+def test_families_chosen_by_template_or_setting():
+    from novamlx_worker.text.tool_parsers import FAMILIES, families_for
+
+    assert families_for("... <tool_call> ...") == [FAMILIES[0]]
+    assert families_for("{{ '[TOOL_CALLS]' }}") == [FAMILIES[6]]
+    assert families_for("plain ChatML") == FAMILIES
+    assert families_for(None, "mistral,hermes") == [FAMILIES[0], FAMILIES[6]]
+    with pytest.raises(ValueError):
+        families_for(None, "nope")
+    # Only Mistral: Hermes markup stays text.
+    p = ToolCallParser(families_for(None, "mistral"))
+    text = CASES[0][0]
+    assert p.feed(text)[0] + p.finish()[0] == text
