@@ -41,6 +41,7 @@ class Config:
     ssd_cache: bool = True
     ssd_cache_gb: float = 100.0
     shutdown_grace: float = 30.0
+    turn_stop_patterns: list[str] = field(default_factory=list)  # text that ends any answer (TurnStopProcessor)
     tool_parser: str = "auto"  # or families: hermes, glm, deepseek, gemma, llama, marker, tool, mistral, function, namespaced
     reasoning_field: str = "reasoning_content"  # chat field for thinking text ("reasoning" for some clients)
     log_level: str = "INFO"
@@ -50,7 +51,8 @@ class Config:
         return Path(os.path.expanduser(self.data_dir))
 
 
-_LIST_FIELDS = {"api_keys": "api_key", "models": "model", "pinned_models": "pin", "embedding_models": "embedding_model"}
+_LIST_FIELDS = {"api_keys": "api_key", "models": "model", "pinned_models": "pin", "embedding_models": "embedding_model",
+                "turn_stop_patterns": "turn_stop"}
 
 
 def _coerce(name: str, value, current):
@@ -101,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ssd-cache-gb", type=float, help="SSD tier size cap")
     p.add_argument("--shutdown-grace", type=float, help="seconds in-flight requests get to finish on SIGTERM")
     p.add_argument("--log-level")
+    p.add_argument("--turn-stop", action="append", dest="turn_stop_patterns",
+                   help="text that ends a turn for every request, e.g. '<|im_start|>' (repeatable)")
     p.add_argument("--tool-parser", help="auto (from the chat template) or a comma list of families")
     p.add_argument("--reasoning-field", help="chat completions field for thinking text (default reasoning_content)")
     return p

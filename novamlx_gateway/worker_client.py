@@ -79,6 +79,8 @@ class WorkerClient:
             a += ["--model", spec]
         for spec in self.cfg.embedding_models:
             a += ["--embedding-model", spec]
+        for pattern in self.cfg.turn_stop_patterns:
+            a += ["--turn-stop", pattern]
         for pin in self.cfg.pinned_models:
             a += ["--pin", pin]
         return a

@@ -34,6 +34,7 @@ def parse_args(argv=None):
     p.add_argument("--max-process-memory", default="auto", help="auto, a percent (80%%) or a size (24GB)")
     p.add_argument("--default-max-tokens", type=int, default=4096)
     p.add_argument("--kv-budget-mb", type=float, default=0.0)
+    p.add_argument("--turn-stop", action="append", default=[], help="text that ends a turn for every request")
     p.add_argument("--tool-parser", default="auto", help="auto (from the chat template) or families: hermes,mistral,...")
     p.add_argument("--block-size", type=int, default=64)
     p.add_argument("--prefix-cache-mb", type=float, default=2048.0, help="0 turns the prefix cache off")
@@ -100,7 +101,7 @@ def main(argv=None) -> None:
                     default_max_tokens=args.default_max_tokens, kv_budget_cap=int(args.kv_budget_mb * 1024**2),
                     block_size=args.block_size, prefix_cache_bytes=int(args.prefix_cache_mb * 1024**2),
                     ssd=SSDTier(args.ssd_cache_dir, int(args.ssd_cache_gb * 1024**3)) if args.ssd_cache_dir else None,
-                    embedders=embedders, tool_parser=args.tool_parser)
+                    embedders=embedders, tool_parser=args.tool_parser, turn_stops=args.turn_stop)
     infos = [m.ModelInfo(e.id, "llm", e.context_length, e.created, e.loaded.path, e.aliases)
              for e in pool.entries.values()]
     infos += [m.ModelInfo(e.id, e.kind, e.max_len, e.created, e.path, e.aliases) for e in embedders]

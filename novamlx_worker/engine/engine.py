@@ -47,7 +47,8 @@ class Engine:
     def __init__(self, pool: ModelPool, emit: Callable[[object], None], memory: MemoryEnforcer,
                  max_batch: int = 32, prefill_step: int = 512, prefill_batch: int = 16, default_max_tokens: int = 4096,
                  kv_budget_cap: int = 0, block_size: int = 64, prefix_cache_bytes: int = 2 * 1024**3,
-                 ssd: SSDTier | None = None, embedders: list | None = None, tool_parser: str = "auto"):
+                 ssd: SSDTier | None = None, embedders: list | None = None, tool_parser: str = "auto",
+                 turn_stops: list[str] | None = None):
         self.pool = pool
         self.memory = memory
         self.emit = emit
@@ -57,6 +58,7 @@ class Engine:
         self.block_size, self.prefix_cache_bytes, self.ssd = block_size, prefix_cache_bytes, ssd
         self.embedders = {e.id: e for e in embedders or []}
         self.tool_parser = tool_parser
+        self.turn_stops = list(turn_stops or [])  # text patterns that end a turn, for every request
         self.runners: dict[str, Runner] = {}
         self.caches: dict[str, PrefixCache] = {}
         self.inbox: queue.Queue = queue.Queue()
@@ -225,7 +227,8 @@ class Engine:
                                "Please reduce the length of the prompt or the completion.",
                                400, "context_length_exceeded", "messages" if cmd.messages is not None else "prompt")
         max_tokens = s.max_tokens or min(room, self.default_max_tokens)
-        seq = Sequence(cmd.id, lm.id, ids, s, max_tokens, IncrementalDecoder(lm.tokenizer.decode_visible), StopMatcher(s.stop),
+        seq = Sequence(cmd.id, lm.id, ids, s, max_tokens, IncrementalDecoder(lm.tokenizer.decode_visible),
+                       StopMatcher(s.stop + self.turn_stops),
                        priority=cmd.priority)
         seq.kv_bytes = (len(ids) + max_tokens) * kv_bytes_per_token(lm)
         if cmd.parse_tools:

@@ -179,3 +179,15 @@ def test_tool_call_inside_thinking(client):
     assert msg.tool_calls[0].function.name == "get_weather"
     assert json.loads(msg.tool_calls[0].function.arguments) == {"city": "Oslo"}
     assert "<tool_call>" not in msg.model_extra["reasoning_content"]
+
+
+def test_configured_turn_stop_pattern(tiny_model, tmp_path):
+    from tests.conftest import SCRIPTS, Server
+
+    s = Server(["--model", str(tiny_model), "--turn-stop", "User:", "--embedding-model", "none"], tmp_path, keys=(),
+               env={"NOVAMLX_TEST_SCRIPTS": str(SCRIPTS)}).wait_ready()
+    try:
+        r = s.openai().chat.completions.create(model="tiny-llama", messages=script("turn"))
+        assert r.choices[0].message.content == "First turn done. " and r.choices[0].finish_reason == "stop"
+    finally:
+        s.stop()
