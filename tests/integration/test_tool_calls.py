@@ -10,9 +10,11 @@ import pytest
 
 from tests.conftest import API_KEY
 
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
-                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}},
-         {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}]
+# Bounded schemas: a random model under a grammar must not be able to run to max_tokens.
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather for a city", "parameters": {
+             "type": "object", "properties": {"city": {"type": "string", "maxLength": 12}}, "additionalProperties": False}}},
+         {"type": "function", "function": {"name": "get_time", "parameters": {
+             "type": "object", "properties": {}, "additionalProperties": False}}}]
 
 
 def script(name):
