@@ -59,6 +59,7 @@ class Engine:
         self.embedders = {e.id: e for e in embedders or []}
         self.tool_parser = tool_parser
         self.turn_stops = list(turn_stops or [])  # text patterns that end a turn, for every request
+        self.gather_s = 0.005
         self.runners: dict[str, Runner] = {}
         self.caches: dict[str, PrefixCache] = {}
         self.inbox: queue.Queue = queue.Queue()
@@ -266,6 +267,12 @@ class Engine:
         if not self.waiting:
             return
         running = [s for s in self.seqs.values() if s.rid is not None]
+        if running and self.gather_s > 0 and len(self.waiting) < self.prefill_batch:
+            # While others decode, let a burst of arrivals gather for a few ms so their prompts are
+            # prefilled together: fewer, larger prefill batches (and fewer new shapes to compile).
+            newest = max(s.submitted for s in self.waiting)
+            if time.monotonic() - newest < self.gather_s:
+                return
         item = lambda s: Item(s.id, s.priority, s.submitted, s.kv_bytes)  # noqa: E731
         decided = plan([item(s) for s in self.waiting], [item(s) for s in running], self.max_batch,
                        self.kv_budget(), self.kv_reserved)

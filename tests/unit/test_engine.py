@@ -77,7 +77,11 @@ def test_solo_to_batch_handover_keeps_the_output(engine):
     assert runner.solo is not None  # alone: the fast path
     engine.inbox.put(m.Generate("b", "tiny-llama", m.Sampling(temperature=0, max_tokens=20, ignore_eos=True),
                                 prompt_tokens=b_prompt))
-    pump(engine)
+    import time
+
+    deadline = time.monotonic() + 5
+    while runner.solo is not None and time.monotonic() < deadline:  # admission gathers arrivals for a few ms
+        pump(engine)
     assert runner.solo is None and runner.active == 2  # both in the batch now
     while not {"a", "b"} <= {e.id for e in engine.events if isinstance(e, m.Finished)}:
         pump(engine)
