@@ -1,6 +1,7 @@
 """The health push: a snapshot of the worker every few seconds."""
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -31,7 +32,10 @@ def start_health_push(engine, emit, interval: float) -> threading.Thread:
     def loop():
         last: dict = {}
         while not engine.stopping:
-            emit(snapshot(engine, last))
+            try:
+                emit(snapshot(engine, last))
+            except Exception:  # noqa: BLE001 - a bad snapshot must not end the health push
+                logging.getLogger("novamlx.health").exception("health snapshot failed")
             time.sleep(interval)
 
     t = threading.Thread(target=loop, name="health", daemon=True)

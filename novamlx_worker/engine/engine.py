@@ -431,13 +431,13 @@ class Engine:
                              ttft_s=ttft, total_s=time.monotonic() - seq.submitted, stop=stop))
 
     def stats(self) -> dict:
-        c = self.counters
-        active = sum(1 for s in self.seqs.values() if s.rid is not None)
+        c = dict(self.counters)  # read from the health thread: take snapshots, not live views
+        active = sum(1 for s in list(self.seqs.values()) if s.rid is not None)
         engine = {"active": active, "queue_depth": len(self.waiting), "total_queued": c["queued"],
                   "total_completed": c["completed"], "total_preempted": c["preempted"], "total_aborted": c["aborted"],
                   "peak_active": c["peak_active"], "avg_wait_s": round(c["wait_s_total"] / max(c["started"], 1), 4),
                   "max_batch": self.max_batch}
-        cache = {mid: pc.snapshot() for mid, pc in self.caches.items()}
+        cache = {mid: pc.snapshot() for mid, pc in list(self.caches.items())}
         if self.ssd is not None:
             cache["ssd"] = {"blocks": len(self.ssd.index), "bytes": self.ssd.bytes, "reads": self.ssd.reads,
                             "writes": self.ssd.writes, "corrupt_dropped": self.ssd.corrupt}

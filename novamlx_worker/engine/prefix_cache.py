@@ -129,7 +129,7 @@ class PrefixCache:
 
     @property
     def referenced(self) -> int:
-        return sum(1 for b in self.blocks.values() if b.refs > 0)
+        return sum(1 for b in list(self.blocks.values()) if b.refs > 0)
 
     # ---- building and storing KV ----
     @staticmethod
@@ -197,5 +197,5 @@ class PrefixCache:
     def snapshot(self) -> dict:
         s = self.stats
         return {"blocks": len(self.blocks), "bytes": self.bytes, "referenced_blocks": self.referenced,
-                "shared_blocks": sum(1 for b in self.blocks.values() if b.refs > 1), "hits": s.hits,
+                "shared_blocks": sum(1 for b in list(self.blocks.values()) if b.refs > 1), "hits": s.hits,
                 "misses": s.misses, "tokens_saved": s.tokens_saved, "evictions": s.evictions, "ssd_hits": s.ssd_hits}
