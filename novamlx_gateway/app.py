@@ -23,6 +23,7 @@ from .config import Config
 from .errors import HANDLERS
 from .middleware import APIKeyAuth, BodyLimit, RequestID
 from .stores.responses import ResponseStore
+from .stores.settings import SettingsStore
 from .worker_client import WorkerClient
 
 
@@ -65,5 +66,6 @@ def create_app(cfg: Config, worker: WorkerClient | None = None) -> Starlette:
     app.state.config = cfg
     app.state.admission = Admission(cfg.max_concurrent_requests, cfg.max_queue)
     app.state.responses = ResponseStore(cfg.data_path / "responses")
+    app.state.settings = worker.settings = SettingsStore(cfg.data_path / "model_settings.json")
     app.state.started_at = time.time()
     return app

@@ -270,6 +270,14 @@ class WorkerClient:
             self._send(m.Abort(rid))
 
     def resolve_model(self, name: str) -> m.ModelInfo | None:
+        """By id, alias (the model's own or a per-model setting), or "default"."""
+        settings = getattr(self, "settings", None)
+        if settings is not None:
+            target = settings.alias_target(name) or (settings.default_model() if name == "default" else None)
+            if target:
+                name = target
+        if name == "default":
+            name = next((i.id for i in self.models if i.kind == "llm"), name)
         for info in self.models:
             if name == info.id:
                 return info

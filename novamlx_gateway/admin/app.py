@@ -62,11 +62,35 @@ async def memory(request: Request):
     return JSONResponse(await _settings(request))
 
 
+async def list_models(request: Request):
+    worker, settings = request.app.state.worker, request.app.state.worker.settings
+    loaded = set(worker.health.models) if worker.health else {i.id for i in worker.models}
+    return JSONResponse({"object": "list", "data": [
+        {"id": i.id, "kind": i.kind, "path": i.path, "context_length": i.context_length, "aliases": i.aliases,
+         "loaded": i.id in loaded or i.kind != "llm", "settings": settings.get(i.id)} for i in worker.models]})
+
+
+async def model_settings(request: Request):
+    worker = request.app.state.worker
+    info = worker.resolve_model(request.path_params["id"])
+    if info is None:
+        raise APIError(404, f"No model '{request.path_params['id']}'.", "model_not_found", "id")
+    if request.method == "PUT":
+        try:
+            body = msgspec.json.decode(await request.body())
+        except msgspec.DecodeError as e:
+            raise APIError(400, f"Invalid JSON: {e}", "invalid_json") from None
+        return JSONResponse({"id": info.id, "settings": worker.settings.update(info.id, body)})
+    return JSONResponse({"id": info.id, "settings": worker.settings.get(info.id)})
+
+
 def create_admin_app(cfg: Config, worker) -> Starlette | None:
     keys = admin_keys(cfg)
     if not keys:
         return None
-    app = Starlette(routes=[Route("/admin/api/memory", memory, methods=["GET", "PUT"])],
+    app = Starlette(routes=[Route("/admin/api/memory", memory, methods=["GET", "PUT"]),
+                            Route("/admin/models", list_models, methods=["GET"]),
+                            Route("/admin/models/{id:path}/settings", model_settings, methods=["GET", "PUT"])],
                     middleware=[Middleware(RequestID), Middleware(AdminAuth, keys=keys)],
                     exception_handlers=HANDLERS)
     app.state.worker = worker

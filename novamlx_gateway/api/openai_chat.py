@@ -99,10 +99,13 @@ async def chat_completions(request: Request):
         raise APIError(400, "Invalid 'top_logprobs': 'logprobs' must be set to true when 'top_logprobs' is used.",
                        "invalid_value", "top_logprobs")
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-    sampling = sampling_from(req, max_tokens, bool(req.logprobs), req.top_logprobs or 0)
+    defaults = request.app.state.settings.sampling_defaults(info.id)
+    sampling = sampling_from(req, max_tokens, bool(req.logprobs), req.top_logprobs or 0, defaults)
     sampling.response_format = response_format_of(req.response_format)
     sampling.thinking_budget, template_kwargs = thinking_of(req.reasoning_effort, req.thinking_budget,
                                                             req.enable_thinking, req.chat_template_kwargs)
+    if sampling.thinking_budget is None:
+        sampling.thinking_budget = defaults.get("thinking_budget")
     field = cfg.reasoning_field
     priority = priority_of(request, req.priority)
     tools, parse_tools, force = tools_of(req)

@@ -63,9 +63,11 @@ async def completions(request: Request):
     top = req.logprobs
     if top is not None and not 0 <= top <= 5:
         raise APIError(400, f"Invalid 'logprobs': {top} is not within [0, 5].", "invalid_value", "logprobs")
-    # The legacy API's default is 16 tokens.
-    max_tokens = req.max_tokens if req.max_tokens is not None else 16
-    sampling = sampling_from(req, max_tokens, top is not None, top or 0)
+    # The legacy API's default is 16 tokens (unless the model's settings say otherwise).
+    max_tokens = req.max_tokens if req.max_tokens is not None else \
+        request.app.state.settings.sampling_defaults(info.id).get("max_tokens", 16)
+    defaults = request.app.state.settings.sampling_defaults(info.id)
+    sampling = sampling_from(req, max_tokens, top is not None, top or 0, defaults)
     if len(prompts) * n > cfg.max_n:
         raise APIError(400, f"Too many choices: {len(prompts)} prompts x n={n} exceeds {cfg.max_n}.", "invalid_value", "n")
     priority = priority_of(request, req.priority)

@@ -124,12 +124,16 @@ def sampling_from(req: _SamplingFields, max_tokens: int | None, logprobs: bool, 
     if len(stops) > 16:
         raise APIError(400, "Invalid 'stop': at most 16 stop sequences are supported.", "invalid_value", "stop")
     d = defaults or {}
+
+    def pick(name, builtin):
+        value = getattr(req, name)
+        return value if value is not None else d.get(name, builtin)
+
     return Sampling(
-        temperature=req.temperature if req.temperature is not None else d.get("temperature", 1.0),
-        top_p=req.top_p if req.top_p is not None else d.get("top_p", 1.0),
-        top_k=max(req.top_k or 0, 0), min_p=req.min_p or 0.0,
-        frequency_penalty=req.frequency_penalty or 0.0, presence_penalty=req.presence_penalty or 0.0,
-        repetition_penalty=req.repetition_penalty or 1.0, seed=req.seed, max_tokens=max_tokens,
+        temperature=pick("temperature", 1.0), top_p=pick("top_p", 1.0), top_k=max(pick("top_k", 0), 0),
+        min_p=pick("min_p", 0.0), frequency_penalty=pick("frequency_penalty", 0.0),
+        presence_penalty=pick("presence_penalty", 0.0), repetition_penalty=pick("repetition_penalty", 1.0),
+        seed=pick("seed", None), max_tokens=max_tokens if max_tokens is not None else d.get("max_tokens"),
         stop=[s for s in stops if s], logprobs=logprobs, top_logprobs=top_logprobs, ignore_eos=req.ignore_eos)
 
 

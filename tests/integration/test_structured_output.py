@@ -6,20 +6,21 @@ import openai
 import pytest
 
 S = {"type": "string", "maxLength": 8}
+I = {"type": "integer", "minimum": -1000, "maximum": 1000}  # unbounded digits could run to max_tokens
 SCHEMAS = [
     {"type": "object", "properties": {"name": S, "age": {"type": "integer", "minimum": 0, "maximum": 120}},
      "required": ["name", "age"], "additionalProperties": False},
-    {"type": "object", "properties": {"user": {"type": "object", "properties": {"id": {"type": "integer"}, "tag": S},
+    {"type": "object", "properties": {"user": {"type": "object", "properties": {"id": I, "tag": S},
                                                "required": ["id"], "additionalProperties": False}},
      "required": ["user"], "additionalProperties": False},
     {"type": "array", "items": {"type": "integer", "minimum": -5, "maximum": 5}, "minItems": 1, "maxItems": 4},
     {"type": "object", "properties": {"color": {"enum": ["red", "green", "blue"]}}, "required": ["color"],
      "additionalProperties": False},
-    {"type": "object", "properties": {"v": {"anyOf": [{"type": "integer"}, S]}}, "required": ["v"],
+    {"type": "object", "properties": {"v": {"anyOf": [I, S]}}, "required": ["v"],
      "additionalProperties": False},
     {"type": "object", "properties": {"v": {"oneOf": [{"type": "boolean"}, {"type": "null"}]}}, "required": ["v"],
      "additionalProperties": False},
-    {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"enum": ["x", "y"]}}, "additionalProperties": False,
+    {"type": "object", "properties": {"a": I, "b": {"enum": ["x", "y"]}}, "additionalProperties": False,
      "allOf": [{"properties": {"a": {"minimum": 1, "maximum": 3}}, "required": ["a"]}, {"required": ["b"]}]},
     # Numbers with bounds (integers: a random model's fraction digits would run to max_tokens).
     {"type": "object", "properties": {"x": {"type": "integer", "minimum": -1000, "maximum": 1000},

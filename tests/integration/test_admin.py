@@ -1,0 +1,47 @@
+"""Admin API: off without a key, auth, model list, per-model settings applied as defaults."""
+import json
+
+import httpx
+import pytest
+
+from tests.conftest import Server
+
+
+def test_admin_off_without_any_key(tiny_model, tmp_path):
+    s = Server(["--model", str(tiny_model), "--embedding-model", "none"], tmp_path, keys=()).wait_ready()
+    try:
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{s.admin_port}/admin/models", timeout=3)
+    finally:
+        s.stop()
+
+
+def test_settings_round_trip_validation_and_defaults(tiny_model, tmp_path):
+    s = Server(["--model", str(tiny_model), "--admin-key", "adm", "--embedding-model", "none"], tmp_path).wait_ready()
+    base = f"http://127.0.0.1:{s.admin_port}/admin"
+    hdr = {"x-admin-key": "adm"}
+    try:
+        assert httpx.get(base + "/models", headers={"x-admin-key": "nope"}).status_code == 401
+        models = httpx.get(base + "/models", headers=hdr).json()["data"]
+        assert [m["id"] for m in models] == ["tiny-llama"] and models[0]["loaded"]
+        r = httpx.put(base + "/models/tiny-llama/settings", headers=hdr,
+                      json={"temperature": 0, "max_tokens": 3, "model_alias": "tiny", "is_default": True})
+        assert r.status_code == 200 and r.json()["settings"]["model_alias"] == "tiny"
+        for bad, field in (({"temperature": 9}, "temperature"), ({"top_k": "x"}, "top_k"), ({"nope": 1}, "nope"),
+                           ({"kv_bits": 5}, "kv_bits")):
+            r = httpx.put(base + "/models/tiny-llama/settings", headers=hdr, json=bad)
+            assert r.status_code == 400 and r.json()["error"]["param"] == field
+        saved = json.loads((tmp_path / "model_settings.json").read_text())
+        assert saved["tiny-llama"]["max_tokens"] == 3
+        c = s.openai()
+        a = c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
+                                      extra_body={"ignore_eos": True})
+        b = c.chat.completions.create(model="default", messages=[{"role": "user", "content": "hi"}],
+                                      extra_body={"ignore_eos": True})
+        assert a.model == "tiny-llama" and a.usage.completion_tokens == 3  # max_tokens default applied
+        assert a.choices[0].message.content == b.choices[0].message.content  # temperature 0 default applied
+        r = c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=5,
+                                      extra_body={"ignore_eos": True})
+        assert r.usage.completion_tokens == 5  # the request still wins
+    finally:
+        s.stop()
