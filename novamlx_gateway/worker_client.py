@@ -177,6 +177,8 @@ class WorkerClient:
                 fut.set_result(True)
         elif isinstance(ev, m.Hello):
             self._on_hello(ev)
+        elif isinstance(ev, m.Models):
+            self.models = ev.models
 
     def _on_hello(self, ev: m.Hello) -> None:
         if ev.version != PROTOCOL_VERSION:

@@ -102,10 +102,7 @@ def main(argv=None) -> None:
                     block_size=args.block_size, prefix_cache_bytes=int(args.prefix_cache_mb * 1024**2),
                     ssd=SSDTier(args.ssd_cache_dir, int(args.ssd_cache_gb * 1024**3)) if args.ssd_cache_dir else None,
                     embedders=embedders, tool_parser=args.tool_parser, turn_stops=args.turn_stop)
-    infos = [m.ModelInfo(e.id, "llm", e.context_length, e.created, e.loaded.path, e.aliases)
-             for e in pool.entries.values()]
-    infos += [m.ModelInfo(e.id, e.kind, e.max_len, e.created, e.path, e.aliases) for e in embedders]
-    emit(m.Hello(PROTOCOL_VERSION, os.getpid(), infos, ["chat", "completions", "logprobs", "echo"]))
+    emit(m.Hello(PROTOCOL_VERSION, os.getpid(), engine.model_infos(), ["chat", "completions", "logprobs", "echo"]))
 
     def reader():
         for line in sys.stdin.buffer:

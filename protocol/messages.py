@@ -94,6 +94,17 @@ class Rerank(msgspec.Struct, tag="rerank", omit_defaults=True):
     documents: list[str]
 
 
+class LoadModel(msgspec.Struct, tag="load_model", omit_defaults=True):
+    id: str
+    spec: str  # a folder, a .gguf file or a hub id on disk
+    pin: bool = False
+
+
+class UnloadModel(msgspec.Struct, tag="unload_model"):
+    id: str
+    model: str
+
+
 class Ping(msgspec.Struct, tag="ping"):
     nonce: int
 
@@ -102,7 +113,7 @@ class Shutdown(msgspec.Struct, tag="shutdown"):
     pass
 
 
-Command = Generate | Abort | CountTokens | Embed | Rerank | Settings | Ping | Shutdown
+Command = Generate | Abort | CountTokens | Embed | Rerank | Settings | LoadModel | UnloadModel | Ping | Shutdown
 
 
 # ---- events (worker -> gateway) ----
@@ -207,6 +218,11 @@ class Scores(msgspec.Struct, tag="scores"):
     method: str  # "cross-encoder" or "bi-encoder"
 
 
+class Models(msgspec.Struct, tag="models"):
+    """The servable models changed (a load, an unload): the full list, as in hello."""
+    models: list[ModelInfo]
+
+
 class Pong(msgspec.Struct, tag="pong"):
     nonce: int
 
@@ -233,4 +249,4 @@ class Health(msgspec.Struct, tag="health", omit_defaults=True):
     peak_batch: int = 0  # most sequences decoded in one forward
 
 
-Event = Hello | Started | Step | Finished | Error | Result | Embeddings | Scores | Pong | Health
+Event = Hello | Started | Step | Finished | Error | Result | Embeddings | Scores | Models | Pong | Health

@@ -84,12 +84,42 @@ async def model_settings(request: Request):
     return JSONResponse({"id": info.id, "settings": worker.settings.get(info.id)})
 
 
+async def _model_body(request: Request) -> dict:
+    try:
+        body = msgspec.json.decode(await request.body())
+    except msgspec.DecodeError as e:
+        raise APIError(400, f"Invalid JSON: {e}", "invalid_json") from None
+    if not isinstance(body, dict) or not isinstance(body.get("model"), str) or not body["model"]:
+        raise APIError(400, "Send {\"model\": \"<id, folder, .gguf file or hub id on disk>\"}.", "invalid_value", "model")
+    return body
+
+
+async def load_model(request: Request):
+    body = await _model_body(request)
+    worker = request.app.state.worker
+    known = worker.resolve_model(body["model"])
+    spec = known.path if known is not None and known.path else body["model"]
+    result = await worker.call(m.LoadModel(f"load-{uuid.uuid4().hex[:12]}", spec, bool(body.get("pin"))),
+                               timeout=request.app.state.config.worker_start_timeout)
+    return JSONResponse(result.data)
+
+
+async def unload_model(request: Request):
+    body = await _model_body(request)
+    worker = request.app.state.worker
+    info = worker.resolve_model(body["model"])
+    result = await worker.call(m.UnloadModel(f"unload-{uuid.uuid4().hex[:12]}", info.id if info else body["model"]))
+    return JSONResponse(result.data)
+
+
 def create_admin_app(cfg: Config, worker) -> Starlette | None:
     keys = admin_keys(cfg)
     if not keys:
         return None
     app = Starlette(routes=[Route("/admin/api/memory", memory, methods=["GET", "PUT"]),
                             Route("/admin/models", list_models, methods=["GET"]),
+                            Route("/admin/models/load", load_model, methods=["POST"]),
+                            Route("/admin/models/unload", unload_model, methods=["POST"]),
                             Route("/admin/models/{id:path}/settings", model_settings, methods=["GET", "PUT"])],
                     middleware=[Middleware(RequestID), Middleware(AdminAuth, keys=keys)],
                     exception_handlers=HANDLERS)

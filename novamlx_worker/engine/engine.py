@@ -126,6 +126,28 @@ class Engine:
                         raise RequestError(str(e), 400, "invalid_value", "max_process_memory") from None
                     self.memory.poll(self._evict_one, force=True)
                 self.emit(m.Result(cmd.id, data=self.memory_state()))
+            elif isinstance(cmd, m.LoadModel):
+                try:
+                    entry = self.pool.add(cmd.spec, cmd.pin)
+                except FileNotFoundError as e:
+                    raise RequestError(str(e), 404, "model_not_found", "model") from None
+                self._model(entry.id)
+                self.emit(m.Models(self.model_infos()))
+                self.emit(m.Result(cmd.id, data={"id": entry.id, "loaded": True}))
+            elif isinstance(cmd, m.UnloadModel):
+                entry = self.pool.find(cmd.model)
+                if entry is None:
+                    raise RequestError(f"No model `{cmd.model}`.", 404, "model_not_found", "model")
+                if any(s.model_id == entry.id for s in self.seqs.values()):
+                    raise RequestError(f"Model `{entry.id}` is serving requests; retry when they finish.", 409,
+                                       "model_busy", "model")
+                if entry.loaded is not None:
+                    self.runners.pop(entry.id, None)
+                    cache = self.caches.pop(entry.id, None)
+                    if cache is not None:
+                        cache.clear()
+                    self.pool.evict(entry.id)
+                self.emit(m.Result(cmd.id, data={"id": entry.id, "loaded": False}))
             elif isinstance(cmd, m.Ping):
                 self.emit(m.Pong(cmd.nonce))
             elif isinstance(cmd, m.Shutdown):
@@ -148,6 +170,11 @@ class Engine:
                 self.emit(m.Scores(cmd.id, scores, used, method))
         except EmbedError as e:
             raise RequestError(str(e), 400, "invalid_value", e.param) from None
+
+    def model_infos(self) -> list[m.ModelInfo]:
+        infos = [m.ModelInfo(e.id, "llm", e.context_length, e.created, e.loaded.path if e.loaded else (e.spec or ""),
+                             e.aliases) for e in self.pool.entries.values()]
+        return infos + [m.ModelInfo(e.id, e.kind, e.max_len, e.created, e.path, e.aliases) for e in self.embedders.values()]
 
     # ---- memory ----
     def kv_budget(self) -> int:

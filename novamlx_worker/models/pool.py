@@ -49,6 +49,14 @@ class ModelPool:
             pin = model_id in pinned or (spec in pinned if spec else False)
             self.entries[model_id] = Entry(model_id, spec, aliases, pin)
 
+    def add(self, spec: str, pin: bool = False) -> Entry:
+        model_id, _, aliases = resolve(spec)
+        entry = self.entries.get(model_id)
+        if entry is None:
+            entry = self.entries[model_id] = Entry(model_id, spec, aliases, pin)
+        entry.pinned = entry.pinned or pin
+        return entry
+
     def find(self, name: str) -> Entry | None:
         if name in self.entries:
             return self.entries[name]

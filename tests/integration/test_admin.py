@@ -45,3 +45,30 @@ def test_settings_round_trip_validation_and_defaults(tiny_model, tmp_path):
         assert r.usage.completion_tokens == 5  # the request still wins
     finally:
         s.stop()
+
+
+def test_load_and_unload_through_admin(tiny_model, tiny_long, tmp_path):
+    s = Server(["--model", str(tiny_model), "--admin-key", "adm", "--embedding-model", "none",
+                "--health-interval", "0.3"], tmp_path).wait_ready()
+    base = f"http://127.0.0.1:{s.admin_port}/admin"
+    hdr = {"authorization": "Bearer adm"}
+    try:
+        c = s.openai()
+        r = httpx.post(base + "/models/load", headers=hdr, json={"model": str(tiny_long)}, timeout=120)
+        assert r.status_code == 200 and r.json() == {"id": "tiny-long", "loaded": True}
+        assert {m.id for m in c.models.list().data} == {"tiny-llama", "tiny-long"}
+        assert c.chat.completions.create(model="tiny-long", messages=[{"role": "user", "content": "x"}],
+                                         max_tokens=2).usage.completion_tokens >= 1
+        r = httpx.post(base + "/models/unload", headers=hdr, json={"model": "tiny-long"})
+        assert r.json() == {"id": "tiny-long", "loaded": False}
+        import time
+
+        time.sleep(1)
+        assert "tiny-long" not in s.health()["health"]["models"]  # out of memory, still servable:
+        assert c.chat.completions.create(model="tiny-long", messages=[{"role": "user", "content": "x"}],
+                                         max_tokens=2).usage.completion_tokens >= 1  # loaded again on demand
+        assert httpx.post(base + "/models/load", headers=hdr, json={"model": "/no/such/model"}).status_code == 404
+        assert httpx.post(base + "/models/unload", headers=hdr, json={"model": "nope"}).status_code == 404
+        assert httpx.post(base + "/models/load", headers=hdr, json={}).status_code == 400
+    finally:
+        s.stop()
