@@ -10,6 +10,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
 from .api.anthropic_messages import count_tokens, messages
+from .api.cloud_proxy import parse_cloud_models
 from .api.health import health
 from .api.models import get_model, list_models
 from .api.openai_chat import chat_completions
@@ -67,5 +68,6 @@ def create_app(cfg: Config, worker: WorkerClient | None = None) -> Starlette:
     app.state.admission = Admission(cfg.max_concurrent_requests, cfg.max_queue)
     app.state.responses = ResponseStore(cfg.data_path / "responses")
     app.state.settings = worker.settings = SettingsStore(cfg.data_path / "model_settings.json")
+    app.state.cloud = parse_cloud_models(cfg.cloud_models)
     app.state.started_at = time.time()
     return app

@@ -41,6 +41,7 @@ class Config:
     ssd_cache: bool = True
     ssd_cache_gb: float = 100.0
     shutdown_grace: float = 30.0
+    cloud_models: list = field(default_factory=list)  # [{id, url, model, key_env}] remote OpenAI-compatible models
     turn_stop_patterns: list[str] = field(default_factory=list)  # text that ends any answer (TurnStopProcessor)
     tool_parser: str = "auto"  # or families: hermes, glm, deepseek, gemma, llama, marker, tool, mistral, function, namespaced
     reasoning_field: str = "reasoning_content"  # chat field for thinking text ("reasoning" for some clients)
@@ -52,7 +53,7 @@ class Config:
 
 
 _LIST_FIELDS = {"api_keys": "api_key", "models": "model", "pinned_models": "pin", "embedding_models": "embedding_model",
-                "turn_stop_patterns": "turn_stop"}
+                "turn_stop_patterns": "turn_stop", "cloud_models": "cloud_model"}
 
 
 def _coerce(name: str, value, current):
@@ -105,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level")
     p.add_argument("--turn-stop", action="append", dest="turn_stop_patterns",
                    help="text that ends a turn for every request, e.g. '<|im_start|>' (repeatable)")
+    p.add_argument("--cloud-model", action="append", dest="cloud_models",
+                   help="remote model: id=NAME,url=https://host/v1[,model=REMOTE][,key_env=VAR] (repeatable)")
     p.add_argument("--tool-parser", help="auto (from the chat template) or a comma list of families")
     p.add_argument("--reasoning-field", help="chat completions field for thinking text (default reasoning_content)")
     return p
@@ -122,7 +125,7 @@ def load_config(argv: list[str] | None = None, environ: dict | None = None) -> C
             data = tomllib.load(fh)
         for key, value in data.items():
             name = key.replace("-", "_")
-            name = {"api_key": "api_keys", "model": "models"}.get(name, name)
+            name = {"api_key": "api_keys", "model": "models", "cloud_model": "cloud_models"}.get(name, name)
             if name not in names:
                 raise SystemExit(f"{config_file}: unknown setting {key!r}")
             setattr(cfg, name, _coerce(name, value, getattr(cfg, name)))

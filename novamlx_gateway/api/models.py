@@ -5,6 +5,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from ..generation import model_or_404
+from .cloud_proxy import model_object
 
 
 def _model_obj(info) -> dict:
@@ -14,9 +15,13 @@ def _model_obj(info) -> dict:
 
 async def list_models(request: Request):
     worker = request.app.state.worker
-    return JSONResponse({"object": "list", "data": [_model_obj(i) for i in worker.models]})
+    cloud = [model_object(c) for c in request.app.state.cloud.values()]
+    return JSONResponse({"object": "list", "data": [_model_obj(i) for i in worker.models] + cloud})
 
 
 async def get_model(request: Request):
+    cloud = request.app.state.cloud.get(request.path_params["model"])
+    if cloud is not None:
+        return JSONResponse(model_object(cloud))
     info = model_or_404(request.app.state.worker, request.path_params["model"], ("llm", "embedding", "rerank"))
     return JSONResponse(_model_obj(info))

@@ -7,6 +7,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from protocol import messages as m
 
 from .. import sse
+from .cloud_proxy import passthrough
 from ..errors import APIError
 from ..generation import Generation, choice_sampling, error_body, model_or_404
 from .openai_schema import ChatMessageIn, ChatRequest, check_n, parse_body, priority_of, response_format_of, sampling_from, thinking_of
@@ -90,6 +91,8 @@ def _logprobs_obj(entries: list[m.TokenLogprob]) -> dict:
 
 async def chat_completions(request: Request):
     req: ChatRequest = await parse_body(request, ChatRequest)
+    if req.model in request.app.state.cloud:
+        return await passthrough(request, request.app.state.cloud[req.model], "/chat/completions")
     worker = request.app.state.worker
     cfg = request.app.state.config
     info = model_or_404(worker, req.model)

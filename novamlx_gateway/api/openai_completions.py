@@ -7,6 +7,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from protocol import messages as m
 
 from .. import sse
+from .cloud_proxy import passthrough
 from ..errors import APIError
 from ..generation import Generation, choice_sampling, error_body, model_or_404
 from .openai_chat import _finish
@@ -51,6 +52,8 @@ class LegacyLogprobs:
 
 async def completions(request: Request):
     req: CompletionRequest = await parse_body(request, CompletionRequest)
+    if req.model in request.app.state.cloud:
+        return await passthrough(request, request.app.state.cloud[req.model], "/completions")
     worker = request.app.state.worker
     cfg = request.app.state.config
     info = model_or_404(worker, req.model)
