@@ -82,10 +82,10 @@ def test_preempted_request_resumes_to_same_output(tiny_long, tmp_path):
         low_msgs = [{"role": "user", "content": "a long low priority story"}]
 
         async def main():
-            alone = await c.chat.completions.create(model="tiny-long", messages=low_msgs, max_tokens=600, temperature=0,
+            alone = await c.chat.completions.create(model="tiny-long", messages=low_msgs, max_tokens=1500, temperature=0,
                                                     extra_body={"ignore_eos": True})
             low = asyncio.create_task(c.chat.completions.create(
-                model="tiny-long", messages=low_msgs, max_tokens=600, temperature=0,
+                model="tiny-long", messages=low_msgs, max_tokens=1500, temperature=0,
                 extra_body={"ignore_eos": True, "priority": "low"}))
             await asyncio.sleep(0.5)
             high = await c.chat.completions.create(model="tiny-long", messages=[{"role": "user", "content": "urgent"}],
