@@ -243,7 +243,6 @@ class Health(msgspec.Struct, tag="health", omit_defaults=True):
     engine: dict = {}  # scheduler metrics: active, queue depth, totals, peak, average wait
     prefix_cache: dict = {}  # per model: blocks, hits, misses, tokens saved, evictions; "ssd"
     kv_reserved_bytes: int = 0
-    kv_budget_bytes: int = 0
     steps: int = 0  # batched decode steps since start
     tokens_total: int = 0
     peak_batch: int = 0  # most sequences decoded in one forward

@@ -43,6 +43,13 @@ def admin_keys(cfg: Config) -> list[str]:
     return [cfg.admin_key] if cfg.admin_key else list(cfg.api_keys)
 
 
+async def _json_body(request: Request):
+    try:
+        return msgspec.json.decode(await request.body())
+    except msgspec.DecodeError as e:
+        raise APIError(400, f"Invalid JSON: {e}", "invalid_json") from None
+
+
 async def _settings(request: Request, **changes) -> dict:
     result = await request.app.state.worker.call(m.Settings(f"admin-{uuid.uuid4().hex[:12]}", **changes))
     return result.data
@@ -50,11 +57,8 @@ async def _settings(request: Request, **changes) -> dict:
 
 async def memory(request: Request):
     if request.method == "PUT":
-        try:
-            body = msgspec.json.decode(await request.body(), type=dict)
-        except msgspec.DecodeError as e:
-            raise APIError(400, f"Invalid JSON: {e}", "invalid_json") from None
-        limit = body.get("max_process_memory")
+        body = await _json_body(request)
+        limit = body.get("max_process_memory") if isinstance(body, dict) else None
         if not isinstance(limit, str):
             raise APIError(400, "Send {\"max_process_memory\": \"auto\" | \"80%\" | \"24GB\"}.", "invalid_value",
                            "max_process_memory")
@@ -76,19 +80,12 @@ async def model_settings(request: Request):
     if info is None:
         raise APIError(404, f"No model '{request.path_params['id']}'.", "model_not_found", "id")
     if request.method == "PUT":
-        try:
-            body = msgspec.json.decode(await request.body())
-        except msgspec.DecodeError as e:
-            raise APIError(400, f"Invalid JSON: {e}", "invalid_json") from None
-        return JSONResponse({"id": info.id, "settings": worker.settings.update(info.id, body)})
+        return JSONResponse({"id": info.id, "settings": worker.settings.update(info.id, await _json_body(request))})
     return JSONResponse({"id": info.id, "settings": worker.settings.get(info.id)})
 
 
 async def _model_body(request: Request) -> dict:
-    try:
-        body = msgspec.json.decode(await request.body())
-    except msgspec.DecodeError as e:
-        raise APIError(400, f"Invalid JSON: {e}", "invalid_json") from None
+    body = await _json_body(request)
     if not isinstance(body, dict) or not isinstance(body.get("model"), str) or not body["model"]:
         raise APIError(400, "Send {\"model\": \"<id, folder, .gguf file or hub id on disk>\"}.", "invalid_value", "model")
     return body

@@ -11,23 +11,16 @@ from .cloud_proxy import passthrough
 from ..errors import APIError
 from ..generation import Generation, choice_sampling, error_body, model_or_404
 from .openai_chat import _finish
-from .openai_schema import CompletionRequest, check_n, parse_body, priority_of, sampling_from, typed_sdk
+from .openai_schema import CompletionRequest, check_n, parse_body, priority_of, sampling_from, texts_or_tokens, typed_sdk
 
 
 def _prompts(req: CompletionRequest) -> list[dict]:
     p = req.prompt
     if p is None or p == "" or p == []:
         raise APIError(400, "Invalid 'prompt': a prompt is required.", "missing_required_parameter", "prompt")
-    if isinstance(p, str):
-        return [{"prompt": p}]
-    if all(isinstance(x, int) and not isinstance(x, bool) for x in p):
-        return [{"prompt_tokens": list(p)}]
-    if all(isinstance(x, str) for x in p):
-        return [{"prompt": x} for x in p]
-    if all(isinstance(x, list) and x and all(isinstance(t, int) and not isinstance(t, bool) for t in x) for x in p):
-        return [{"prompt_tokens": list(x)} for x in p]
-    raise APIError(400, "Invalid 'prompt': expected a string, an array of strings, an array of token ids, "
-                        "or an array of token id arrays.", "invalid_type", "prompt")
+    kind, items = texts_or_tokens(p, "prompt")
+    key = "prompt" if kind == "texts" else "prompt_tokens"
+    return [{key: x} for x in items]
 
 
 class LegacyLogprobs:

@@ -14,7 +14,7 @@ from protocol import messages as m
 
 from ..errors import APIError
 from ..generation import model_or_404
-from .openai_schema import parse_body, typed_sdk
+from .openai_schema import parse_body, texts_or_tokens, typed_sdk
 
 MAX_INPUTS = 2048
 
@@ -29,22 +29,14 @@ class EmbeddingsRequest(msgspec.Struct, kw_only=True):
 
 
 def _inputs(value) -> dict:
-    if isinstance(value, str):
-        value = [value]
-    if not value:
+    if value == []:
         raise APIError(400, "Invalid 'input': an empty array. Send at least one string or token array.", "invalid_value", "input")
-    if len(value) > MAX_INPUTS:
+    kind, items = texts_or_tokens(value, "input")
+    if len(items) > MAX_INPUTS:
         raise APIError(400, f"Invalid 'input': at most {MAX_INPUTS} inputs per request.", "invalid_value", "input")
-    if all(isinstance(x, str) for x in value):
-        if any(x == "" for x in value):
-            raise APIError(400, "Invalid 'input': strings must not be empty.", "invalid_value", "input")
-        return {"texts": list(value)}
-    if all(isinstance(x, int) and not isinstance(x, bool) for x in value):
-        return {"tokens": [list(value)]}
-    if all(isinstance(x, list) and x and all(isinstance(t, int) and not isinstance(t, bool) for t in x) for x in value):
-        return {"tokens": [list(x) for x in value]}
-    raise APIError(400, "Invalid 'input': expected a string, an array of strings, an array of token ids, or an array "
-                        "of token id arrays.", "invalid_type", "input")
+    if kind == "texts" and any(x == "" for x in items):
+        raise APIError(400, "Invalid 'input': strings must not be empty.", "invalid_value", "input")
+    return {kind: items}
 
 
 def _encode(vec: list[float], fmt: str):

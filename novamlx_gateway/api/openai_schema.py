@@ -206,3 +206,22 @@ def thinking_of(effort: str | None, budget: int | None, enable: bool | None,
     if enable is not None:
         kwargs["enable_thinking"] = enable
     return budget, kwargs or None
+
+
+def _is_ids(x) -> bool:
+    return isinstance(x, list) and bool(x) and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
+
+
+def texts_or_tokens(value, param: str) -> tuple[str, list]:
+    """OpenAI's text inputs (a string, strings, token ids, or token-id arrays) as
+    ("texts", [str, ...]) or ("tokens", [[int, ...], ...])."""
+    if isinstance(value, str):
+        return "texts", [value]
+    if isinstance(value, list) and value and all(isinstance(x, str) for x in value):
+        return "texts", list(value)
+    if _is_ids(value):
+        return "tokens", [list(value)]
+    if isinstance(value, list) and value and all(_is_ids(x) for x in value):
+        return "tokens", [list(x) for x in value]
+    raise APIError(400, f"Invalid '{param}': expected a string, an array of strings, an array of token ids, or an "
+                        "array of token id arrays.", "invalid_type", param)
