@@ -1,7 +1,9 @@
 """The Starlette application: routes, middleware, lifespan."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import time
 
 from starlette.applications import Starlette
@@ -20,6 +22,7 @@ from .api.rerank import rerank
 from .api.openai_responses import create_response, delete_response, get_response, input_items
 from .api.stats import stats
 from .admission import Admission
+from .catalog import Catalog
 from .config import Config
 from .errors import HANDLERS
 from .middleware import APIKeyAuth, BodyLimit, RequestID
@@ -33,6 +36,9 @@ def create_app(cfg: Config, worker: WorkerClient | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        found = await asyncio.to_thread(app.state.catalog.scan)
+        if found:
+            logging.getLogger("novamlx.catalog").info("found on disk: %s", ", ".join(f.id for f in found))
         await worker.start()
         yield
         await worker.stop()
@@ -68,6 +74,7 @@ def create_app(cfg: Config, worker: WorkerClient | None = None) -> Starlette:
     app.state.admission = Admission(cfg.max_concurrent_requests, cfg.max_queue)
     app.state.responses = ResponseStore(cfg.data_path / "responses")
     app.state.settings = worker.settings = SettingsStore(cfg.data_path / "model_settings.json")
+    app.state.catalog = Catalog(cfg, worker, app.state.settings)
     app.state.cloud = parse_cloud_models(cfg.cloud_models)
     app.state.started_at = time.time()
     return app

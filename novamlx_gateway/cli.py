@@ -1,5 +1,6 @@
 """`novamlx-gateway`: parse settings, start the worker, serve with Hypercorn.
 
+`novamlx-gateway models list|search|pull|rm` manages the model store;
 `novamlx-gateway launchd-plist [flags]` and `novamlx-gateway systemd-unit [flags]` print
 a service file that runs the gateway with those flags.
 """
@@ -33,6 +34,10 @@ def _hypercorn(host: str, port: int, grace: float) -> HyperConfig:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "models":
+        from .hub.cli import main as models_main
+
+        raise SystemExit(models_main(argv[1:]))
     if argv and argv[0] in ("launchd-plist", "systemd-unit"):
         cfg = load_config(argv[1:])
         print(launchd_plist(argv[1:], cfg.data_dir) if argv[0] == "launchd-plist" else systemd_unit(argv[1:]), end="")
@@ -42,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
                         format="%(asctime)s gateway %(levelname)s %(name)s: %(message)s")
     cfg.data_path.mkdir(parents=True, exist_ok=True)
     app = create_app(cfg)
-    admin = create_admin_app(cfg, app.state.worker)
+    admin = create_admin_app(cfg, app.state.worker, app.state.catalog)
 
     async def run() -> None:
         stop = asyncio.Event()

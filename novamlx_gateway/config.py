@@ -45,6 +45,8 @@ class Config:
     turn_stop_patterns: list[str] = field(default_factory=list)  # text that ends any answer (TurnStopProcessor)
     tool_parser: str = "auto"  # or families: hermes, glm, deepseek, gemma, llama, marker, tool, mistral, function, namespaced
     reasoning_field: str = "reasoning_content"  # chat field for thinking text ("reasoning" for some clients)
+    discover_hf_cache: bool = True  # serve MLX models found in the Hugging Face cache too
+    hf_endpoint: str = ""  # hub URL for search/download ('' : HF_ENDPOINT or huggingface.co)
     log_level: str = "INFO"
 
     @property
@@ -103,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ssd-cache", type=lambda v: v.lower() in ("1", "true", "yes", "on"), help="on/off")
     p.add_argument("--ssd-cache-gb", type=float, help="SSD tier size cap")
     p.add_argument("--shutdown-grace", type=float, help="seconds in-flight requests get to finish on SIGTERM")
+    p.add_argument("--discover-hf-cache", type=lambda v: v.lower() in ("1", "true", "yes", "on"),
+                   help="on/off: serve MLX models found in the Hugging Face cache (default on)")
+    p.add_argument("--hf-endpoint", help="Hugging Face hub URL for search and downloads")
     p.add_argument("--log-level")
     p.add_argument("--turn-stop", action="append", dest="turn_stop_patterns",
                    help="text that ends a turn for every request, e.g. '<|im_start|>' (repeatable)")

@@ -61,6 +61,7 @@ class WorkerClient:
         self._tasks: list[asyncio.Task] = []
         self._health_log = cfg.data_path / "logs" / "worker-health.jsonl"
         self._first_start: asyncio.Future | None = None
+        self.boot_commands = lambda: []  # sent to each new worker before any request (the catalog's)
 
     # ---- lifecycle ----
     def argv(self) -> list[str]:
@@ -184,6 +185,21 @@ class WorkerClient:
         if ev.version != PROTOCOL_VERSION:
             log.error("worker speaks protocol %s, gateway %s", ev.version, PROTOCOL_VERSION)
         self.models = ev.models
+        asyncio.get_running_loop().create_task(self._boot())
+
+    async def _boot(self) -> None:
+        """Registration and policies first, then requests that waited (or survived a crash)."""
+        for cmd in self.boot_commands():
+            q: asyncio.Queue = asyncio.Queue()
+            self.pending[cmd.id] = Pending(cmd, q)
+            self._send(cmd)
+            try:
+                ev = await asyncio.wait_for(q.get(), self.cfg.worker_start_timeout)
+            except asyncio.TimeoutError:
+                ev = None
+            if not isinstance(ev, m.Result):
+                log.error("worker boot command %s failed: %s", type(cmd).__name__, getattr(ev, "message", "timeout"))
+            self.pending.pop(cmd.id, None)
         self.state.ready = True
         self._ready.set()
         for p in list(self.pending.values()):  # accepted before a crash, never started: run them now

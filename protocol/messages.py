@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import msgspec
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 
 class Sampling(msgspec.Struct, omit_defaults=True):
@@ -105,6 +105,35 @@ class UnloadModel(msgspec.Struct, tag="unload_model"):
     model: str
 
 
+class Found(msgspec.Struct, omit_defaults=True):
+    path: str  # a folder or a .gguf file
+    kind: str = "llm"  # llm | vlm | embedding | rerank
+
+
+class Register(msgspec.Struct, tag="register"):
+    """Models found on disk: servable from now on, loaded on first use."""
+    id: str
+    models: list[Found]
+
+
+class Forget(msgspec.Struct, tag="forget"):
+    """Unload a model and stop serving it (its files are being deleted)."""
+    id: str
+    model: str
+
+
+class Policy(msgspec.Struct, omit_defaults=True):
+    ttl_seconds: int = 0  # unload after this long idle; 0: never
+    pinned: bool = False
+    max_context_window: int = 0  # 0: the model's own
+
+
+class Policies(msgspec.Struct, tag="policies"):
+    """Per-model settings the worker applies itself; the whole map each time."""
+    id: str
+    models: dict[str, Policy]
+
+
 class Ping(msgspec.Struct, tag="ping"):
     nonce: int
 
@@ -113,7 +142,8 @@ class Shutdown(msgspec.Struct, tag="shutdown"):
     pass
 
 
-Command = Generate | Abort | CountTokens | Embed | Rerank | Settings | LoadModel | UnloadModel | Ping | Shutdown
+Command = (Generate | Abort | CountTokens | Embed | Rerank | Settings | LoadModel | UnloadModel | Register | Forget
+           | Policies | Ping | Shutdown)
 
 
 # ---- events (worker -> gateway) ----
@@ -125,6 +155,7 @@ class ModelInfo(msgspec.Struct, omit_defaults=True):
     created: int = 0
     path: str = ""
     aliases: list[str] = []
+    loaded: bool = True
 
 
 class Hello(msgspec.Struct, tag="hello", omit_defaults=True):

@@ -43,7 +43,8 @@ class Server:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})}, start_new_session=True)
+                                     env={**os.environ, "HF_HUB_CACHE": str(data_dir / "hf-cache"), **(env or {})},
+                                     start_new_session=True)
         self.base_url = f"http://127.0.0.1:{self.port}"
 
     @property

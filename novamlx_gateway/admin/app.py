@@ -4,6 +4,7 @@ from __future__ import annotations
 import hmac
 import uuid
 
+import anyio
 import msgspec
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -15,6 +16,7 @@ from protocol import messages as m
 
 from ..config import Config
 from ..errors import HANDLERS, APIError
+from ..hub import download as dl
 from ..middleware import RequestID, _send_error
 
 
@@ -40,7 +42,8 @@ class AdminAuth:
 
 
 def admin_keys(cfg: Config) -> list[str]:
-    return [cfg.admin_key] if cfg.admin_key else list(cfg.api_keys)
+    """Only a dedicated admin key opens the admin API: an inference key never does."""
+    return [cfg.admin_key] if cfg.admin_key else []
 
 
 async def _json_body(request: Request):
@@ -67,11 +70,13 @@ async def memory(request: Request):
 
 
 async def list_models(request: Request):
-    worker, settings = request.app.state.worker, request.app.state.worker.settings
-    loaded = set(worker.health.models) if worker.health else {i.id for i in worker.models}
-    return JSONResponse({"object": "list", "data": [
-        {"id": i.id, "kind": i.kind, "path": i.path, "context_length": i.context_length, "aliases": i.aliases,
-         "loaded": i.id in loaded or i.kind != "llm", "settings": settings.get(i.id)} for i in worker.models]})
+    worker, catalog = request.app.state.worker, request.app.state.catalog
+    def row(i):
+        found = catalog.found.get(i.id)
+        return {"id": i.id, "kind": i.kind, "path": i.path, "context_length": i.context_length, "aliases": i.aliases,
+                "loaded": i.loaded, "downloaded": found is not None, "source": found.source if found else "config",
+                "size_bytes": found.size_bytes if found else None, "settings": worker.settings.get(i.id)}
+    return JSONResponse({"object": "list", "data": [row(i) for i in worker.models]})
 
 
 async def model_settings(request: Request):
@@ -80,7 +85,9 @@ async def model_settings(request: Request):
     if info is None:
         raise APIError(404, f"No model '{request.path_params['id']}'.", "model_not_found", "id")
     if request.method == "PUT":
-        return JSONResponse({"id": info.id, "settings": worker.settings.update(info.id, await _json_body(request))})
+        updated = worker.settings.update(info.id, await _json_body(request))
+        await request.app.state.catalog.push_policies()  # ttl, pinning, context window: the worker applies them
+        return JSONResponse({"id": info.id, "settings": updated})
     return JSONResponse({"id": info.id, "settings": worker.settings.get(info.id)})
 
 
@@ -109,7 +116,64 @@ async def unload_model(request: Request):
     return JSONResponse(result.data)
 
 
-def create_admin_app(cfg: Config, worker) -> Starlette | None:
+async def discover(request: Request):
+    return JSONResponse(await request.app.state.catalog.rescan())
+
+
+async def delete_model(request: Request):
+    return JSONResponse(await request.app.state.catalog.delete(request.path_params["id"]))
+
+
+def _flag(value: str | None, default: bool) -> bool:
+    return default if value is None else value.lower() in ("1", "true", "yes", "on")
+
+
+async def search(request: Request):
+    q = request.query_params
+    try:
+        limit = int(q.get("limit", "20"))
+    except ValueError:
+        raise APIError(400, "limit must be an integer.", "invalid_value", "limit") from None
+    if not 1 <= limit <= 100:
+        raise APIError(400, "limit must be between 1 and 100.", "invalid_value", "limit")
+    try:
+        found = await anyio.to_thread.run_sync(lambda: dl.search(
+            q.get("q", q.get("query", "")), _flag(q.get("mlx_only"), True), q.get("sort", "trending"), limit,
+            request.app.state.config.hf_endpoint or None))
+    except dl.DownloadError as e:
+        raise APIError(400, str(e), "invalid_value", "sort") from None
+    except Exception as e:  # noqa: BLE001 - the hub is a remote service: its failure is a 502, not ours
+        raise APIError(502, f"The Hugging Face hub could not be searched: {e}", "hub_unreachable") from None
+    return JSONResponse({"object": "list", "data": found})
+
+
+async def start_download(request: Request):
+    body = await _json_body(request)
+    repo = body.get("repo_id") or body.get("model") if isinstance(body, dict) else None
+    if not isinstance(repo, str) or not repo:
+        raise APIError(400, "Send {\"repo_id\": \"owner/name\"} (optional: revision, allow_patterns).",
+                       "invalid_value", "repo_id")
+    allow = body.get("allow_patterns")
+    if allow is not None and (not isinstance(allow, list) or not all(isinstance(p, str) for p in allow)):
+        raise APIError(400, "allow_patterns must be a list of glob strings.", "invalid_value", "allow_patterns")
+    revision = body.get("revision") or "main"
+    task = request.app.state.catalog.start_download(repo, str(revision), allow)
+    return JSONResponse(task.to_dict(), status_code=202)
+
+
+async def downloads(request: Request):
+    tasks = request.app.state.catalog.downloads.values()
+    return JSONResponse({"object": "list", "data": [t.to_dict() for t in tasks]})
+
+
+async def download_task(request: Request):
+    catalog = request.app.state.catalog
+    if request.method == "DELETE" or request.url.path.endswith("/cancel"):
+        return JSONResponse(catalog.cancel(request.path_params["task"]).to_dict())
+    return JSONResponse(catalog.task(request.path_params["task"]).to_dict())
+
+
+def create_admin_app(cfg: Config, worker, catalog) -> Starlette | None:
     keys = admin_keys(cfg)
     if not keys:
         return None
@@ -117,9 +181,17 @@ def create_admin_app(cfg: Config, worker) -> Starlette | None:
                             Route("/admin/models", list_models, methods=["GET"]),
                             Route("/admin/models/load", load_model, methods=["POST"]),
                             Route("/admin/models/unload", unload_model, methods=["POST"]),
-                            Route("/admin/models/{id:path}/settings", model_settings, methods=["GET", "PUT"])],
+                            Route("/admin/models/discover", discover, methods=["POST"]),
+                            Route("/admin/models/search", search, methods=["GET"]),
+                            Route("/admin/models/download", start_download, methods=["POST"]),
+                            Route("/admin/models/downloads", downloads, methods=["GET"]),
+                            Route("/admin/models/downloads/{task}", download_task, methods=["GET", "DELETE"]),
+                            Route("/admin/models/downloads/{task}/cancel", download_task, methods=["POST"]),
+                            Route("/admin/models/{id:path}/settings", model_settings, methods=["GET", "PUT"]),
+                            Route("/admin/models/{id:path}", delete_model, methods=["DELETE"])],
                     middleware=[Middleware(RequestID), Middleware(AdminAuth, keys=keys)],
                     exception_handlers=HANDLERS)
     app.state.worker = worker
     app.state.config = cfg
+    app.state.catalog = catalog
     return app

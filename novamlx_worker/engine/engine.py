@@ -58,6 +58,8 @@ class Engine:
         self.kv_budget_cap = kv_budget_cap
         self.block_size, self.prefix_cache_bytes, self.ssd = block_size, prefix_cache_bytes, ssd
         self.embedders = {e.id: e for e in embedders or []}
+        self.embedder_paths: dict[str, m.Found] = {}  # registered from disk, loaded on first use
+        self.next_expiry_check = 0.0
         self.tool_parser = tool_parser
         self.turn_stops = list(turn_stops or [])  # text patterns that end a turn, for every request
         # Off by default: on the H100 run gathering 5 ms halved 128-stream throughput (2,185 -> 1,133 tok/s).
@@ -87,6 +89,7 @@ class Engine:
         while not self.stopping:
             self.heartbeat = time.monotonic()
             self.memory.poll(self._evict_one)
+            self._expire()
             self._drain(block=not self.seqs)
             self._schedule()
             if any(r.active for r in self.runners.values()):
@@ -135,19 +138,32 @@ class Engine:
                 self.emit(m.Models(self.model_infos()))
                 self.emit(m.Result(cmd.id, data={"id": entry.id, "loaded": True}))
             elif isinstance(cmd, m.UnloadModel):
-                entry = self.pool.find(cmd.model)
-                if entry is None:
-                    raise RequestError(f"No model `{cmd.model}`.", 404, "model_not_found", "model")
-                if any(s.model_id == entry.id for s in self.seqs.values()):
-                    raise RequestError(f"Model `{entry.id}` is serving requests; retry when they finish.", 409,
-                                       "model_busy", "model")
+                entry = self._idle_entry(cmd.model)
                 if entry.loaded is not None:
+                    self._drop(entry.id)
+                self.emit(m.Result(cmd.id, data={"id": entry.id, "loaded": False}))
+            elif isinstance(cmd, m.Register):
+                ids = [self._register(f) for f in cmd.models]
+                self.emit(m.Models(self.model_infos()))
+                self.emit(m.Result(cmd.id, data={"registered": [i for i in ids if i]}))
+            elif isinstance(cmd, m.Forget):
+                if cmd.model in self.embedders or cmd.model in self.embedder_paths:
+                    self.embedders.pop(cmd.model, None)
+                    self.embedder_paths.pop(cmd.model, None)
+                else:
+                    entry = self._idle_entry(cmd.model)
                     self.runners.pop(entry.id, None)
                     cache = self.caches.pop(entry.id, None)
                     if cache is not None:
                         cache.clear()
-                    self.pool.evict(entry.id)
-                self.emit(m.Result(cmd.id, data={"id": entry.id, "loaded": False}))
+                    self.pool.forget(entry.id)
+                self.emit(m.Models(self.model_infos()))
+                self.emit(m.Result(cmd.id, data={"id": cmd.model, "forgotten": True}))
+            elif isinstance(cmd, m.Policies):
+                for e in self.pool.entries.values():
+                    p = cmd.models.get(e.id) or m.Policy()
+                    e.ttl, e.policy_pinned, e.max_context = float(p.ttl_seconds), p.pinned, p.max_context_window
+                self.emit(m.Result(cmd.id, data={"applied": sorted(cmd.models)}))
             elif isinstance(cmd, m.Ping):
                 self.emit(m.Pong(cmd.nonce))
             elif isinstance(cmd, m.Shutdown):
@@ -156,8 +172,46 @@ class Engine:
             self.emit(m.Error(cmd.id, str(e), e.status, e.code, e.param))
 
     # ---- embeddings and reranking (run between decode steps, on this thread) ----
+    def _idle_entry(self, name: str):
+        entry = self.pool.find(name)
+        if entry is None:
+            raise RequestError(f"No model `{name}`.", 404, "model_not_found", "model")
+        if any(s.model_id == entry.id for s in self.seqs.values()):
+            raise RequestError(f"Model `{entry.id}` is serving requests; retry when they finish.", 409,
+                               "model_busy", "model")
+        return entry
+
+    def _register(self, found: m.Found) -> str | None:
+        """A model found on disk becomes servable (loaded on first use). Returns its id."""
+        from ..models.naming import model_id_for
+
+        model_id = model_id_for(found.path)
+        if found.kind in ("embedding", "rerank"):
+            if model_id not in self.embedders:
+                self.embedder_paths[model_id] = found
+            return model_id
+        if found.kind != "llm":
+            return None  # vision-language models are served by the VLM path
+        try:
+            return self.pool.add(found.path).id
+        except FileNotFoundError as e:
+            log.warning("cannot register %s: %s", found.path, e)
+            return None
+
+    def _embedder(self, name: str):
+        emb = self.embedders.get(name)
+        if emb is None and name in self.embedder_paths:
+            from ..models.embedder import load_embedder
+
+            try:
+                emb = self.embedders[name] = load_embedder(self.embedder_paths.pop(name).path, name)
+            except Exception as e:  # noqa: BLE001 - a broken folder fails this request, not the worker
+                log.exception("loading %s failed", name)
+                raise RequestError(f"Loading model `{name}` failed: {e}", 500, "model_load_failed") from None
+        return emb
+
     def _embed(self, cmd) -> None:
-        emb = self.embedders.get(cmd.model)
+        emb = self._embedder(cmd.model)
         if emb is None:
             raise RequestError(f"The model `{cmd.model}` is not an embedding or reranking model.", 400,
                                "invalid_model", "model")
@@ -172,9 +226,11 @@ class Engine:
             raise RequestError(str(e), 400, "invalid_value", e.param) from None
 
     def model_infos(self) -> list[m.ModelInfo]:
-        infos = [m.ModelInfo(e.id, "llm", e.context_length, e.created, e.loaded.path if e.loaded else (e.spec or ""),
-                             e.aliases) for e in self.pool.entries.values()]
-        return infos + [m.ModelInfo(e.id, e.kind, e.max_len, e.created, e.path, e.aliases) for e in self.embedders.values()]
+        llms = [m.ModelInfo(e.id, "llm", e.context_length, e.created, e.loaded.path if e.loaded else (e.spec or ""),
+                            e.aliases, e.loaded is not None) for e in self.pool.entries.values()]
+        embedders = [m.ModelInfo(e.id, e.kind, e.max_len, e.created, e.path, e.aliases) for e in self.embedders.values()]
+        on_disk = [m.ModelInfo(i, f.kind, 0, 0, f.path, [], False) for i, f in self.embedder_paths.items()]
+        return llms + embedders + on_disk
 
     # ---- memory ----
     def kv_budget(self) -> int:
@@ -186,17 +242,32 @@ class Engine:
         return {**self.memory.state(), "kv_budget_bytes": self.kv_budget(), "kv_reserved_bytes": self.kv_reserved,
                 "models_loaded": self.models}
 
+    def _drop(self, model_id: str) -> None:
+        """Unload a model's weights, batch and prefix cache (its blocks go to the SSD tier)."""
+        self.runners.pop(model_id, None)
+        cache = self.caches.pop(model_id, None)
+        if cache is not None:
+            cache.clear()
+        self.pool.evict(model_id)
+        self.emit(m.Models(self.model_infos()))
+
     def _evict_one(self) -> bool:
-        busy = {s.model_id for s in self.seqs.values()}
-        victim = self.pool.lru_evictable(busy)
+        victim = self.pool.lru_evictable({s.model_id for s in self.seqs.values()})
         if victim is None:
             return False
-        self.runners.pop(victim, None)
-        cache = self.caches.pop(victim, None)
-        if cache is not None:
-            cache.clear()  # to the SSD tier when there is one
-        self.pool.evict(victim)
+        self._drop(victim)
         return True
+
+    def _expire(self) -> None:
+        """Unload models idle past their ttl_seconds (checked once a second)."""
+        now = time.monotonic()
+        if now < self.next_expiry_check:
+            return
+        self.next_expiry_check = now + 1.0
+        expired = self.pool.expired({s.model_id for s in self.seqs.values()}, now)
+        for model_id in expired:
+            log.info("unloading %s: idle past its ttl", model_id)
+            self._drop(model_id)
 
     # ---- admission ----
     def _model(self, name: str) -> LoadedModel:
@@ -205,17 +276,24 @@ class Engine:
             raise RequestError(f"The model `{name}` does not exist.", 404, "model_not_found", "model")
         if entry.loaded is None and self.memory.refusing:
             raise self._over_memory()
+        was_loaded = entry.loaded is not None
         try:
             lm = self.pool.get(entry.id)
         except Exception as e:  # noqa: BLE001 - a failed (re)load is this request's error, not the worker's death
             log.exception("loading %s failed", entry.id)
             raise RequestError(f"Loading model `{entry.id}` failed: {e}", 500, "model_load_failed") from None
+        if not was_loaded:
+            self.emit(m.Models(self.model_infos()))
         if entry.id not in self.runners:
             runner = self.runners[entry.id] = Runner(lm, max_batch=self.max_batch, prefill_step=self.prefill_step,
                                                        prefill_batch=self.prefill_batch)
             if runner.cacheable and self.prefix_cache_bytes > 0:
                 self.caches[entry.id] = PrefixCache(entry.id, self.block_size, self.prefix_cache_bytes, self.ssd)
         return lm
+
+    def _window(self, lm: LoadedModel) -> int:
+        entry = self.pool.entries.get(lm.id)
+        return min(lm.context_length, entry.max_context) if entry and entry.max_context else lm.context_length
 
     def _over_memory(self) -> RequestError:
         st = self.memory.state()
@@ -248,12 +326,13 @@ class Engine:
             if lm.tokenizer.bos_id is None:
                 raise RequestError("The prompt is empty.", 400, None, "prompt")
             ids = [lm.tokenizer.bos_id]
-        room = lm.context_length - len(ids)
+        window = self._window(lm)
+        room = window - len(ids)
         s = cmd.sampling
         if room <= 0 or (s.max_tokens is not None and s.max_tokens > room):
             asked = (f" However, you requested {len(ids) + s.max_tokens} tokens ({len(ids)} in the prompt, {s.max_tokens} "
                      "in the completion)." if s.max_tokens else f" However, your prompt has {len(ids)} tokens.")
-            raise RequestError(f"This model's maximum context length is {lm.context_length} tokens.{asked} "
+            raise RequestError(f"This model's maximum context length is {window} tokens.{asked} "
                                "Please reduce the length of the prompt or the completion.",
                                400, "context_length_exceeded", "messages" if cmd.messages is not None else "prompt")
         max_tokens = s.max_tokens or min(room, self.default_max_tokens)

@@ -11,6 +11,7 @@ import mlx.nn as nn
 
 from ..text.tokenizer import TextTokenizer, from_hf
 from .gguf import dequantize_model, load_gguf
+from .naming import model_id_for
 
 DEFAULT_MODEL_ID = "smollm2-135m-instruct"
 DEFAULT_MODEL_ALIASES = ["HuggingFaceTB/SmolLM2-135M-Instruct", "SmolLM2-135M-Instruct"]
@@ -45,8 +46,7 @@ def resolve(spec: str | None) -> tuple[str, str, list[str]]:
         return DEFAULT_MODEL_ID, default_model_path(), list(DEFAULT_MODEL_ALIASES)
     path = Path(spec).expanduser()
     if path.exists():
-        name = path.stem if path.is_file() else path.name
-        return name, str(path.resolve()), []
+        return model_id_for(path), str(path.resolve()), []
     if "/" in spec:  # a hub id that is already downloaded
         from huggingface_hub import snapshot_download
 

@@ -18,8 +18,11 @@ class Entry:
     id: str
     spec: str | None
     aliases: list[str]
-    pinned: bool = False
+    pinned: bool = False  # --pin on the command line
     loaded: LoadedModel | None = None
+    policy_pinned: bool = False  # the model's is_pinned setting
+    ttl: float = 0.0  # unload after this many idle seconds; 0: never
+    max_context: int = 0  # the model's max_context_window setting; 0: its own window
     last_used: float = 0.0
     context_length: int = 0
     created: int = 0
@@ -83,9 +86,22 @@ class ModelPool:
         mx.clear_cache()
         log.warning("evicted model %s", model_id)
 
+    def forget(self, model_id: str) -> None:
+        if self.entries[model_id].loaded is not None:
+            self.evict(model_id)
+        del self.entries[model_id]
+
+    def _idle(self, busy: set[str]) -> list[Entry]:
+        return [e for e in self.entries.values()
+                if e.loaded is not None and not (e.pinned or e.policy_pinned) and e.id not in busy]
+
     def lru_evictable(self, busy: set[str]) -> str | None:
-        idle = [e for e in self.entries.values() if e.loaded is not None and not e.pinned and e.id not in busy]
+        idle = self._idle(busy)
         return min(idle, key=lambda e: e.last_used).id if idle else None
+
+    def expired(self, busy: set[str], now: float) -> list[str]:
+        """Idle models whose time-to-live ran out."""
+        return [e.id for e in self._idle(busy) if e.ttl > 0 and now - e.last_used >= e.ttl]
 
     def loaded(self) -> list[LoadedModel]:
         return [e.loaded for e in self.entries.values() if e.loaded is not None]

@@ -7,8 +7,9 @@ import pytest
 from tests.conftest import Server
 
 
-def test_admin_off_without_any_key(tiny_model, tmp_path):
-    s = Server(["--model", str(tiny_model), "--embedding-model", "none"], tmp_path, keys=()).wait_ready()
+def test_admin_off_without_an_admin_key(tiny_model, tmp_path):
+    """An inference API key alone never opens the admin port."""
+    s = Server(["--model", str(tiny_model), "--embedding-model", "none"], tmp_path).wait_ready()
     try:
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"http://127.0.0.1:{s.admin_port}/admin/models", timeout=3)

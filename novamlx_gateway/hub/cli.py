@@ -1,0 +1,119 @@
+"""`novamlx-gateway models list|search|pull|rm`: the model store from a terminal.
+
+Works without a running server (it reads and writes the data dir); a running server sees
+new or removed models after `POST /admin/models/discover` or its next start.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+
+from ..config import load_config
+from . import download as dl
+from .registry import deletable_root, delete, discover
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _bar(task: dl.DownloadTask, width: int = 30) -> str:
+    total, done = task.total, task.done
+    frac = done / total if total else 0.0
+    current = next((f.name for f in task.files if f.done < f.size), "")
+    return f"\r[{'#' * int(frac * width):<{width}}] {frac * 100:5.1f}% {_size(done)}/{_size(total)} {current[:40]:<40}"
+
+
+def pull(cfg, repo_id: str, revision: str, allow: list[str] | None) -> int:
+    task = dl.DownloadTask(repo_id, revision, allow)
+    done = threading.Event()
+    result: dict = {}
+
+    def work():
+        try:
+            result["path"] = dl.run(task, cfg.data_path, cfg.hf_endpoint or None)
+        except (dl.Cancelled, dl.DownloadError) as e:
+            result["error"] = e
+        finally:
+            done.set()
+
+    threading.Thread(target=work, daemon=True).start()
+    try:
+        while not done.wait(0.25):
+            if task.files:
+                print(_bar(task), end="", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        task.cancel_event.set()
+        done.wait(10)
+        print(f"\ncancelled; {_size(task.done)} kept: run the same pull again to resume.", file=sys.stderr)
+        return 130
+    if "error" in result:
+        print(f"\nerror: {result['error']}", file=sys.stderr)
+        return 1
+    print(_bar(task), file=sys.stderr)
+    resumed = f" ({_size(task.resumed_bytes)} resumed)" if task.resumed_bytes else ""
+    print(f"{repo_id} -> {result['path']}{resumed}")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="novamlx-gateway models", description="list, search, pull and remove models")
+    p.add_argument("--data-dir")
+    p.add_argument("--hf-endpoint")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("list", help="models on disk (data dir and Hugging Face cache)")
+    s = sub.add_parser("search", help="search the hub")
+    s.add_argument("query", nargs="?", default="")
+    s.add_argument("--all", action="store_true", help="not only MLX models")
+    s.add_argument("--sort", default="trending", choices=["trending", "downloads", "likes", "recent"])
+    s.add_argument("--limit", type=int, default=20)
+    pl = sub.add_parser("pull", help="download a model from the hub (resumable)")
+    pl.add_argument("repo_id")
+    pl.add_argument("--revision", default="main")
+    pl.add_argument("--include", action="append", help="only files matching this glob (repeatable)")
+    rm = sub.add_parser("rm", help="delete a downloaded model")
+    rm.add_argument("model")
+    rm.add_argument("-y", "--yes", action="store_true", help="do not ask")
+    args = p.parse_args(argv)
+    flags = [f for k in ("data_dir", "hf_endpoint") if getattr(args, k) for f in (f"--{k.replace('_', '-')}", getattr(args, k))]
+    cfg = load_config(flags)
+
+    if args.cmd == "list":
+        found = discover(cfg.data_path, cfg.discover_hf_cache)
+        if not found:
+            print(f"no models in {cfg.data_path / 'models'} or the Hugging Face cache")
+        for f in found:
+            print(f"{f.id:<50} {f.kind:<9} {_size(f.size_bytes):>10}  {f.source:<8} {f.path}")
+        return 0
+    if args.cmd == "search":
+        try:
+            rows = dl.search(args.query, not args.all, args.sort, args.limit, cfg.hf_endpoint or None)
+        except Exception as e:  # noqa: BLE001 - the hub is remote: say what went wrong, exit non-zero
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        for r in rows:
+            print(f"{r['id']:<60} downloads={r['downloads'] or 0:<10} likes={r['likes'] or 0}")
+        return 0
+    if args.cmd == "pull":
+        return pull(cfg, args.repo_id, args.revision, args.include)
+    found = {f.id: f for f in discover(cfg.data_path, cfg.discover_hf_cache)}
+    f = found.get(args.model)
+    root = deletable_root(f.path, cfg.data_path) if f else None
+    if root is None:
+        print(f"error: no downloaded model '{args.model}' (see `novamlx-gateway models list`)", file=sys.stderr)
+        return 1
+    if not args.yes and input(f"delete {root} ({_size(f.size_bytes)})? [y/N] ").strip().lower() != "y":
+        return 1
+    print(f"deleted {root}, freed {_size(delete(root))}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

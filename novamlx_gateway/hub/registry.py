@@ -1,0 +1,149 @@
+"""Discovery: the servable models in the data dir and the Hugging Face cache.
+
+Only files are read (config.json, names); nothing is loaded. A folder is a language model
+when mlx-lm has a module for its `model_type` and it holds safetensors weights; a
+vision-language model when its config has a `vision_config`; an embedding model when it is
+a sentence-transformers folder or a BERT-family encoder; a reranker when its architecture is
+`...ForSequenceClassification`. A .gguf file is a language model.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from novamlx_worker.models.naming import model_id_for
+
+ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "nomic_bert", "modernbert", "mpnet"}
+
+
+@dataclass
+class Found:
+    id: str
+    path: str
+    kind: str  # llm | vlm | embedding | rerank
+    size_bytes: int
+    source: str  # data_dir | hf_cache
+
+
+def hf_cache_dir() -> Path:
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def models_dir(data_dir: Path) -> Path:
+    return Path(data_dir) / "models"
+
+
+def _mlx_lm_types() -> set[str]:
+    spec = importlib.util.find_spec("mlx_lm")  # the package's location, without importing MLX
+    if spec is None or not spec.submodule_search_locations:
+        return set()
+    folder = Path(list(spec.submodule_search_locations)[0]) / "models"
+    return {p.stem for p in folder.glob("*.py") if not p.stem.startswith("_")}
+
+
+def classify(folder: Path, llm_types: set[str]) -> str | None:
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict) or not any(folder.glob("*.safetensors")):
+        return None
+    arch = config.get("architectures") or []
+    model_type = str(config.get("model_type", "")).replace("-", "_")
+    if any(str(a).endswith("ForSequenceClassification") for a in arch):
+        return "rerank"
+    if (folder / "modules.json").exists() or (folder / "sentence_bert_config.json").exists() \
+            or config.get("model_type") in ENCODER_TYPES:
+        return "embedding"
+    if "vision_config" in config:
+        return "vlm"
+    return "llm" if model_type in llm_types else None
+
+
+def folder_size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())  # follows HF cache links to blobs
+
+
+def _candidates(root: Path, depth: int = 2):
+    """Folders holding a config.json and .gguf files, up to `depth` levels below root."""
+    if not root.is_dir():
+        return
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_file() and entry.suffix == ".gguf":
+            yield entry
+        elif entry.is_dir():
+            if (entry / "config.json").exists():
+                yield entry
+            elif depth > 1:
+                yield from _candidates(entry, depth - 1)
+
+
+def _hf_snapshots(cache: Path):
+    """The current snapshot of each cached model repo (refs/main, else the newest)."""
+    if not cache.is_dir():
+        return
+    for repo in sorted(cache.glob("models--*")):
+        snaps = repo / "snapshots"
+        if not snaps.is_dir():
+            continue
+        ref = repo / "refs" / "main"
+        snap = snaps / ref.read_text().strip() if ref.exists() else None
+        if snap is None or not snap.is_dir():
+            dirs = [d for d in snaps.iterdir() if d.is_dir()]
+            snap = max(dirs, key=lambda d: d.stat().st_mtime) if dirs else None
+        if snap is not None:
+            yield snap
+
+
+def discover(data_dir: Path, include_hf_cache: bool = True) -> list[Found]:
+    llm_types = _mlx_lm_types()
+    found: dict[str, Found] = {}
+    sources = [("data_dir", p) for p in _candidates(models_dir(data_dir))]
+    if include_hf_cache:
+        sources += [("hf_cache", p) for p in _hf_snapshots(hf_cache_dir())]
+    for source, path in sources:
+        kind = "llm" if path.is_file() else classify(path, llm_types)
+        if kind is None:
+            continue
+        model_id = model_id_for(path)
+        if model_id not in found:  # the data dir wins over the cache
+            found[model_id] = Found(model_id, str(path.absolute()), kind, folder_size(path), source)
+    return list(found.values())
+
+
+def deletable_root(path: str, data_dir: Path) -> Path | None:
+    """What to delete for a model at `path`: its folder or file under the data dir's models,
+    or its whole repo folder in the HF cache. None for anything else (a user's own folder,
+    the embedded wheel), which we never delete."""
+    p = Path(path).absolute()
+    mine = models_dir(data_dir).absolute()
+    if mine in p.parents:
+        return mine / p.relative_to(mine)
+    cache = hf_cache_dir().absolute()
+    if cache in p.parents:
+        parts = p.relative_to(cache).parts
+        if parts and parts[0].startswith("models--"):
+            return cache / parts[0]
+    return None
+
+
+def delete(root: Path) -> int:
+    size = folder_size(root)
+    if root.is_dir():
+        shutil.rmtree(root)
+    else:
+        os.unlink(root)
+    parent = root.parent
+    if parent.name != "models" and parent.is_dir() and not any(parent.iterdir()):
+        parent.rmdir()  # an empty org folder
+    return size
