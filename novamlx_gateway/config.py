@@ -47,6 +47,13 @@ class Config:
     reasoning_field: str = "reasoning_content"  # chat field for thinking text ("reasoning" for some clients)
     discover_hf_cache: bool = True  # serve MLX models found in the Hugging Face cache too
     hf_endpoint: str = ""  # hub URL for search/download ('' : HF_ENDPOINT or huggingface.co)
+    image_dirs: list[str] = field(default_factory=list)  # folders local image paths may come from; empty: none
+    image_max_mb: float = 20.0
+    image_max_pixels: int = 40_000_000  # decoded width x height
+    image_max_count: int = 16  # images per request
+    image_fetch_timeout: float = 10.0
+    image_max_redirects: int = 3
+    image_allow_private: bool = False  # allow image URLs on loopback/private/link-local addresses
     log_level: str = "INFO"
 
     @property
@@ -54,7 +61,7 @@ class Config:
         return Path(os.path.expanduser(self.data_dir))
 
 
-_LIST_FIELDS = {"api_keys": "api_key", "models": "model", "pinned_models": "pin", "embedding_models": "embedding_model",
+_LIST_FIELDS = {"image_dirs": "image_dir", "api_keys": "api_key", "models": "model", "pinned_models": "pin", "embedding_models": "embedding_model",
                 "turn_stop_patterns": "turn_stop", "cloud_models": "cloud_model"}
 
 
@@ -108,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--discover-hf-cache", type=lambda v: v.lower() in ("1", "true", "yes", "on"),
                    help="on/off: serve MLX models found in the Hugging Face cache (default on)")
     p.add_argument("--hf-endpoint", help="Hugging Face hub URL for search and downloads")
+    p.add_argument("--image-dir", action="append", dest="image_dirs",
+                   help="folder that local image paths may come from (repeatable; default: none)")
+    p.add_argument("--image-max-mb", type=float, help="largest image accepted (default 20)")
+    p.add_argument("--image-max-pixels", type=int, help="largest decoded image, width x height")
+    p.add_argument("--image-fetch-timeout", type=float, help="seconds to fetch one image URL")
+    p.add_argument("--image-allow-private", type=lambda v: v.lower() in ("1", "true", "yes", "on"),
+                   help="on/off: allow image URLs on loopback, private and link-local addresses")
     p.add_argument("--log-level")
     p.add_argument("--turn-stop", action="append", dest="turn_stop_patterns",
                    help="text that ends a turn for every request, e.g. '<|im_start|>' (repeatable)")

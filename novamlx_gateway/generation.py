@@ -142,7 +142,7 @@ class Generation:
         return usage_dict(prompt, self.completion_tokens, cached)
 
 
-def model_or_404(worker: WorkerClient, name: str, kinds: tuple[str, ...] = ("llm",)) -> m.ModelInfo:
+def model_or_404(worker: WorkerClient, name: str, kinds: tuple[str, ...] = ("llm", "vlm")) -> m.ModelInfo:
     info = worker.resolve_model(name)
     if info is None:
         raise APIError(404, f"The model `{name}` does not exist or you do not have access to it.",

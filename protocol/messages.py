@@ -36,12 +36,26 @@ class ToolCall(msgspec.Struct, omit_defaults=True):
     arguments: str  # JSON text, as OpenAI carries it
 
 
+class ImageRef(msgspec.Struct):
+    sha256: str  # of the image file's bytes
+    path: str  # the checked file the gateway stored (content-addressed)
+
+
+class Part(msgspec.Struct, omit_defaults=True):
+    """One piece of a multimodal message, in order."""
+    type: str  # text | image
+    text: str | None = None
+    image: ImageRef | None = None
+    source: str | None = None  # gateway-side only: the URL, data URI or path before it is fetched
+
+
 class ChatMessage(msgspec.Struct, omit_defaults=True):
     role: str  # system, user, assistant, tool
-    content: str | None = None
+    content: str | None = None  # the text (all text parts joined)
     name: str | None = None
     tool_calls: list[ToolCall] | None = None  # assistant turns that called tools
     tool_call_id: str | None = None  # tool turns: the call they answer
+    parts: list[Part] | None = None  # set when the message has images: text and images in order
 
 
 # ---- commands (gateway -> worker) ----

@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 
 from protocol import messages as m
 
-from .. import sse
+from .. import images, sse
 from ..errors import APIError
 from ..generation import Generation, model_or_404
 from .openai_schema import parse_body, priority_of
@@ -81,6 +81,17 @@ def _block_text(content) -> str:
     return "".join(b.get("text", "") if isinstance(b, dict) else (b.text or "") for b in content)
 
 
+def _image_source(source, where: str) -> str:
+    """An Anthropic image source (base64 or url) as a data URI or URL."""
+    kind = source.get("type") if isinstance(source, dict) else None
+    if kind == "base64" and isinstance(source.get("data"), str):
+        return f"data:{source.get('media_type') or 'image/png'};base64,{source['data']}"
+    if kind == "url" and isinstance(source.get("url"), str):
+        return source["url"]
+    raise APIError(400, f"{where}: expected {{\"type\": \"base64\", \"media_type\", \"data\"}} or "
+                        f"{{\"type\": \"url\", \"url\"}}.", None, where)
+
+
 def to_protocol(req) -> tuple[list[m.ChatMessage], list[dict] | None]:
     """Anthropic messages (system, text, tool_use, tool_result) as protocol chat messages."""
     out: list[m.ChatMessage] = []
@@ -95,10 +106,12 @@ def to_protocol(req) -> tuple[list[m.ChatMessage], list[dict] | None]:
         if isinstance(msg.content, str):
             out.append(m.ChatMessage(msg.role, msg.content))
             continue
-        texts, calls = [], []
+        parts, calls = [], []
         for j, b in enumerate(msg.content):
             if b.type == "text":
-                texts.append(b.text or "")
+                parts.append(m.Part("text", b.text or ""))
+            elif b.type == "image":
+                parts.append(m.Part("image", source=_image_source(b.source, f"messages.{i}.content.{j}.source")))
             elif b.type == "tool_use" and msg.role == "assistant":
                 calls.append(m.ToolCall(b.id or f"toolu_{uuid.uuid4().hex[:24]}", b.name or "",
                                         json.dumps(b.input if b.input is not None else {})))
@@ -109,14 +122,14 @@ def to_protocol(req) -> tuple[list[m.ChatMessage], list[dict] | None]:
                 out.append(m.ChatMessage("tool", result, tool_call_id=b.tool_use_id))
             elif b.type in ("thinking", "redacted_thinking"):
                 continue  # earlier reasoning is not replayed into the prompt
-            elif b.type in ("image", "document"):
-                raise APIError(400, f"messages.{i}.content.{j}: this model does not accept {b.type} input",
+            elif b.type == "document":
+                raise APIError(400, f"messages.{i}.content.{j}: document input is not supported",
                                None, f"messages.{i}.content.{j}")
             else:
                 raise APIError(400, f"messages.{i}.content.{j}.type: unsupported content block type {b.type!r}",
                                None, f"messages.{i}.content.{j}.type")
-        if texts or calls:
-            out.append(m.ChatMessage(msg.role, "".join(texts), tool_calls=calls or None))
+        if parts or calls:
+            out.append(images.message(msg.role, parts, tool_calls=calls or None))
     tools = [{"type": "function", "function": {"name": t.name, "description": t.description or "",
                                                "parameters": t.input_schema}} for t in (req.tools or [])] or None
     return out, tools
@@ -160,6 +173,7 @@ async def messages(request: Request):
             raise APIError(400, f"{name}: Input should be between {lo} and {hi}", None, name)
     info = model_or_404(worker, req.model)
     chat, tools = to_protocol(req)
+    await images.resolve(chat, request.app.state.config, info)
     thinking = req.thinking or {}
     budget = thinking.get("budget_tokens") if thinking.get("type") == "enabled" else None
     enable = {"enabled": True, "disabled": False}.get(thinking.get("type"))
@@ -261,5 +275,6 @@ async def count_tokens(request: Request):
     worker = request.app.state.worker
     info = model_or_404(worker, req.model)
     chat, tools = to_protocol(req)
+    await images.resolve(chat, request.app.state.config, info)
     result = await worker.call(m.CountTokens(f"count_{uuid.uuid4().hex[:16]}", info.id, messages=chat, tools=tools))
     return JSONResponse({"input_tokens": result.tokens})

@@ -23,5 +23,5 @@ async def get_model(request: Request):
     cloud = request.app.state.cloud.get(request.path_params["model"])
     if cloud is not None:
         return JSONResponse(model_object(cloud))
-    info = model_or_404(request.app.state.worker, request.path_params["model"], ("llm", "embedding", "rerank"))
+    info = model_or_404(request.app.state.worker, request.path_params["model"], ("llm", "vlm", "embedding", "rerank"))
     return JSONResponse(_model_obj(info))

@@ -6,7 +6,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 
 from protocol import messages as m
 
-from .. import sse
+from .. import images, sse
 from .cloud_proxy import passthrough
 from ..errors import APIError
 from ..generation import Generation, choice_sampling, error_body, model_or_404
@@ -15,20 +15,23 @@ from .openai_schema import ChatMessageIn, ChatRequest, check_n, parse_body, prio
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 
 
-def _text_content(msg: ChatMessageIn, i: int) -> str:
+def _parts(msg: ChatMessageIn, i: int) -> list[m.Part]:
     if msg.content is None or isinstance(msg.content, str):
-        return msg.content or ""
+        return [m.Part("text", msg.content or "")]
     parts = []
     for part in msg.content:
         if part.type in ("text", "input_text", "output_text"):
-            parts.append(part.text or "")
+            parts.append(m.Part("text", part.text or ""))
         elif part.type in ("image_url", "input_image"):
-            raise APIError(400, f"messages[{i}] has an image, but this model does not accept images.",
-                           "image_input_not_supported", f"messages[{i}].content")
+            url = part.image_url.get("url") if isinstance(part.image_url, dict) else part.image_url
+            if not isinstance(url, str) or not url:
+                raise APIError(400, f"messages[{i}].content: an image_url part needs image_url.url.", "invalid_value",
+                               f"messages[{i}].content")
+            parts.append(m.Part("image", source=url))
         else:
             raise APIError(400, f"messages[{i}].content has an unsupported part type {part.type!r}.",
                            "invalid_value", f"messages[{i}].content")
-    return "".join(parts)
+    return parts
 
 
 def to_messages(req: ChatRequest) -> list[m.ChatMessage]:
@@ -49,8 +52,8 @@ def to_messages(req: ChatRequest) -> list[m.ChatMessage]:
             except (KeyError, TypeError, AttributeError):
                 raise APIError(400, f"Invalid 'messages[{i}].tool_calls': each needs function.name and "
                                     "function.arguments.", "invalid_value", f"messages[{i}].tool_calls") from None
-        out.append(m.ChatMessage(role, _text_content(msg, i), msg.name, tool_calls=calls,
-                                 tool_call_id=msg.tool_call_id))
+        out.append(images.message(role, _parts(msg, i), name=msg.name, tool_calls=calls,
+                                  tool_call_id=msg.tool_call_id))
     return out
 
 
@@ -97,6 +100,7 @@ async def chat_completions(request: Request):
     cfg = request.app.state.config
     info = model_or_404(worker, req.model)
     messages = to_messages(req)
+    await images.resolve(messages, cfg, info)
     n = check_n(req, cfg.max_n)
     if req.top_logprobs and not req.logprobs:
         raise APIError(400, "Invalid 'top_logprobs': 'logprobs' must be set to true when 'top_logprobs' is used.",

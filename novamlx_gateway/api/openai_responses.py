@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 
 from protocol import messages as m
 
-from .. import sse
+from .. import images, sse
 from ..errors import APIError
 from ..generation import Generation, model_or_404
 from .openai_schema import parse_body, priority_of, response_format_of
@@ -50,21 +50,30 @@ def _new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
 
 
-def _text_of(content: Any, where: str) -> str:
+def _parts_of(content: Any, where: str) -> list[m.Part]:
     if content is None or isinstance(content, str):
-        return content or ""
+        return [m.Part("text", content or "")]
     parts = []
     for j, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
         if kind in ("input_text", "output_text", "text"):
-            parts.append(part.get("text") or "")
+            parts.append(m.Part("text", part.get("text") or ""))
+        elif kind == "input_image" and isinstance(part.get("image_url"), str) and part["image_url"]:
+            parts.append(m.Part("image", source=part["image_url"]))
         elif kind in ("input_image", "input_file"):
-            raise APIError(400, f"{where}.content[{j}]: this model does not accept {kind} input.",
-                           "unsupported_input", f"{where}.content")
+            raise APIError(400, f"{where}.content[{j}]: {kind} needs an image_url (data URI or URL); file ids and "
+                                "files are not supported.", "unsupported_input", f"{where}.content")
         else:
             raise APIError(400, f"{where}.content[{j}]: unsupported content type {kind!r}.", "invalid_value",
                            f"{where}.content")
-    return "".join(parts)
+    return parts
+
+
+def _text_of(content: Any, where: str) -> str:
+    parts = _parts_of(content, where)
+    if any(p.type == "image" for p in parts):
+        raise APIError(400, f"{where}: images are only accepted in message input.", "unsupported_input", where)
+    return "".join(p.text or "" for p in parts)
 
 
 def normalize_input(value: str | list[dict] | None) -> list[dict]:
@@ -84,7 +93,7 @@ def to_protocol(items: list[dict], instructions: str | None) -> list[m.ChatMessa
             role = item.get("role")
             if role not in ("user", "assistant", "system", "developer"):
                 raise APIError(400, f"{where}.role: invalid role {role!r}.", "invalid_value", f"{where}.role")
-            out.append(m.ChatMessage("system" if role == "developer" else role, _text_of(item.get("content"), where)))
+            out.append(images.message("system" if role == "developer" else role, _parts_of(item.get("content"), where)))
         elif kind == "function_call":
             call = m.ToolCall(item.get("call_id") or item.get("id") or _new_id("call"), item.get("name") or "",
                               item.get("arguments") or "{}")
@@ -163,6 +172,7 @@ async def create_response(request: Request):
     chat = to_protocol(history + items, req.instructions)
     if not chat:
         raise APIError(400, "Invalid 'input': nothing to respond to.", "invalid_value", "input")
+    await images.resolve(chat, request.app.state.config, info)
     sampling = m.Sampling(temperature=1.0 if req.temperature is None else req.temperature,
                           top_p=1.0 if req.top_p is None else req.top_p, max_tokens=req.max_output_tokens,
                           response_format=response_format_of((req.text or {}).get("format"), "text.format"))

@@ -1,24 +1,16 @@
 """Discovery: the servable models in the data dir and the Hugging Face cache.
 
-Only files are read (config.json, names); nothing is loaded. A folder is a language model
-when mlx-lm has a module for its `model_type` and it holds safetensors weights; a
-vision-language model when its config has a `vision_config`; an embedding model when it is
-a sentence-transformers folder or a BERT-family encoder; a reranker when its architecture is
-`...ForSequenceClassification`. A .gguf file is a language model.
+Only files are read (config.json, names); nothing is loaded. What kind a folder holds is
+`naming.classify`; a .gguf file is a language model.
 """
 from __future__ import annotations
 
-import importlib.util
-import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from novamlx_worker.models.naming import model_id_for
-
-ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "nomic_bert", "modernbert", "mpnet"}
-
+from novamlx_worker.models.naming import classify, mlx_lm_types, model_id_for
 
 @dataclass
 class Found:
@@ -37,33 +29,6 @@ def hf_cache_dir() -> Path:
 
 def models_dir(data_dir: Path) -> Path:
     return Path(data_dir) / "models"
-
-
-def _mlx_lm_types() -> set[str]:
-    spec = importlib.util.find_spec("mlx_lm")  # the package's location, without importing MLX
-    if spec is None or not spec.submodule_search_locations:
-        return set()
-    folder = Path(list(spec.submodule_search_locations)[0]) / "models"
-    return {p.stem for p in folder.glob("*.py") if not p.stem.startswith("_")}
-
-
-def classify(folder: Path, llm_types: set[str]) -> str | None:
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(config, dict) or not any(folder.glob("*.safetensors")):
-        return None
-    arch = config.get("architectures") or []
-    model_type = str(config.get("model_type", "")).replace("-", "_")
-    if any(str(a).endswith("ForSequenceClassification") for a in arch):
-        return "rerank"
-    if (folder / "modules.json").exists() or (folder / "sentence_bert_config.json").exists() \
-            or config.get("model_type") in ENCODER_TYPES:
-        return "embedding"
-    if "vision_config" in config:
-        return "vlm"
-    return "llm" if model_type in llm_types else None
 
 
 def folder_size(path: Path) -> int:
@@ -106,7 +71,7 @@ def _hf_snapshots(cache: Path):
 
 
 def discover(data_dir: Path, include_hf_cache: bool = True) -> list[Found]:
-    llm_types = _mlx_lm_types()
+    llm_types = mlx_lm_types()
     found: dict[str, Found] = {}
     sources = [("data_dir", p) for p in _candidates(models_dir(data_dir))]
     if include_hf_cache:

@@ -28,6 +28,7 @@ from ..text.reasoning import ReasoningSplitter
 from ..text.tool_parsers import ToolCallParser, families_for
 from .prefix_cache import PrefixCache
 from .runner import Runner
+from .vision_runner import VisionRunner
 from .scheduler import Item, plan
 from .sequence import Sequence
 from .ssd_cache import SSDTier
@@ -117,8 +118,11 @@ class Engine:
                     self._finish(seq, "abort")
             elif isinstance(cmd, m.CountTokens):
                 lm = self._model(cmd.model)
-                ids = self._prompt_ids(lm, cmd.messages, cmd.prompt, None, cmd.tools)
-                self.emit(m.Result(cmd.id, tokens=len(ids)))
+                if lm.vision is not None:
+                    count = self._vision_inputs(lm, cmd).input_ids.shape[1]
+                else:
+                    count = len(self._prompt_ids(lm, cmd.messages, cmd.prompt, None, cmd.tools))
+                self.emit(m.Result(cmd.id, tokens=count))
             elif isinstance(cmd, (m.Embed, m.Rerank)):
                 self._embed(cmd)
             elif isinstance(cmd, m.Settings):
@@ -190,8 +194,8 @@ class Engine:
             if model_id not in self.embedders:
                 self.embedder_paths[model_id] = found
             return model_id
-        if found.kind != "llm":
-            return None  # vision-language models are served by the VLM path
+        if found.kind not in ("llm", "vlm"):
+            return None
         try:
             return self.pool.add(found.path).id
         except FileNotFoundError as e:
@@ -226,7 +230,7 @@ class Engine:
             raise RequestError(str(e), 400, "invalid_value", e.param) from None
 
     def model_infos(self) -> list[m.ModelInfo]:
-        llms = [m.ModelInfo(e.id, "llm", e.context_length, e.created, e.loaded.path if e.loaded else (e.spec or ""),
+        llms = [m.ModelInfo(e.id, e.kind, e.context_length, e.created, e.loaded.path if e.loaded else (e.spec or ""),
                             e.aliases, e.loaded is not None) for e in self.pool.entries.values()]
         embedders = [m.ModelInfo(e.id, e.kind, e.max_len, e.created, e.path, e.aliases) for e in self.embedders.values()]
         on_disk = [m.ModelInfo(i, f.kind, 0, 0, f.path, [], False) for i, f in self.embedder_paths.items()]
@@ -284,7 +288,9 @@ class Engine:
             raise RequestError(f"Loading model `{entry.id}` failed: {e}", 500, "model_load_failed") from None
         if not was_loaded:
             self.emit(m.Models(self.model_infos()))
-        if entry.id not in self.runners:
+        if entry.id not in self.runners and lm.vision is not None:
+            self.runners[entry.id] = VisionRunner(lm, self.prefill_step)
+        elif entry.id not in self.runners:
             runner = self.runners[entry.id] = Runner(lm, max_batch=self.max_batch, prefill_step=self.prefill_step,
                                                        prefill_batch=self.prefill_batch)
             if runner.cacheable and self.prefix_cache_bytes > 0:
@@ -315,13 +321,38 @@ class Engine:
             return list(prompt_tokens)
         return tok.encode(prompt or "")
 
+    @staticmethod
+    def _vision_inputs(lm: LoadedModel, cmd: m.Generate):
+        from ..models.vision import images_of, prepare, render_prompt
+
+        if getattr(cmd, "prompt_tokens", None) is not None:
+            raise RequestError("Token-id prompts are not supported for vision-language models.", 400, None, "prompt")
+        try:
+            if cmd.messages is not None:
+                kw = dict(getattr(cmd, "template_kwargs", None) or {}, **({"tools": cmd.tools} if cmd.tools else {}))
+                prompt, images = render_prompt(lm.vision, cmd.messages, kw), images_of(cmd.messages)
+            else:
+                prompt, images = cmd.prompt or "", []
+            return prepare(lm.model, lm.vision, prompt, images)
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            raise RequestError(f"The images or prompt could not be processed for `{lm.id}`: {e}", 400,
+                               "invalid_image", "messages") from None
+
     def _accept(self, cmd: m.Generate) -> None:
         if self.memory.refusing:
             raise self._over_memory()
         if cmd.id in self.seqs:
             raise RequestError(f"duplicate request id {cmd.id}", 400)
         lm = self._model(cmd.model)
-        ids = self._prompt_ids(lm, cmd.messages, cmd.prompt, cmd.prompt_tokens, cmd.tools, cmd.template_kwargs)
+        vision = None
+        if lm.vision is not None:
+            vision = self._vision_inputs(lm, cmd)
+            ids = vision.input_ids[0].tolist()
+        elif cmd.messages and any(p.type == "image" for msg in cmd.messages for p in msg.parts or []):
+            raise RequestError(f"The model `{lm.id}` does not accept images.", 400, "image_input_not_supported",
+                               "messages")
+        else:
+            ids = self._prompt_ids(lm, cmd.messages, cmd.prompt, cmd.prompt_tokens, cmd.tools, cmd.template_kwargs)
         if not ids:
             if lm.tokenizer.bos_id is None:
                 raise RequestError("The prompt is empty.", 400, None, "prompt")
@@ -338,7 +369,7 @@ class Engine:
         max_tokens = s.max_tokens or min(room, self.default_max_tokens)
         seq = Sequence(cmd.id, lm.id, ids, s, max_tokens, IncrementalDecoder(lm.tokenizer.decode_visible),
                        StopMatcher(s.stop + self.turn_stops),
-                       priority=cmd.priority)
+                       priority=cmd.priority, vision=vision)
         seq.kv_bytes = (len(ids) + max_tokens) * kv_bytes_per_token(lm)
         if cmd.parse_tools:
             seq.tools = ToolCallParser(families_for(lm.tokenizer.chat_template, self.tool_parser))
@@ -544,6 +575,7 @@ class Engine:
                   "peak_active": c["peak_active"], "avg_wait_s": round(c["wait_s_total"] / max(c["started"], 1), 4),
                   "max_batch": self.max_batch}
         cache = {mid: pc.snapshot() for mid, pc in list(self.caches.items())}
+        cache["vision_features"] = self.pool.features.stats()
         if self.ssd is not None:
             cache["ssd"] = {"blocks": len(self.ssd.index), "bytes": self.ssd.bytes, "reads": self.ssd.reads,
                             "writes": self.ssd.writes, "corrupt_dropped": self.ssd.corrupt}

@@ -30,6 +30,22 @@ class TokenOut:
     cache: list | None  # per-layer KV of a sequence that just finished
 
 
+def processors_for(seq: Sequence, loaded: LoadedModel, vocab_size: int) -> list:
+    """The logits processors a sequence needs now (penalties, thinking budget, grammar)."""
+    if seq.script is not None:
+        procs = [force_tokens(seq.script[seq.generated:])]
+    else:
+        procs = make_penalties(seq.sampling, seq.prompt, seq.out_tokens)
+    budget = seq.sampling.thinking_budget
+    if budget is not None and seq.reasoning is not None:
+        close = loaded.tokenizer.encode("</think>", add_special=False)
+        procs.append(think_budget(max(budget - seq.generated, 0), close,
+                                  lambda: seq.reasoning.state in ("start", "thinking")))
+    if seq.grammar is not None:  # last: the mask has the final word
+        procs.append(GrammarProcessor(seq.grammar, loaded.tokenizer, vocab_size, seq.out_tokens))
+    return procs
+
+
 class Runner:
     def __init__(self, loaded: LoadedModel, max_batch: int = 32, prefill_batch: int = 8,
                  prefill_step: int = 512, solo: bool = True):
@@ -81,18 +97,7 @@ class Runner:
         self.uid_of[rid], self.rid_of[uid] = uid, rid
 
     def _processors(self, seq: Sequence) -> list:
-        if seq.script is not None:
-            procs = [force_tokens(seq.script[seq.generated:])]
-        else:
-            procs = make_penalties(seq.sampling, seq.prompt, seq.out_tokens)
-        budget = seq.sampling.thinking_budget
-        if budget is not None and seq.reasoning is not None:
-            close = self.loaded.tokenizer.encode("</think>", add_special=False)
-            procs.append(think_budget(max(budget - seq.generated, 0), close,
-                                      lambda: seq.reasoning.state in ("start", "thinking")))
-        if seq.grammar is not None:  # last: the mask has the final word
-            procs.append(GrammarProcessor(seq.grammar, self.loaded.tokenizer, self.vocab_size, seq.out_tokens))
-        return procs
+        return processors_for(seq, self.loaded, self.vocab_size)
 
     def _solo_to_batch(self) -> None:
         solo, seq = self.solo, self.solo_seq

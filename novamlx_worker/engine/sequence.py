@@ -32,6 +32,7 @@ class Sequence:
     tool_index: int = 0  # tool calls emitted so far (their OpenAI indices)
     grammar: str | None = None  # compiled llguidance grammar for structured output
     reasoning: object = None  # a ReasoningSplitter for chat answers
+    vision: object = None  # models.vision.VisionInputs for a vision-language model
     script: list[int] | None = None  # test-only forced output (see faults.scripted_output)
     submitted: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None

@@ -11,7 +11,7 @@ import mlx.nn as nn
 
 from ..text.tokenizer import TextTokenizer, from_hf
 from .gguf import dequantize_model, load_gguf
-from .naming import model_id_for
+from .naming import classify, model_id_for
 
 DEFAULT_MODEL_ID = "smollm2-135m-instruct"
 DEFAULT_MODEL_ALIASES = ["HuggingFaceTB/SmolLM2-135M-Instruct", "SmolLM2-135M-Instruct"]
@@ -26,6 +26,11 @@ class LoadedModel:
     context_length: int
     aliases: list[str] = field(default_factory=list)
     created: int = field(default_factory=lambda: int(time.time()))
+    vision: object = None  # models.vision.Vision for a vision-language model
+
+    @property
+    def kind(self) -> str:
+        return "vlm" if self.vision is not None else "llm"
 
 
 def default_model_path() -> str:
@@ -58,11 +63,17 @@ def resolve(spec: str | None) -> tuple[str, str, list[str]]:
     raise FileNotFoundError(f"model {spec!r} not found: give a folder, a .gguf file or a hub id on disk")
 
 
-def load(spec: str | None, dequantize: str = "auto") -> LoadedModel:
-    """dequantize: "auto" (on CPU-only machines, where quantized matmul is slow), "on", "off"."""
+def load(spec: str | None, dequantize: str = "auto", features=None) -> LoadedModel:
+    """dequantize: "auto" (on CPU-only machines, where quantized matmul is slow), "on", "off".
+    features: the worker's vision FeatureCache, for vision-language models."""
     from ..platform import on_cpu_only
 
     model_id, path, aliases = resolve(spec)
+    if Path(path).is_dir() and classify(Path(path)) == "vlm":
+        from .vision import FeatureCache, load_vlm
+
+        model, vision, hf_tok, ctx = load_vlm(path, model_id, features or FeatureCache())
+        return LoadedModel(model_id, path, model, from_hf(hf_tok), ctx, aliases, vision=vision)
     dense = dequantize == "on" or (dequantize == "auto" and on_cpu_only())
     dtype = mx.float32 if dense and on_cpu_only() else None
     if path.endswith(".gguf"):

@@ -1,4 +1,5 @@
-"""What a model on disk is called. One rule for the worker, the registry and the CLI.
+"""What a model on disk is called and what kind it is: one rule for the worker, the registry
+and the CLI (files are read, nothing is loaded).
 
 - a .gguf file: its stem;
 - a folder we downloaded: the hub id recorded in `.novamlx-source.json`;
@@ -7,10 +8,13 @@
 """
 from __future__ import annotations
 
+import importlib.util
 import json
+from functools import lru_cache
 from pathlib import Path
 
 SOURCE_FILE = ".novamlx-source.json"
+ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "nomic_bert", "modernbert", "mpnet"}
 
 
 def model_id_for(path: str | Path) -> str:
@@ -24,3 +28,42 @@ def model_id_for(path: str | Path) -> str:
     if p.parent.name == "snapshots" and p.parent.parent.name.startswith("models--"):
         return p.parent.parent.name[len("models--"):].replace("--", "/", 1)
     return p.name
+
+
+@lru_cache(maxsize=1)
+def mlx_lm_types() -> set[str]:
+    spec = importlib.util.find_spec("mlx_lm")  # the package's location, without importing MLX
+    if spec is None or not spec.submodule_search_locations:
+        return set()
+    folder = Path(list(spec.submodule_search_locations)[0]) / "models"
+    return {p.stem for p in folder.glob("*.py") if not p.stem.startswith("_")}
+
+
+@lru_cache(maxsize=1)
+def vlm_types() -> set[str]:
+    spec = importlib.util.find_spec("mlx_vlm")
+    if spec is None or not spec.submodule_search_locations:
+        return set()
+    folder = Path(list(spec.submodule_search_locations)[0]) / "models"
+    return {p.name for p in folder.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+
+
+def classify(folder: Path, llm_types: set[str] | None = None) -> str | None:
+    """llm | vlm | embedding | rerank, or None for a folder we cannot serve."""
+    llm_types = mlx_lm_types() if llm_types is None else llm_types
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict) or not any(folder.glob("*.safetensors")):
+        return None
+    arch = config.get("architectures") or []
+    model_type = str(config.get("model_type", "")).replace("-", "_")
+    if any(str(a).endswith("ForSequenceClassification") for a in arch):
+        return "rerank"
+    if (folder / "modules.json").exists() or (folder / "sentence_bert_config.json").exists() \
+            or config.get("model_type") in ENCODER_TYPES:
+        return "embedding"
+    if "vision_config" in config:
+        return "vlm" if model_type in vlm_types() else None
+    return "llm" if model_type in llm_types else None

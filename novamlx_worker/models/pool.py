@@ -4,11 +4,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from .loader import LoadedModel, load, resolve
+from .naming import classify
 
 log = logging.getLogger("novamlx.pool")
 
@@ -26,6 +28,7 @@ class Entry:
     last_used: float = 0.0
     context_length: int = 0
     created: int = 0
+    kind: str = "llm"  # or vlm
 
 
 def weight_bytes(lm: LoadedModel) -> int:
@@ -34,6 +37,13 @@ def weight_bytes(lm: LoadedModel) -> int:
 
 def kv_bytes_per_token(lm: LoadedModel) -> int:
     """K and V for every layer: what one cached token costs."""
+    if lm.vision is not None:  # mlx-vlm: the language model's text config
+        cfg = lm.model.config
+        t = getattr(cfg, "text_config", None) or cfg
+        heads = getattr(t, "num_key_value_heads", None) or t.num_attention_heads
+        head_dim = getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads
+        dtype = next(v for _, v in tree_flatten(lm.model.language_model.parameters())).dtype
+        return 2 * t.num_hidden_layers * heads * head_dim * dtype.size
     args = lm.model.args
     heads = getattr(args, "num_key_value_heads", None) or args.num_attention_heads
     head_dim = getattr(args, "head_dim", None) or args.hidden_size // args.num_attention_heads
@@ -45,19 +55,21 @@ def kv_bytes_per_token(lm: LoadedModel) -> int:
 
 class ModelPool:
     def __init__(self, specs: list[str | None], pinned: list[str], dequantize: str):
+        from .vision import FeatureCache
+
         self.dequantize = dequantize
+        self.features = FeatureCache()  # vision-tower outputs, shared by the VLMs
         self.entries: dict[str, Entry] = {}
         for spec in specs:
-            model_id, _, aliases = resolve(spec)
-            pin = model_id in pinned or (spec in pinned if spec else False)
-            self.entries[model_id] = Entry(model_id, spec, aliases, pin)
+            self.add(spec, pin=False, pinned=pinned)
 
-    def add(self, spec: str, pin: bool = False) -> Entry:
-        model_id, _, aliases = resolve(spec)
+    def add(self, spec: str | None, pin: bool = False, pinned: list[str] = ()) -> Entry:
+        model_id, path, aliases = resolve(spec)
         entry = self.entries.get(model_id)
         if entry is None:
-            entry = self.entries[model_id] = Entry(model_id, spec, aliases, pin)
-        entry.pinned = entry.pinned or pin
+            kind = "vlm" if Path(path).is_dir() and classify(Path(path)) == "vlm" else "llm"
+            entry = self.entries[model_id] = Entry(model_id, spec, aliases, kind=kind)
+        entry.pinned = entry.pinned or pin or model_id in pinned or (spec in pinned if spec else False)
         return entry
 
     def find(self, name: str) -> Entry | None:
@@ -74,7 +86,7 @@ class ModelPool:
         e = self.entries[model_id]
         if e.loaded is None:
             t = time.monotonic()
-            e.loaded = load(e.spec, self.dequantize)
+            e.loaded = load(e.spec, self.dequantize, self.features)
             e.context_length, e.created = e.loaded.context_length, e.loaded.created
             log.info("loaded %s in %.1fs", model_id, time.monotonic() - t)
         e.last_used = time.monotonic()

@@ -1,0 +1,137 @@
+"""Vision-language models through mlx-vlm: loading, prompts with images, a feature cache.
+
+mlx-vlm owns the architectures and the image processors; we own the prompt (the model's
+own chat template over `{"type": "image"}` parts), the images (files the gateway fetched
+and checked, named by their SHA-256) and the cache of vision-tower outputs.
+"""
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+
+log = logging.getLogger("novamlx.vision")
+
+
+class FeatureCache:
+    """Vision-tower outputs keyed by (model, SHA-256 of each image's bytes), LRU."""
+
+    def __init__(self, capacity: int = 20):
+        self.capacity = capacity
+        self.items: OrderedDict[tuple, object] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def get(self, key: tuple):
+        if key in self.items:
+            self.items.move_to_end(key)
+            self.hits += 1
+            return self.items[key]
+        self.misses += 1
+        return None
+
+    def put(self, key: tuple, value) -> None:
+        self.items[key] = value
+        self.items.move_to_end(key)
+        while len(self.items) > self.capacity:
+            self.items.popitem(last=False)
+
+    def stats(self) -> dict:
+        return {"entries": len(self.items), "capacity": self.capacity, "hits": self.hits, "misses": self.misses}
+
+
+class CachingTower:
+    """Makes `model.vision_tower` consult the feature cache: a call for images already seen
+    returns the cached output instead of running the tower. The tower instance gets a
+    subclass of its own class whose __call__ checks the cache, so its parameters, attributes
+    and place in the model stay as they were. The runner sets `key` before each prefill."""
+
+    def __init__(self, tower, cache: FeatureCache, model_id: str):
+        self.key: tuple | None = None
+        state = self
+        base = type(tower)
+
+        def __call__(module, *args, **kwargs):
+            key = (model_id, state.key, repr(sorted(kwargs.items(), key=lambda kv: kv[0]))[:200])
+            if state.key:
+                hit = cache.get(key)
+                if hit is not None:
+                    return hit
+            out = base.__call__(module, *args, **kwargs)
+            if state.key:
+                mx.eval(out)
+                cache.put(key, out)
+            return out
+
+        tower.__class__ = type(f"Cached{base.__name__}", (base,), {"__call__": __call__})
+
+
+@dataclass
+class Vision:
+    processor: object
+    tower: CachingTower | None
+    config: dict = field(default_factory=dict)
+
+
+def load_vlm(path: str, model_id: str, cache: FeatureCache):
+    """(model, Vision, HF tokenizer, context length) for an mlx-vlm folder."""
+    from mlx_vlm.utils import load as vlm_load
+
+    model, processor = vlm_load(path)
+    tower = CachingTower(model.vision_tower, cache, model_id) if getattr(model, "vision_tower", None) is not None else None
+    tok = processor.tokenizer if hasattr(processor, "tokenizer") else processor
+    cfg = model.config
+    text = getattr(cfg, "text_config", None)
+    ctx = getattr(text, "max_position_embeddings", None) or getattr(cfg, "max_position_embeddings", None) or 4096
+    return model, Vision(processor, tower), tok, int(ctx)
+
+
+def hf_messages(messages, tools=None) -> list[dict]:
+    """Protocol messages as the HF processors' templates expect them: content parts with
+    `{"type": "image"}` where each image goes, plain strings otherwise."""
+    out = []
+    for msg in messages:
+        if msg.parts:
+            content = [{"type": "image"} if p.type == "image" else {"type": "text", "text": p.text or ""}
+                       for p in msg.parts]
+        else:
+            content = msg.content or ""
+        out.append({"role": msg.role, "content": content})
+    return out
+
+
+def images_of(messages) -> list:
+    return [p.image for msg in messages if msg.parts for p in msg.parts if p.type == "image"]
+
+
+def render_prompt(vision: Vision, messages, template_kwargs: dict | None = None) -> str:
+    proc = vision.processor
+    msgs = hf_messages(messages)
+    kw = dict(template_kwargs or {})
+    if getattr(proc, "chat_template", None):
+        return proc.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False, **kw)
+    tok = proc.tokenizer if hasattr(proc, "tokenizer") else proc
+    return tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False, **kw)
+
+
+@dataclass
+class VisionInputs:
+    input_ids: mx.array  # [1, n]
+    pixel_values: object
+    mask: object
+    extra: dict  # image_grid_thw and the like
+    key: tuple | None  # image hashes, for the feature cache
+
+
+def prepare(model, vision: Vision, prompt: str, images: list) -> VisionInputs:
+    """Tokenize the prompt and process the images the way mlx-vlm's generate does."""
+    from mlx_vlm.utils import prepare_inputs, should_add_special_tokens
+
+    paths = [ref.path for ref in images]  # mlx-vlm opens them (EXIF rotation, RGB) as its generate does
+    inputs = prepare_inputs(vision.processor, images=paths or None, prompts=prompt,
+                            image_token_index=getattr(model.config, "image_token_index", None),
+                            add_special_tokens=should_add_special_tokens(model.config.model_type, vision.processor))
+    extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "pixel_values", "attention_mask")}
+    key = tuple(ref.sha256 for ref in images) or None
+    return VisionInputs(inputs["input_ids"], inputs.get("pixel_values"), inputs.get("attention_mask"), extra, key)
