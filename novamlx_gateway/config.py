@@ -47,6 +47,10 @@ class Config:
     reasoning_field: str = "reasoning_content"  # chat field for thinking text ("reasoning" for some clients)
     discover_hf_cache: bool = True  # serve MLX models found in the Hugging Face cache too
     hf_endpoint: str = ""  # hub URL for search/download ('' : HF_ENDPOINT or huggingface.co)
+    distributed_backend: str = ""  # shard the models over ranks started by mlx.launch: ring, mpi, nccl, jaccl
+    distributed_hostfile: str = ""  # mlx.launch hosts file; '' : distributed_ranks local processes
+    distributed_ranks: int = 2
+    distributed_port: int = 0  # ring backend's first port; 0: a free one at each start
     image_dirs: list[str] = field(default_factory=list)  # folders local image paths may come from; empty: none
     image_max_mb: float = 20.0
     image_max_pixels: int = 40_000_000  # decoded width x height
@@ -115,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--discover-hf-cache", type=lambda v: v.lower() in ("1", "true", "yes", "on"),
                    help="on/off: serve MLX models found in the Hugging Face cache (default on)")
     p.add_argument("--hf-endpoint", help="Hugging Face hub URL for search and downloads")
+    p.add_argument("--distributed-backend", help="shard models across ranks: ring, mpi, nccl, jaccl ('' off)")
+    p.add_argument("--distributed-hostfile", help="mlx.launch hosts file (default: local ranks)")
+    p.add_argument("--distributed-ranks", type=int, help="local ranks when there is no hosts file (default 2)")
+    p.add_argument("--distributed-port", type=int, help="ring backend starting port (default: a free one)")
     p.add_argument("--image-dir", action="append", dest="image_dirs",
                    help="folder that local image paths may come from (repeatable; default: none)")
     p.add_argument("--image-max-mb", type=float, help="largest image accepted (default 20)")

@@ -46,6 +46,31 @@ class WorkerCrashed(Exception):
     pass
 
 
+def _free_port_run(n: int) -> int:
+    """A first port with the next n-1 free too (the ring backend listens on consecutive ports)."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + n >= 65535:
+            continue
+        try:
+            held = []
+            for p in range(base, base + n):
+                sock = socket.socket()
+                held.append(sock)
+                sock.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in held:
+                sock.close()
+    raise RuntimeError("no run of free ports for the ring backend")
+
+
 class WorkerClient:
     def __init__(self, cfg: Config, extra_env: dict | None = None):
         self.cfg = cfg
@@ -84,7 +109,19 @@ class WorkerClient:
             a += ["--turn-stop", pattern]
         for pin in self.cfg.pinned_models:
             a += ["--pin", pin]
-        return a
+        return self._launcher() + a + ["--distributed-backend", self.cfg.distributed_backend] \
+            if self.cfg.distributed_backend else a
+
+    def _launcher(self) -> list[str]:
+        """mlx.launch starts the ranks (locally or over ssh from a hosts file), copies our stdin to
+        each and relays their stdout: only rank 0 writes there, so it is the protocol channel."""
+        c = self.cfg
+        launch = [sys.executable, "-c", "from mlx._distributed_utils.launch import main; main()",
+                  "--backend", c.distributed_backend, "--cwd", str(Path(__file__).resolve().parent.parent)]
+        launch += ["--hostfile", c.distributed_hostfile] if c.distributed_hostfile else ["-n", str(c.distributed_ranks)]
+        if c.distributed_backend == "ring":
+            launch += ["--starting-port", str(c.distributed_port or _free_port_run(c.distributed_ranks))]
+        return launch + ["--"]
 
     async def start(self) -> None:
         """Spawn the worker and wait for its hello (the first model load)."""

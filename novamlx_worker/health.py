@@ -25,7 +25,8 @@ def snapshot(engine, last: dict) -> m.Health:
         running=len(engine.seqs) - queued, queued=queued, tokens_per_s=round(rate, 2),
         memory=engine.memory.state(), kv_reserved_bytes=engine.kv_reserved, **engine.stats(),
         engine_heartbeat_age_s=round(now - engine.heartbeat, 3), time=time.time(),
-        steps=engine.steps, tokens_total=tokens, peak_batch=engine.peak_batch)
+        steps=engine.steps, tokens_total=tokens, peak_batch=engine.peak_batch,
+        ranks=[{"rank": i, "rss_bytes": b} for i, b in enumerate(engine.lockstep.rank_memory)] if engine.lockstep else [])
 
 
 def start_health_push(engine, emit, interval: float) -> threading.Thread:

@@ -40,6 +40,8 @@ def parse_args(argv=None):
     p.add_argument("--prefix-cache-mb", type=float, default=2048.0, help="0 turns the prefix cache off")
     p.add_argument("--ssd-cache-dir", default="", help="folder for the SSD tier ('' turns it off)")
     p.add_argument("--ssd-cache-gb", type=float, default=100.0)
+    p.add_argument("--distributed-backend", default="",
+                   help="shard the models over the ranks mlx.launch started (ring, mpi, nccl, jaccl, any); '' : one process")
     p.add_argument("--embedding-model", action="append", default=[],
                    help="embedding or reranking model folder (repeatable); 'none' serves none; default: MiniLM wheel")
     return p.parse_args(argv)
@@ -69,9 +71,21 @@ def main(argv=None) -> None:
     from protocol import PROTOCOL_VERSION, codec
     from protocol import messages as m
 
+    lockstep = None
+    if args.distributed_backend:
+        import mlx.core as mx
+
+        from .engine.lockstep import Lockstep
+
+        group = mx.distributed.init(strict=True, backend=args.distributed_backend)
+        lockstep = Lockstep(group)
+        log.info("rank %d of %d (%s)", group.rank(), group.size(), args.distributed_backend)
+    leader = lockstep is None or lockstep.rank == 0
     write_lock = threading.Lock()
 
     def emit(msg) -> None:
+        if not leader:  # only rank 0 speaks to the gateway
+            return
         data = codec.encode(msg)
         with write_lock:
             proto_out.write(data)
@@ -83,7 +97,7 @@ def main(argv=None) -> None:
     from .models.pool import ModelPool
 
     try:
-        pool = ModelPool(args.model or [None], args.pin, args.dequantize)
+        pool = ModelPool(args.model or [None], args.pin, args.dequantize, lockstep.group if lockstep else None)
         for entry in pool.entries.values():
             pool.get(entry.id)
         memory = MemoryEnforcer(args.max_process_memory)
@@ -100,13 +114,14 @@ def main(argv=None) -> None:
                     prefill_batch=args.prefill_batch,
                     default_max_tokens=args.default_max_tokens, kv_budget_cap=int(args.kv_budget_mb * 1024**2),
                     block_size=args.block_size, prefix_cache_bytes=int(args.prefix_cache_mb * 1024**2),
-                    ssd=SSDTier(args.ssd_cache_dir, int(args.ssd_cache_gb * 1024**3)) if args.ssd_cache_dir else None,
-                    embedders=embedders, tool_parser=args.tool_parser, turn_stops=args.turn_stop)
+                    ssd=SSDTier(args.ssd_cache_dir, int(args.ssd_cache_gb * 1024**3))
+                    if args.ssd_cache_dir and lockstep is None else None,  # ranks would each see their own disk
+                    embedders=embedders, tool_parser=args.tool_parser, turn_stops=args.turn_stop, lockstep=lockstep)
     emit(m.Hello(PROTOCOL_VERSION, os.getpid(), engine.model_infos(), ["chat", "completions", "logprobs", "echo"]))
 
     def reader():
         for line in sys.stdin.buffer:
-            if not line.strip():
+            if not line.strip() or not leader:  # mlx.launch copies stdin to every rank; rank 0 shares it
                 continue
             try:
                 cmd = codec.decode_command(line)
@@ -119,7 +134,8 @@ def main(argv=None) -> None:
         os._exit(0)
 
     threading.Thread(target=reader, name="stdin", daemon=True).start()
-    start_health_push(engine, emit, args.health_interval)
+    if leader:
+        start_health_push(engine, emit, args.health_interval)
     try:
         engine.run()
     except BaseException:

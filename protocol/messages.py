@@ -291,6 +291,7 @@ class Health(msgspec.Struct, tag="health", omit_defaults=True):
     steps: int = 0  # batched decode steps since start
     tokens_total: int = 0
     peak_batch: int = 0  # most sequences decoded in one forward
+    ranks: list[dict] = []  # a sharded model: [{"rank", "rss_bytes"}] for every rank
 
 
 Event = Hello | Started | Step | Finished | Error | Result | Embeddings | Scores | Models | Pong | Health

@@ -63,6 +63,10 @@ def compare(args) -> None:
     ours = ["--max-batch", str(args.max_batch), "--prefill-batch", str(args.raw_prefill_batch),
             "--max-concurrent-requests", "1024", "--max-queue", "4096"]
     targets = [("novamlx", lambda: servers.start_novamlx(args.model, ours + ["--prefix-cache-mb", "0"]))]
+    if args.sharded:  # backend:ranks, e.g. nccl:2 -- the same server with the model split over ranks
+        backend, _, ranks = args.sharded.partition(":")
+        targets.append(("novamlx-sharded", lambda: servers.start_novamlx(args.model, ours + [
+            "--prefix-cache-mb", "0", "--distributed-backend", backend, "--distributed-ranks", ranks or "2"])))
     if args.prefix_len or args.agent:
         targets.append(("novamlx (prefix cache)", lambda: servers.start_novamlx(args.model, ours)))
     if not args.skip_peers:
@@ -134,10 +138,36 @@ def compare(args) -> None:
         print(line)
 
 
+async def shard_check(args) -> bool:
+    """Greedy answers of the model alone and sharded (--sharded BACKEND:RANKS) must be equal."""
+    import httpx
+
+    prompts = ["Tell me about the sea.", "List three colours.", "What is 2+2?", "Write a haiku about rain."]
+    backend, _, ranks = (args.sharded or "ring:2").partition(":")
+    answers = []
+    for extra in ([], ["--distributed-backend", backend, "--distributed-ranks", ranks or "2"]):
+        launched = servers.start_novamlx(args.model, extra)
+        try:
+            async with httpx.AsyncClient(timeout=600) as c:
+                got = []
+                for p in prompts:
+                    r = await c.post(launched.base_url + "/v1/chat/completions", json={
+                        "model": launched.model or "default", "messages": [{"role": "user", "content": p}],
+                        "temperature": 0, "max_tokens": args.output_len, "ignore_eos": True})
+                    got.append(r.json()["choices"][0]["message"]["content"])
+                answers.append(got)
+        finally:
+            launched.stop()
+    same = answers[0] == answers[1]
+    print(json.dumps({"backend": backend, "ranks": ranks or "2", "equal": same, "single": answers[0],
+                      "sharded": answers[1]}, indent=1))
+    return same
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="novamlx bench")
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("load", "agent", "prefix", "compare", "embed", "mask"):
+    for name in ("load", "agent", "prefix", "compare", "embed", "mask", "shardcheck"):
         sp = sub.add_parser(name)
         sp.add_argument("--base-url", default="http://127.0.0.1:6590")
         sp.add_argument("--model", default=None)
@@ -158,6 +188,7 @@ def main(argv=None) -> None:
         sp.add_argument("--raw", action="store_true")
         sp.add_argument("--raw-prefill-batch", type=int, default=8)
         sp.add_argument("--agent", action="store_true", help="compare: also replay a multi-turn agent session")
+        sp.add_argument("--sharded", default="", help="compare/shardcheck: also run ours sharded, BACKEND:RANKS")
     args = p.parse_args(argv)
     if args.cmd == "load":
         for c in _levels(args.concurrency):
@@ -174,6 +205,9 @@ def main(argv=None) -> None:
                                                 output_len=args.output_len))))
     elif args.cmd == "embed":
         print(json.dumps(asyncio.run(embed_bench(args.base_url, args.model or "all-minilm-l6-v2", args.api_key))))
+    elif args.cmd == "shardcheck":
+        same = asyncio.run(shard_check(args))
+        raise SystemExit(0 if same else 1)
     elif args.cmd == "prefix":
         print(json.dumps(asyncio.run(prefix_ttft(args.base_url, args.model, prefix_len=args.prefix_len,
                                                  api_key=args.api_key))))

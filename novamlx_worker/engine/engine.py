@@ -50,8 +50,10 @@ class Engine:
                  max_batch: int = 32, prefill_step: int = 512, prefill_batch: int = 16, default_max_tokens: int = 4096,
                  kv_budget_cap: int = 0, block_size: int = 64, prefix_cache_bytes: int = 2 * 1024**3,
                  ssd: SSDTier | None = None, embedders: list | None = None, tool_parser: str = "auto",
-                 turn_stops: list[str] | None = None):
+                 turn_stops: list[str] | None = None, lockstep=None):
         self.pool = pool
+        self.lockstep = lockstep  # a sharded model's ranks: rank 0 decides, the others follow (lockstep.py)
+        self.next_memory_gather = 0.0
         self.memory = memory
         self.emit = emit
         self.max_batch, self.prefill_step, self.prefill_batch = max_batch, prefill_step, prefill_batch
@@ -89,9 +91,12 @@ class Engine:
     def run(self) -> None:
         while not self.stopping:
             self.heartbeat = time.monotonic()
-            self.memory.poll(self._evict_one)
-            self._expire()
-            self._drain(block=not self.seqs)
+            if self.lockstep is None:
+                self.memory.poll(self._evict_one)
+                self._expire()
+                self._drain(block=not self.seqs)
+            else:
+                self._drain_in_step()
             self._schedule()
             if any(r.active for r in self.runners.values()):
                 self._step()
@@ -107,6 +112,24 @@ class Engine:
                 cmd = self.inbox.get_nowait()
             except queue.Empty:
                 return
+
+    def _drain_in_step(self) -> None:
+        """Sharded: rank 0 takes commands from the pipe and every rank handles the same ones.
+        (Memory eviction and TTL unloads are off here: they would need a decision all ranks share.)"""
+        cmds = []
+        if self.lockstep.rank == 0:
+            try:
+                cmds.append(self.inbox.get(timeout=0.5) if not self.seqs else self.inbox.get_nowait())
+                while True:
+                    cmds.append(self.inbox.get_nowait())
+            except queue.Empty:
+                pass
+            now = time.monotonic()
+            if now >= self.next_memory_gather:
+                self.lockstep.want_memory, self.next_memory_gather = True, now + 1.0
+        streams = [r.gen.stream for r in self.runners.values() if hasattr(r, "gen")]
+        for cmd in self.lockstep.share(cmds, streams):
+            self._handle(cmd)
 
     def _handle(self, cmd) -> None:
         try:

@@ -63,15 +63,20 @@ def resolve(spec: str | None) -> tuple[str, str, list[str]]:
     raise FileNotFoundError(f"model {spec!r} not found: give a folder, a .gguf file or a hub id on disk")
 
 
-def load(spec: str | None, dequantize: str = "auto", features=None) -> LoadedModel:
+def load(spec: str | None, dequantize: str = "auto", features=None, group=None) -> LoadedModel:
     """dequantize: "auto" (on CPU-only machines, where quantized matmul is slow), "on", "off".
-    features: the worker's vision FeatureCache, for vision-language models."""
+    features: the worker's vision FeatureCache, for vision-language models.
+    group: an mlx.distributed group of several ranks: the model is sharded over it (tensor
+    parallel, mlx-lm's `shard`), each rank keeping its slice of every layer."""
+    sharded = group is not None and group.size() > 1
     from ..platform import on_cpu_only
 
     model_id, path, aliases = resolve(spec)
     if Path(path).is_dir() and classify(Path(path)) == "vlm":
         from .vision import FeatureCache, load_vlm
 
+        if sharded:
+            raise ValueError("vision-language models cannot be sharded across ranks yet")
         model, vision, hf_tok, ctx = load_vlm(path, model_id, features or FeatureCache())
         return LoadedModel(model_id, path, model, from_hf(hf_tok), ctx, aliases, vision=vision)
     dense = dequantize == "on" or (dequantize == "auto" and on_cpu_only())
@@ -82,10 +87,14 @@ def load(spec: str | None, dequantize: str = "auto", features=None) -> LoadedMod
     else:
         from mlx_lm.utils import load as mlx_lm_load
 
-        model, hf_tok, config = mlx_lm_load(path, return_config=True)
+        model, hf_tok, config = mlx_lm_load(path, return_config=True, lazy=sharded)
         tokenizer = from_hf(hf_tok._tokenizer if hasattr(hf_tok, "_tokenizer") else hf_tok)
         if dense:
             model = dequantize_model(model, dtype or mx.float16)
         ctx = int(config.get("max_position_embeddings") or config.get("max_seq_len") or 4096)
+    if sharded:
+        if not hasattr(model, "shard"):
+            raise ValueError(f"{model_id}: mlx-lm cannot shard this architecture (no `shard` method)")
+        model.shard(group)  # before eval: a lazily loaded rank reads only its slices
     mx.eval(model.parameters())
     return LoadedModel(model_id, path, model, tokenizer, ctx, aliases)

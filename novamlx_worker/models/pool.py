@@ -54,10 +54,11 @@ def kv_bytes_per_token(lm: LoadedModel) -> int:
 
 
 class ModelPool:
-    def __init__(self, specs: list[str | None], pinned: list[str], dequantize: str):
+    def __init__(self, specs: list[str | None], pinned: list[str], dequantize: str, group=None):
         from .vision import FeatureCache
 
         self.dequantize = dequantize
+        self.group = group  # models are sharded over this mlx.distributed group when it has several ranks
         self.features = FeatureCache()  # vision-tower outputs, shared by the VLMs
         self.entries: dict[str, Entry] = {}
         for spec in specs:
@@ -86,7 +87,7 @@ class ModelPool:
         e = self.entries[model_id]
         if e.loaded is None:
             t = time.monotonic()
-            e.loaded = load(e.spec, self.dequantize, self.features)
+            e.loaded = load(e.spec, self.dequantize, self.features, self.group)
             e.context_length, e.created = e.loaded.context_length, e.loaded.created
             log.info("loaded %s in %.1fs", model_id, time.monotonic() - t)
         e.last_used = time.monotonic()
