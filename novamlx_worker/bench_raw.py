@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import os
 import random
 import time
 
@@ -73,6 +75,7 @@ def main(argv=None) -> None:
     p.add_argument("--shape", default="llama-8b")
     p.add_argument("--out", default=None)
     p.add_argument("--tokenizer-from", default=None)
+    p.add_argument("--dtype", default="bfloat16", help="make-model: weight dtype")
     p.add_argument("--model", default=None)
     p.add_argument("--dequantize", default="auto")
     p.add_argument("--prompt-len", type=int, default=128)
@@ -81,11 +84,12 @@ def main(argv=None) -> None:
     p.add_argument("--prefill-batch", type=int, default=8)
     p.add_argument("--completion-batch", type=int, default=32)
     p.add_argument("--no-openblas", action="store_true")
+    p.add_argument("--distributed-backend", default="", help="run under mlx.launch: shard the model over the ranks")
     args = p.parse_args(argv)
     if not args.no_openblas:
         preload_openblas()
     if args.mode == "make-model":
-        make_model(args.shape, args.out, args.tokenizer_from)
+        make_model(args.shape, args.out, args.tokenizer_from, args.dtype)
         print(json.dumps({"mode": "make-model", "out": args.out}))
         return
     import mlx.core as mx
@@ -95,8 +99,11 @@ def main(argv=None) -> None:
 
     from .models.loader import load
 
-    lm = load(args.model, args.dequantize)
+    group = mx.distributed.init(strict=True, backend=args.distributed_backend) if args.distributed_backend else None
+    lm = load(args.model, args.dequantize, group=group)
     vocab = lm.tokenizer.vocab_size
+    if group is not None and group.rank() != 0:  # the other ranks run the same loop; rank 0 reports
+        sys.stdout = open(os.devnull, "w")
     if args.mode == "stream":
         tok = TokenizerWrapper(PreTrainedTokenizerFast(tokenizer_object=lm.tokenizer.tok))
         tok._eos_token_ids = set()  # force the output length
