@@ -610,6 +610,10 @@ class Engine:
                   "max_batch": self.max_batch}
         cache = {mid: pc.snapshot() for mid, pc in list(self.caches.items())}
         cache["vision_features"] = self.pool.features.stats()
+        for e in list(self.pool.entries.values()):
+            lm = e.loaded
+            if lm is not None and lm.vision is not None:
+                cache[lm.id] = lm.vision.prompts.stats()
         if self.ssd is not None:
             cache["ssd"] = {"blocks": len(self.ssd.index), "bytes": self.ssd.bytes, "reads": self.ssd.reads,
                             "writes": self.ssd.writes, "corrupt_dropped": self.ssd.corrupt}

@@ -42,23 +42,40 @@ class VisionRunner:
 
     def _begin(self) -> None:
         from mlx_vlm.generate.ar import generate_step
+        from mlx_vlm.models.cache import make_prompt_cache
 
         rid, seq = self.queue.popleft()
-        vi = seq.vision
-        if self.loaded.vision.tower is not None:
-            self.loaded.vision.tower.key = vi.key
-        gen = generate_step(vi.input_ids, self.loaded.model, vi.pixel_values, vi.mask,
-                            max_tokens=seq.max_tokens, sampler=seq.sampler,
+        vi, vision, model = seq.vision, self.loaded.vision, self.loaded.model
+        if vision.tower is not None:
+            vision.tower.key = vi.key
+        kwargs = dict(vi.extra)
+        cache, n = vision.prompts.take(model, vi, kwargs)
+        ids, pixels = vi.input_ids, vi.pixel_values
+        if cache is None:
+            cache = make_prompt_cache(model.language_model)
+        else:  # the prefix (images included) is in the cache: feed the text after it
+            ids, pixels = ids[:, n:], None
+            kwargs.pop("pixel_values_videos", None)
+            seq.cached_tokens = n
+        gen = generate_step(ids, model, pixels, vi.mask, max_tokens=seq.max_tokens, sampler=seq.sampler,
                             logits_processors=processors_for(seq, self.loaded, self.vocab_size),
-                            prefill_step_size=self.prefill_step, **vi.extra)
-        self.current = (rid, seq, gen)
+                            prefill_step_size=self.prefill_step, prompt_cache=cache, **kwargs)
+        self.current = (rid, seq, gen, cache)
 
-    def _end(self) -> None:
-        if self.current is not None:
-            self.current[2].close()
-            self.current = None
-            if self.loaded.vision.tower is not None:
-                self.loaded.vision.tower.key = None
+    def _end(self, last: int | None = None) -> None:
+        """last: the token this step returns (the engine appends it to the sequence after us)."""
+        if self.current is None:
+            return
+        _, seq, gen, cache = self.current
+        gen.close()
+        self.current = None
+        vision = self.loaded.vision
+        if vision.tower is not None:
+            vision.tower.key = None
+        tokens = seq.vision.input_ids[0].tolist() + seq.out_tokens + ([last] if last is not None else [])
+        held = max((int(getattr(c, "offset", 0) or 0) for c in cache), default=0)
+        if 0 < held <= len(tokens):  # its KV covers tokens[:held]: kept for a conversation that goes on
+            vision.prompts.put(tokens[:held], seq.vision.key, cache)
 
     def remove(self, rid: int) -> None:
         if self.current is not None and self.current[0] == rid:
@@ -76,7 +93,7 @@ class VisionRunner:
             if not self.queue:
                 return []
             self._begin()
-        rid, seq, gen = self.current
+        rid, seq, gen, _ = self.current
         try:
             token, logprobs = next(gen)
         except StopIteration:  # mlx-vlm reached max_tokens
@@ -87,7 +104,7 @@ class VisionRunner:
         stop = token in self.eos_ids and not seq.sampling.ignore_eos
         finish = "stop" if stop else ("length" if seq.generated + 1 >= seq.max_tokens else None)
         if finish:
-            self._end()
+            self._end(last=token)
         return [TokenOut(rid, token, row, finish, None)]
 
     def prompt_logprobs(self, prompt: list[int]):

@@ -71,7 +71,7 @@ class CachingTower:
 class Vision:
     processor: object
     tower: CachingTower | None
-    config: dict = field(default_factory=dict)
+    prompts: "PromptCaches" = field(default_factory=lambda: PromptCaches())
 
 
 def load_vlm(path: str, model_id: str, cache: FeatureCache):
@@ -135,3 +135,67 @@ def prepare(model, vision: Vision, prompt: str, images: list) -> VisionInputs:
     extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "pixel_values", "attention_mask")}
     key = tuple(ref.sha256 for ref in images) or None
     return VisionInputs(inputs["input_ids"], inputs.get("pixel_values"), inputs.get("attention_mask"), extra, key)
+
+
+class PromptCaches:
+    """KV caches of finished VLM sequences, keyed by their tokens and image hashes.
+
+    A new request with the same images whose prompt starts with a cached sequence's tokens
+    (a conversation re-sent with the assistant's reply appended) takes that cache, keeps the
+    shared prefix and prefills only the text after it. mlx-vlm's own helpers decide whether a
+    cache can be cut back (sliding windows and the like cannot) and restore Qwen-VL's mRoPE
+    state for the full prompt. An entry is taken, not shared: the new sequence extends it."""
+
+    def __init__(self, capacity: int = 4):
+        self.capacity = capacity
+        self.entries: OrderedDict[int, tuple[list[int], tuple | None, list]] = OrderedDict()
+        self.hits = self.misses = 0
+        self.tokens_saved = 0
+        self._next = 0
+
+    def put(self, tokens: list[int], image_key: tuple | None, cache: list) -> None:
+        if not tokens:
+            return
+        self._next += 1
+        self.entries[self._next] = (tokens, image_key, cache)
+        while len(self.entries) > self.capacity:
+            self.entries.popitem(last=False)
+
+    def take(self, model, inputs: VisionInputs, kwargs: dict):
+        """(cache, prefix length) for a hit, the kwargs primed for it; (None, 0) for a miss."""
+        from mlx_vlm import apc
+        from mlx_vlm.generate.dispatch import _prefix_cache_trim_amount, _prime_cached_prefix_rope_state
+
+        ids = inputs.input_ids[0].tolist()
+        best, best_n = None, 0
+        for key, (tokens, image_key, _) in self.entries.items():
+            if image_key != inputs.key:
+                continue
+            n = 0
+            for a, b in zip(tokens, ids):
+                if a != b:
+                    break
+                n += 1
+            n = min(n, len(ids) - 1)  # at least one token left to prefill
+            if n > best_n:
+                best, best_n = key, n
+        if best is None or not apc.prefix_leaves_text_only_suffix(ids, best_n,
+                                                                   apc.multimodal_token_ids_from_config(model.config)):
+            self.misses += 1
+            return None, 0
+        _, _, cache = self.entries[best]
+        drop = _prefix_cache_trim_amount(cache, best_n)
+        if drop is None or not _prime_cached_prefix_rope_state(model, inputs.input_ids, inputs.mask, kwargs):
+            self.misses += 1
+            return None, 0
+        del self.entries[best]
+        for c in cache:
+            if drop:
+                c.trim(drop)
+        self.hits += 1
+        self.tokens_saved += best_n
+        return cache, best_n
+
+    def stats(self) -> dict:
+        return {"entries": len(self.entries), "hits": self.hits, "misses": self.misses,
+                "tokens_saved": self.tokens_saved}

@@ -83,11 +83,12 @@ def reference(folder, image) -> str:
     return generate(model, processor, prompt, image=[str(image)], max_tokens=MAX, temperature=0.0, verbose=False).text
 
 
-def chat(s, model, url, **kw):
-    r = s.openai().chat.completions.create(
-        model=model, temperature=0, max_tokens=MAX, extra_body={"ignore_eos": True},
-        messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
-                                               {"type": "text", "text": PROMPT}]}], **kw)
+def chat(s, model, url, question=None, **kw):
+    """One question about one image; with `question`, the text comes first, then the image."""
+    image = {"type": "image_url", "image_url": {"url": url}}
+    content = [image, {"type": "text", "text": PROMPT}] if question is None else [{"type": "text", "text": question}, image]
+    r = s.openai().chat.completions.create(model=model, temperature=0, max_tokens=MAX, extra_body={"ignore_eos": True},
+                                           messages=[{"role": "user", "content": content}], **kw)
     return r.choices[0].message.content
 
 
@@ -149,13 +150,16 @@ def test_feature_cache_hit_on_the_same_image(vserver, pictures):
 
     pixels = (np.random.default_rng(7).random((50, 50, 3)) * 255).astype("uint8")
     Image.fromarray(pixels).save(pictures / "fresh.png")
+    # The question goes before the image and changes, so no prompt-cache prefix covers the image:
+    # the vision tower is asked again, and the feature cache answers.
     before = stats()
-    first = chat(vserver, "tiny-gemma3", data_uri(pictures / "fresh.png"))
+    first = chat(vserver, "tiny-gemma3", data_uri(pictures / "fresh.png"), question="Look:")
     mid = stats()
     assert mid["misses"] == before["misses"] + 1 and mid["hits"] == before["hits"]
-    assert chat(vserver, "tiny-gemma3", str(pictures / "fresh.png")) == first  # same bytes: a hit, same answer
+    chat(vserver, "tiny-gemma3", str(pictures / "fresh.png"), question="Now look again:")  # same bytes: a hit
     after = stats()
     assert after["hits"] == mid["hits"] + 1 and after["misses"] == mid["misses"]
+    assert first
 
 
 def _refused(s, model, url, words):
@@ -208,3 +212,30 @@ def test_concurrent_vlm_requests_queue_and_text_models_keep_batching(vserver, pi
         txt = [pool.submit(text) for _ in range(2)]
         assert [f.result() for f in vis] == [alone[i % 2] for i in range(4)]
         assert [f.result() for f in txt] == [text_alone] * 2
+
+
+def reference_chat(folder, image, messages) -> str:
+    from mlx_vlm import generate, load
+
+    model, processor = load(str(folder))
+    prompt = processor.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return generate(model, processor, prompt, image=[str(image)], max_tokens=MAX, temperature=0.0, verbose=False).text
+
+
+@pytest.mark.parametrize("family", ["tiny-qwen2-vl", "tiny-gemma3"])
+def test_conversation_with_an_image_reuses_its_prefix(vserver, vlms, pictures, family):
+    img = pictures / "img1.png"
+    turn1 = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_uri(img)}},
+                                          {"type": "text", "text": PROMPT}]}]
+    c = vserver.openai()
+    first = c.chat.completions.create(model=family, messages=turn1, temperature=0, max_tokens=MAX,
+                                      extra_body={"ignore_eos": True})
+    answer = first.choices[0].message.content
+    turn2 = turn1 + [{"role": "assistant", "content": answer}, {"role": "user", "content": "Say more."}]
+    second = c.chat.completions.create(model=family, messages=turn2, temperature=0, max_tokens=MAX,
+                                       extra_body={"ignore_eos": True})
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    ref_msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROMPT}]},
+                {"role": "assistant", "content": answer}, {"role": "user", "content": "Say more."}]
+    assert second.choices[0].message.content == reference_chat(vlms[family], img, ref_msgs)
+    assert cached >= first.usage.prompt_tokens  # the image and the first question came from the cache
