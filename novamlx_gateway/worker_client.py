@@ -87,6 +87,7 @@ class WorkerClient:
         self._health_log = cfg.data_path / "logs" / "worker-health.jsonl"
         self._first_start: asyncio.Future | None = None
         self.boot_commands = lambda: []  # sent to each new worker before any request (the catalog's)
+        self._channel = None  # (reader, transport, fd, path) of the FIFO from a sharded group's rank 0
 
     # ---- lifecycle ----
     def argv(self) -> list[str]:
@@ -134,11 +135,38 @@ class WorkerClient:
         env = {**os.environ, **self.extra_env, "NOVAMLX_WORKER_GENERATION": str(self.state.restarts)}
         root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "") if env.get("PYTHONPATH") else root
+        self._close_channel()
+        if self.cfg.distributed_backend and not self.cfg.distributed_hostfile:
+            env["NOVAMLX_PROTOCOL_FIFO"] = await self._open_channel()
         self.proc = await asyncio.create_subprocess_exec(
             *self.argv(), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=None,
             env=env, limit=codec.LINE_LIMIT, start_new_session=False)
         self.state.pid = self.proc.pid
         log.info("worker started pid=%s", self.proc.pid)
+
+    async def _open_channel(self) -> str:
+        """Sharded over local ranks: rank 0 writes the protocol into a FIFO we read directly,
+        not through mlx.launch's stdout relay (which forwards in 100 ms polls)."""
+        folder = self.cfg.data_path / "run"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"protocol-{os.getpid()}.fifo"
+        path.unlink(missing_ok=True)
+        os.mkfifo(path, 0o600)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        keep = os.open(path, os.O_WRONLY | os.O_NONBLOCK)  # no EOF before rank 0 opens it
+        reader = asyncio.StreamReader(limit=codec.LINE_LIMIT)
+        transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0))
+        self._channel = (reader, transport, keep, path)
+        return str(path)
+
+    def _close_channel(self) -> None:
+        if self._channel is not None:
+            _, transport, keep, path = self._channel
+            transport.close()
+            os.close(keep)
+            path.unlink(missing_ok=True)
+            self._channel = None
 
     async def _supervise(self) -> None:
         backoff = 0.5
@@ -148,6 +176,7 @@ class WorkerClient:
             reader = asyncio.create_task(self._read(self.proc))
             code = await self.proc.wait()
             await asyncio.wait([reader], timeout=2)
+            reader.cancel()  # a FIFO channel never reaches EOF on its own
             self.state.ready = False
             self._ready.clear()
             self.state.last_exit = code
@@ -173,10 +202,11 @@ class WorkerClient:
                                                 "the request was not completed. Please retry.", 503, "worker_crashed"))
 
     async def _read(self, proc) -> None:
-        assert proc.stdout is not None
+        stream = self._channel[0] if self._channel is not None else proc.stdout
+        assert stream is not None
         while True:
             try:
-                line = await proc.stdout.readline()
+                line = await stream.readline()
             except (ValueError, asyncio.LimitOverrunError) as e:
                 log.error("worker line too long: %s", e)
                 continue
@@ -289,6 +319,7 @@ class WorkerClient:
         except asyncio.TimeoutError:
             proc.send_signal(signal.SIGKILL)
             await proc.wait()
+        self._close_channel()
 
     # ---- requests ----
     def _send(self, cmd) -> None:

@@ -82,11 +82,18 @@ def main(argv=None) -> None:
         log.info("rank %d of %d (%s)", group.rank(), group.size(), args.distributed_backend)
     leader = lockstep is None or lockstep.rank == 0
     write_lock = threading.Lock()
+    encode = codec.encode
+    if lockstep is not None and leader:
+        fifo = os.environ.get("NOVAMLX_PROTOCOL_FIFO")
+        if fifo:  # local ranks: a direct channel to the gateway instead of mlx.launch's 100 ms relay
+            proto_out = open(fifo, "wb", buffering=0)
+        else:  # the relay decodes chunks on its own and could split a UTF-8 character
+            encode = codec.encode_ascii
 
     def emit(msg) -> None:
         if not leader:  # only rank 0 speaks to the gateway
             return
-        data = codec.encode(msg)
+        data = encode(msg)
         with write_lock:
             proto_out.write(data)
 

@@ -1,6 +1,8 @@
 """Line framing: one JSON message a line, typed decoding that rejects junk."""
 from __future__ import annotations
 
+import json
+
 import msgspec
 
 from .messages import Command, Event
@@ -15,6 +17,15 @@ LINE_LIMIT = 64 * 1024 * 1024
 
 def encode(message) -> bytes:
     return _encoder.encode(message) + b"\n"
+
+
+def encode_ascii(message) -> bytes:
+    """The same line with non-ASCII text as \\u escapes: for channels that may cut a UTF-8
+    character in two (mlx.launch relays a rank's stdout in chunks it decodes on its own)."""
+    line = _encoder.encode(message)
+    if line.isascii():
+        return line + b"\n"
+    return json.dumps(json.loads(line), ensure_ascii=True, separators=(",", ":")).encode() + b"\n"
 
 
 def decode_command(line: bytes | str):

@@ -7,7 +7,7 @@ import time
 import psutil
 import pytest
 
-from tests.conftest import Server
+from tests.conftest import SCRIPTS, Server
 
 PROMPTS = ["Tell me about the sea.", "List three colours.", "What is 2+2?", "Write a haiku about rain."]
 
@@ -37,9 +37,18 @@ def single(tiny_model, tmp_path_factory):
 
 def test_sharded_greedy_equals_unsharded(single, tiny_model, tmp_path):
     s = Server(["--model", str(tiny_model), "--embedding-model", "none", "--distributed-backend", "ring",
-                "--distributed-ranks", "2", "--health-interval", "0.5"], tmp_path).wait_ready()
+                "--distributed-ranks", "2", "--health-interval", "0.5"], tmp_path,
+               env={"NOVAMLX_TEST_SCRIPTS": str(SCRIPTS)}).wait_ready()
     try:
         assert _answers(s) == single
+        # non-ASCII text arrives whole, streamed and not
+        want = (SCRIPTS / "unicode.txt").read_text(encoding="utf-8")
+        c = s.openai()
+        r = c.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "SCRIPT:unicode"}])
+        assert r.choices[0].message.content == want
+        chunks = c.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "SCRIPT:unicode"}],
+                                           stream=True)
+        assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == want
         # several at once: the ranks batch them in step
         from concurrent.futures import ThreadPoolExecutor
 

@@ -42,3 +42,13 @@ def test_codec_round_trip_and_rejects_junk():
         codec.decode_command(b'{"type": "generate", "id": 3}')
     with pytest.raises(msgspec.DecodeError):
         codec.decode_event(b'{"type": "nonsense"}')
+
+
+def test_ascii_lines_survive_a_relay_that_cuts_utf8():
+    from protocol import codec
+    from protocol import messages as m
+
+    msg = m.Step([m.Delta("r1", text="Grüße 東京 ✓")])
+    line = codec.encode_ascii(msg)
+    assert line.isascii() and line.endswith(b"\n")
+    assert codec.decode_event(line) == codec.decode_event(codec.encode(msg))
