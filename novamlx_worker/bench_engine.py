@@ -1,0 +1,86 @@
+"""Our engine in-process, no gateway, no pipe: where does a token's time go?
+
+    python -m novamlx_worker.bench_engine --model M [--batches 1,32] [--tokens 128] [--profile]
+
+Runs the real Engine (admission, scheduler, runner, detokenizer, stop matching, Step
+encoding) on forced-length requests and prints tok/s per batch size, next to mlx-lm's
+stream_generate on the same loaded weights in the same process; --profile adds the top
+functions by own time for the first batch size. One JSON line per measurement.
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import pstats
+import time
+
+from .platform import preload_openblas
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="bench_engine")
+    p.add_argument("--model", required=True)
+    p.add_argument("--batches", default="1,32")
+    p.add_argument("--tokens", type=int, default=128)
+    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--profile", action="store_true")
+    args = p.parse_args(argv)
+    preload_openblas()
+    from mlx_lm.generate import stream_generate
+    from mlx_lm.tokenizer_utils import TokenizerWrapper
+    from transformers import PreTrainedTokenizerFast
+
+    from protocol import codec
+    from protocol import messages as m
+
+    from .bench_raw import prompts
+    from .engine.engine import Engine
+    from .memory import MemoryEnforcer
+    from .models.pool import ModelPool
+
+    pool = ModelPool([args.model], [], "auto")
+    model_id = next(iter(pool.entries))
+    lm = pool.get(model_id)
+    sink = []
+    eng = Engine(pool, lambda msg: sink.append(codec.encode(msg)), MemoryEnforcer("auto"), max_batch=256,
+                 prefill_batch=32, prefix_cache_bytes=0)
+    vocab = lm.tokenizer.vocab_size
+
+    def run(batch: int, seed: int) -> float:
+        for i, toks in enumerate(prompts(batch, args.prompt_len, vocab, seed)):
+            eng._handle(m.Generate(f"b{batch}-{seed}-{i}", model_id, m.Sampling(
+                max_tokens=args.tokens, temperature=0, ignore_eos=True), prompt_tokens=toks))
+        t = time.perf_counter()
+        while eng.seqs:
+            eng._schedule()
+            eng._step()
+            sink.clear()
+        return batch * args.tokens / (time.perf_counter() - t)
+
+    tok = TokenizerWrapper(PreTrainedTokenizerFast(tokenizer_object=lm.tokenizer.tok))
+    tok._eos_token_ids = set()
+    for seed in (1, 2):
+        last = None
+        for last in stream_generate(lm.model, tok, prompts(1, args.prompt_len, vocab, seed)[0], max_tokens=args.tokens):
+            pass
+    print(json.dumps({"what": "mlx-lm stream_generate", "batch": 1, "decode_tok_s": round(last.generation_tps, 1)}))
+    for i, b in enumerate(int(x) for x in args.batches.split(",")):
+        run(b, 1)  # warm this batch size's kernels
+        prof = cProfile.Profile() if args.profile and i == 0 else None
+        if prof:
+            prof.enable()
+        rate = run(b, 2)
+        if prof:
+            prof.disable()
+        print(json.dumps({"what": "novamlx engine in-process (prefill included)", "batch": b,
+                          "tok_s": round(rate, 1)}))
+        if prof:
+            out = io.StringIO()
+            pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(18)
+            print(out.getvalue())
+
+
+if __name__ == "__main__":
+    main()
