@@ -138,6 +138,42 @@ def compare(args) -> None:
         print(line)
 
 
+def probe(args) -> None:
+    """Our server under load, with the engine's own counters per level: decode steps, the
+    largest batch, and the engine thread's time inside the runners vs whole steps."""
+    import httpx
+
+    launched = servers.start_novamlx(args.model, ["--max-batch", str(args.max_batch), "--prefill-batch",
+                                                  str(args.raw_prefill_batch), "--max-concurrent-requests", "1024",
+                                                  "--max-queue", "4096", "--prefix-cache-mb", "0",
+                                                  "--health-interval", "0.2"])
+    keys = ("steps", "tokens_total", "runner_s", "runner_calls", "step_s")
+
+    def engine_now() -> dict:
+        import time
+
+        time.sleep(0.5)
+        h = httpx.get(launched.base_url + "/health").json()["health"]  # defaults are left out of the push
+        return {"steps": h.get("steps", 0), "tokens_total": h.get("tokens_total", 0), "peak_batch": h.get("peak_batch", 0),
+                **{k: h.get("engine", {}).get(k, 0) for k in ("runner_s", "runner_calls", "step_s")}}
+
+    try:
+        for c in _levels(args.concurrency):
+            for rep in range(2):  # the first pass warms this batch size
+                before = engine_now()
+                r = asyncio.run(run_load(launched.base_url, launched.model, concurrency=c, requests=c,
+                                         input_len=args.input_len, output_len=args.output_len))
+                after = engine_now()
+                if rep:
+                    d = {k: round(after[k] - before[k], 3) for k in keys}
+                    print(json.dumps({"concurrency": c, "tok_s": round(r["output_tok_s"], 1),
+                                      "wall_s": round(r["wall_s"], 3), "ttft_p50_ms": round(r["ttft_p50_ms"], 1),
+                                      "tpot_p50_ms": round(r["tpot_p50_ms"], 2), "engine": d,
+                                      "peak_batch": after["peak_batch"]}))
+    finally:
+        launched.stop()
+
+
 async def shard_check(args) -> bool:
     """Greedy answers of the model alone and sharded (--sharded BACKEND:RANKS) must be equal."""
     import httpx
@@ -167,7 +203,7 @@ async def shard_check(args) -> bool:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="novamlx bench")
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("load", "agent", "prefix", "compare", "embed", "mask", "shardcheck"):
+    for name in ("load", "agent", "prefix", "compare", "embed", "mask", "shardcheck", "probe"):
         sp = sub.add_parser(name)
         sp.add_argument("--base-url", default="http://127.0.0.1:6590")
         sp.add_argument("--model", default=None)
@@ -205,6 +241,8 @@ def main(argv=None) -> None:
                                                 output_len=args.output_len))))
     elif args.cmd == "embed":
         print(json.dumps(asyncio.run(embed_bench(args.base_url, args.model or "all-minilm-l6-v2", args.api_key))))
+    elif args.cmd == "probe":
+        probe(args)
     elif args.cmd == "shardcheck":
         same = asyncio.run(shard_check(args))
         raise SystemExit(0 if same else 1)

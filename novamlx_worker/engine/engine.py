@@ -77,7 +77,7 @@ class Engine:
         self.seqs: dict[str, Sequence] = {}  # every accepted, unfinished sequence
         self.waiting: list[Sequence] = []  # accepted, not in a batch (new or preempted)
         self.counters = {"queued": 0, "completed": 0, "preempted": 0, "aborted": 0, "peak_active": 0,
-                         "wait_s_total": 0.0, "started": 0}
+                         "wait_s_total": 0.0, "started": 0, "runner_s": 0.0, "runner_calls": 0, "step_s": 0.0}
         self.by_rid: dict[tuple[str, int], Sequence] = {}
         self.kv_reserved = 0
         self.stopping = False
@@ -103,7 +103,9 @@ class Engine:
                 self._drain_in_step()
             self._schedule()
             if any(r.active for r in self.runners.values()):
+                t = time.perf_counter()
                 self._step()
+                self.counters["step_s"] += time.perf_counter() - t
 
     def _drain(self, block: bool) -> None:
         try:
@@ -520,7 +522,10 @@ class Engine:
         for model_id, runner in list(self.runners.items()):
             if runner.active == 0:
                 continue
+            t = time.perf_counter()
             outs = runner.step()
+            self.counters["runner_s"] += time.perf_counter() - t
+            self.counters["runner_calls"] += 1
             want = [(o, self.by_rid[(model_id, o.rid)]) for o in outs if (model_id, o.rid) in self.by_rid]
             logprob_rows = [(o, s) for o, s in want if s.sampling.logprobs]
             scored = iter(token_logprobs([o.logprobs for o, _ in logprob_rows], [o.token for o, _ in logprob_rows],
@@ -607,7 +612,10 @@ class Engine:
         engine = {"active": active, "queue_depth": len(self.waiting), "total_queued": c["queued"],
                   "total_completed": c["completed"], "total_preempted": c["preempted"], "total_aborted": c["aborted"],
                   "peak_active": c["peak_active"], "avg_wait_s": round(c["wait_s_total"] / max(c["started"], 1), 4),
-                  "max_batch": self.max_batch}
+                  "max_batch": self.max_batch,
+                  # where the engine thread's time goes: inside the runners (forwards, waiting on the
+                  # device) vs the whole step (plus detokenizing, stops, parsers, the Step line)
+                  "runner_s": round(c["runner_s"], 3), "runner_calls": c["runner_calls"], "step_s": round(c["step_s"], 3)}
         cache = {mid: pc.snapshot() for mid, pc in list(self.caches.items())}
         cache["vision_features"] = self.pool.features.stats()
         for e in list(self.pool.entries.values()):
