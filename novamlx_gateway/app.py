@@ -36,9 +36,14 @@ def create_app(cfg: Config, worker: WorkerClient | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        found = await asyncio.to_thread(app.state.catalog.scan)
+        log = logging.getLogger("novamlx.catalog")
+        try:
+            found = await asyncio.to_thread(app.state.catalog.scan)
+        except Exception:  # noqa: BLE001 - discovery must never keep the server from starting
+            log.exception("model discovery failed; serving the configured models only")
+            found = []
         if found:
-            logging.getLogger("novamlx.catalog").info("found on disk: %s", ", ".join(f.id for f in found))
+            log.info("found on disk: %s", ", ".join(f.id for f in found))
         await worker.start()
         yield
         await worker.stop()

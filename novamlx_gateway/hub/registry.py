@@ -5,12 +5,15 @@ Only files are read (config.json, names); nothing is loaded. What kind a folder 
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from novamlx_worker.models.naming import classify, mlx_lm_types, model_id_for
+
+log = logging.getLogger("novamlx.registry")
 
 @dataclass
 class Found:
@@ -39,9 +42,12 @@ def folder_size(path: Path) -> int:
 
 def _candidates(root: Path, depth: int = 2):
     """Folders holding a config.json and .gguf files, up to `depth` levels below root."""
-    if not root.is_dir():
+    try:
+        entries = sorted(root.iterdir()) if root.is_dir() else []
+    except OSError as e:
+        log.warning("cannot list %s: %s", root, e)
         return
-    for entry in sorted(root.iterdir()):
+    for entry in entries:
         if entry.name.startswith("."):
             continue
         if entry.is_file() and entry.suffix == ".gguf":
@@ -55,17 +61,24 @@ def _candidates(root: Path, depth: int = 2):
 
 def _hf_snapshots(cache: Path):
     """The current snapshot of each cached model repo (refs/main, else the newest)."""
-    if not cache.is_dir():
+    try:
+        repos = sorted(cache.glob("models--*")) if cache.is_dir() else []
+    except OSError as e:
+        log.warning("cannot list the Hugging Face cache %s: %s", cache, e)
         return
-    for repo in sorted(cache.glob("models--*")):
-        snaps = repo / "snapshots"
-        if not snaps.is_dir():
+    for repo in repos:
+        try:
+            snaps = repo / "snapshots"
+            if not snaps.is_dir():
+                continue
+            ref = repo / "refs" / "main"
+            snap = snaps / ref.read_text().strip() if ref.exists() else None
+            if snap is None or not snap.is_dir():
+                dirs = [d for d in snaps.iterdir() if d.is_dir()]
+                snap = max(dirs, key=lambda d: d.stat().st_mtime) if dirs else None
+        except OSError as e:
+            log.warning("skipping %s: %s", repo, e)
             continue
-        ref = repo / "refs" / "main"
-        snap = snaps / ref.read_text().strip() if ref.exists() else None
-        if snap is None or not snap.is_dir():
-            dirs = [d for d in snaps.iterdir() if d.is_dir()]
-            snap = max(dirs, key=lambda d: d.stat().st_mtime) if dirs else None
         if snap is not None:
             yield snap
 
@@ -77,12 +90,15 @@ def discover(data_dir: Path, include_hf_cache: bool = True) -> list[Found]:
     if include_hf_cache:
         sources += [("hf_cache", p) for p in _hf_snapshots(hf_cache_dir())]
     for source, path in sources:
-        kind = "llm" if path.is_file() else classify(path, llm_types)
-        if kind is None:
-            continue
-        model_id = model_id_for(path)
-        if model_id not in found:  # the data dir wins over the cache
-            found[model_id] = Found(model_id, str(path.absolute()), kind, folder_size(path), source)
+        try:
+            kind = "llm" if path.is_file() else classify(path, llm_types)
+            if kind is None:
+                continue
+            model_id = model_id_for(path)
+            if model_id not in found:  # the data dir wins over the cache
+                found[model_id] = Found(model_id, str(path.absolute()), kind, folder_size(path), source)
+        except OSError as e:  # an unreadable folder is skipped, never fatal
+            log.warning("skipping %s: %s", path, e)
     return list(found.values())
 
 
