@@ -101,7 +101,8 @@ class WorkerClient:
         a += ["--block-size", str(self.cfg.block_size), "--prefix-cache-mb", str(self.cfg.prefix_cache_mb),
               "--ssd-cache-gb", str(self.cfg.ssd_cache_gb)]
         if self.cfg.ssd_cache:
-            a += ["--ssd-cache-dir", str(self.cfg.data_path / "cache" / "kv")]
+            a += ["--ssd-cache-dir", str(self.cfg.data_path / "cache" / "kv"),
+                  "--vision-cache-dir", str(self.cfg.data_path / "cache" / "vision")]
         for spec in self.cfg.models:
             a += ["--model", spec]
         for spec in self.cfg.embedding_models:

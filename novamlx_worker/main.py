@@ -40,6 +40,7 @@ def parse_args(argv=None):
     p.add_argument("--prefix-cache-mb", type=float, default=2048.0, help="0 turns the prefix cache off")
     p.add_argument("--ssd-cache-dir", default="", help="folder for the SSD tier ('' turns it off)")
     p.add_argument("--ssd-cache-gb", type=float, default=100.0)
+    p.add_argument("--vision-cache-dir", default="", help="folder for vision features on disk ('' : memory only)")
     p.add_argument("--distributed-backend", default="",
                    help="shard the models over the ranks mlx.launch started (ring, mpi, nccl, jaccl, any); '' : one process")
     p.add_argument("--embedding-model", action="append", default=[],
@@ -104,7 +105,8 @@ def main(argv=None) -> None:
     from .models.pool import ModelPool
 
     try:
-        pool = ModelPool(args.model or [None], args.pin, args.dequantize, lockstep.group if lockstep else None)
+        pool = ModelPool(args.model or [None], args.pin, args.dequantize, lockstep.group if lockstep else None,
+                         args.vision_cache_dir or None)
         for entry in pool.entries.values():
             pool.get(entry.id)
         memory = MemoryEnforcer(args.max_process_memory)

@@ -54,12 +54,13 @@ def kv_bytes_per_token(lm: LoadedModel) -> int:
 
 
 class ModelPool:
-    def __init__(self, specs: list[str | None], pinned: list[str], dequantize: str, group=None):
+    def __init__(self, specs: list[str | None], pinned: list[str], dequantize: str, group=None,
+                 vision_cache_dir: str | None = None):
         from .vision import FeatureCache
 
         self.dequantize = dequantize
         self.group = group  # models are sharded over this mlx.distributed group when it has several ranks
-        self.features = FeatureCache()  # vision-tower outputs, shared by the VLMs
+        self.features = FeatureCache(folder=vision_cache_dir)  # vision-tower outputs, shared by the VLMs
         self.entries: dict[str, Entry] = {}
         for spec in specs:
             self.add(spec, pin=False, pinned=pinned)

@@ -6,9 +6,13 @@ and checked, named by their SHA-256) and the cache of vision-tower outputs.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import mlx.core as mx
 
@@ -16,29 +20,87 @@ log = logging.getLogger("novamlx.vision")
 
 
 class FeatureCache:
-    """Vision-tower outputs keyed by (model, SHA-256 of each image's bytes), LRU."""
+    """Vision-tower outputs keyed by (model, SHA-256 of each image's bytes), LRU in memory and,
+    with a folder, on disk as safetensors (so they survive worker restarts). Only outputs that
+    are one array or a flat tuple of arrays are written; a corrupt file is deleted, never fatal."""
 
-    def __init__(self, capacity: int = 20):
+    def __init__(self, capacity: int = 20, folder: str | None = None, disk_bytes: int = 2 * 1024**3):
         self.capacity = capacity
         self.items: OrderedDict[tuple, object] = OrderedDict()
-        self.hits = self.misses = 0
+        self.hits = self.misses = self.disk_hits = 0
+        self.folder = Path(folder) if folder else None
+        self.disk_bytes = disk_bytes
+
+    def _file(self, key: tuple) -> Path:
+        return self.folder / (hashlib.sha256(repr(key).encode()).hexdigest() + ".safetensors")
 
     def get(self, key: tuple):
         if key in self.items:
             self.items.move_to_end(key)
             self.hits += 1
             return self.items[key]
+        value = self._read(key) if self.folder is not None else None
+        if value is not None:
+            self.disk_hits += 1
+            self.hits += 1
+            self._remember(key, value)
+            return value
         self.misses += 1
         return None
 
     def put(self, key: tuple, value) -> None:
+        self._remember(key, value)
+        if self.folder is not None:
+            threading.Thread(target=self._write, args=(key, value), daemon=True).start()  # off the engine's path
+
+    def _remember(self, key: tuple, value) -> None:
         self.items[key] = value
         self.items.move_to_end(key)
         while len(self.items) > self.capacity:
             self.items.popitem(last=False)
 
+    def _write(self, key: tuple, value) -> None:
+        parts = [value] if isinstance(value, mx.array) else list(value) if isinstance(value, (tuple, list)) else None
+        if parts is None or not all(v is None or isinstance(v, mx.array) for v in parts):
+            return  # nested outputs (per-layer hidden states): memory only
+        arrays = {str(i): v for i, v in enumerate(parts) if v is not None}
+        meta = {"n": str(len(parts)), "single": "1" if isinstance(value, mx.array) else "0"}
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            final = self._file(key)
+            tmp = final.with_name(f"{final.stem}.{threading.get_ident()}.tmp.safetensors")  # MLX keeps this suffix
+            mx.save_safetensors(str(tmp), arrays, metadata=meta)
+            os.replace(tmp, final)
+            self._trim()
+        except (OSError, ValueError, RuntimeError) as e:
+            log.warning("cannot write vision features: %s", e)
+
+    def _read(self, key: tuple):
+        path = self._file(key)
+        if not path.exists():
+            return None
+        try:
+            arrays, meta = mx.load(str(path), return_metadata=True)
+            if meta.get("single") == "1":
+                return arrays["0"]
+            return tuple(arrays.get(str(i)) for i in range(int(meta["n"])))
+        except Exception as e:  # noqa: BLE001 - truncated or foreign file: drop it, recompute
+            log.warning("dropping unreadable vision features %s: %s", path.name, e)
+            path.unlink(missing_ok=True)
+            return None
+
+    def _trim(self) -> None:
+        files = sorted((f for f in self.folder.glob("*.safetensors") if ".tmp." not in f.name),
+                       key=lambda f: f.stat().st_mtime)
+        total = sum(f.stat().st_size for f in files)
+        while files and total > self.disk_bytes:
+            f = files.pop(0)
+            total -= f.stat().st_size
+            f.unlink(missing_ok=True)
+
     def stats(self) -> dict:
-        return {"entries": len(self.items), "capacity": self.capacity, "hits": self.hits, "misses": self.misses}
+        return {"entries": len(self.items), "capacity": self.capacity, "hits": self.hits, "misses": self.misses,
+                "disk_hits": self.disk_hits}
 
 
 class CachingTower:

@@ -239,3 +239,43 @@ def test_conversation_with_an_image_reuses_its_prefix(vserver, vlms, pictures, f
                 {"role": "assistant", "content": answer}, {"role": "user", "content": "Say more."}]
     assert second.choices[0].message.content == reference_chat(vlms[family], img, ref_msgs)
     assert cached >= first.usage.prompt_tokens  # the image and the first question came from the cache
+
+
+def test_vision_features_survive_a_worker_restart(vserver, pictures):
+    import os
+    import signal
+
+    def stats():
+        time.sleep(0.8)
+        return httpx.get(vserver.base_url + "/v1/stats", headers=vserver.headers).json()["prefix_cache"]["vision_features"]
+
+    def restart():
+        before = vserver.health()["worker"]["restarts"]
+        os.kill(vserver.health()["worker"]["pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                h = vserver.health()
+                if h["worker"]["restarts"] > before and h["worker"]["ready"]:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise AssertionError("the worker did not come back")
+
+    pixels = (np.random.default_rng(11).random((64, 48, 3)) * 255).astype("uint8")
+    Image.fromarray(pixels).save(pictures / "kept.png")
+    first = chat(vserver, "tiny-qwen2-vl", data_uri(pictures / "kept.png"), question="Describe:")
+    folder = vserver.data_dir / "cache" / "vision"
+    deadline = time.monotonic() + 10
+    while not list(folder.glob("*.safetensors")) and time.monotonic() < deadline:
+        time.sleep(0.2)  # written off the engine thread
+    assert list(folder.glob("*.safetensors"))
+    restart()
+    assert chat(vserver, "tiny-qwen2-vl", data_uri(pictures / "kept.png"), question="Describe:") == first
+    assert stats()["disk_hits"] == 1  # read back from disk, not recomputed
+    for f in folder.glob("*.safetensors"):  # a truncated file is dropped, never fatal
+        f.write_bytes(f.read_bytes()[:40])
+    restart()
+    assert chat(vserver, "tiny-qwen2-vl", data_uri(pictures / "kept.png"), question="Describe:") == first
+    assert stats()["disk_hits"] == 0
