@@ -69,13 +69,18 @@ _LIST_FIELDS = {"image_dirs": "image_dir", "api_keys": "api_key", "models": "mod
                 "turn_stop_patterns": "turn_stop", "cloud_models": "cloud_model"}
 
 
+def on_off(value) -> bool:
+    """The one reading of a yes/no setting: flags, environment, TOML strings, query parameters."""
+    return str(value).lower() in ("1", "true", "yes", "on")
+
+
 def _coerce(name: str, value, current):
     if name in _LIST_FIELDS:
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
         return list(value)
     if isinstance(current, bool):
-        return str(value).lower() in ("1", "true", "yes", "on")
+        return on_off(value)
     if isinstance(current, int) and not isinstance(current, bool):
         return int(value)
     if isinstance(current, float):
@@ -113,10 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kv-budget-mb", type=float, help="cap on KV cache reservations (default: memory limit minus weights)")
     p.add_argument("--block-size", type=int, help="prefix cache block size in tokens")
     p.add_argument("--prefix-cache-mb", type=float, help="in-memory prefix cache budget; 0 turns it off")
-    p.add_argument("--ssd-cache", type=lambda v: v.lower() in ("1", "true", "yes", "on"), help="on/off")
+    p.add_argument("--ssd-cache", type=on_off, help="on/off")
     p.add_argument("--ssd-cache-gb", type=float, help="SSD tier size cap")
     p.add_argument("--shutdown-grace", type=float, help="seconds in-flight requests get to finish on SIGTERM")
-    p.add_argument("--discover-hf-cache", type=lambda v: v.lower() in ("1", "true", "yes", "on"),
+    p.add_argument("--discover-hf-cache", type=on_off,
                    help="on/off: serve MLX models found in the Hugging Face cache (default on)")
     p.add_argument("--hf-endpoint", help="Hugging Face hub URL for search and downloads")
     p.add_argument("--distributed-backend", help="shard models across ranks: ring, mpi, nccl, jaccl ('' off)")
@@ -128,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-max-mb", type=float, help="largest image accepted (default 20)")
     p.add_argument("--image-max-pixels", type=int, help="largest decoded image, width x height")
     p.add_argument("--image-fetch-timeout", type=float, help="seconds to fetch one image URL")
-    p.add_argument("--image-allow-private", type=lambda v: v.lower() in ("1", "true", "yes", "on"),
+    p.add_argument("--image-allow-private", type=on_off,
                    help="on/off: allow image URLs on loopback, private and link-local addresses")
     p.add_argument("--log-level")
     p.add_argument("--turn-stop", action="append", dest="turn_stop_patterns",

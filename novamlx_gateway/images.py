@@ -31,10 +31,6 @@ def _bad(message: str, param: str = "messages") -> APIError:
     return APIError(400, message, "invalid_image", param)
 
 
-def has_images(messages: list[m.ChatMessage]) -> bool:
-    return any(p.type == "image" for msg in messages for p in msg.parts or [])
-
-
 def message(role: str, parts: list[m.Part], **kw) -> m.ChatMessage:
     """A protocol message: text joined into `content`; `parts` kept only when there are images."""
     text = "".join(p.text or "" for p in parts if p.type == "text")

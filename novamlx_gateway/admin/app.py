@@ -14,7 +14,7 @@ from starlette.routing import Route
 
 from protocol import messages as m
 
-from ..config import Config
+from ..config import Config, on_off
 from ..errors import HANDLERS, APIError
 from ..hub import download as dl
 from ..middleware import RequestID, _send_error
@@ -124,10 +124,6 @@ async def delete_model(request: Request):
     return JSONResponse(await request.app.state.catalog.delete(request.path_params["id"]))
 
 
-def _flag(value: str | None, default: bool) -> bool:
-    return default if value is None else value.lower() in ("1", "true", "yes", "on")
-
-
 async def search(request: Request):
     q = request.query_params
     try:
@@ -138,7 +134,7 @@ async def search(request: Request):
         raise APIError(400, "limit must be between 1 and 100.", "invalid_value", "limit")
     try:
         found = await anyio.to_thread.run_sync(lambda: dl.search(
-            q.get("q", q.get("query", "")), _flag(q.get("mlx_only"), True), q.get("sort", "trending"), limit,
+            q.get("q", q.get("query", "")), on_off(q.get("mlx_only", "true")), q.get("sort", "trending"), limit,
             request.app.state.config.hf_endpoint or None))
     except dl.DownloadError as e:
         raise APIError(400, str(e), "invalid_value", "sort") from None

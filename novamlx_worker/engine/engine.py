@@ -192,10 +192,8 @@ class Engine:
                     self.embedder_paths.pop(cmd.model, None)
                 else:
                     entry = self._idle_entry(cmd.model)
-                    self.runners.pop(entry.id, None)
-                    cache = self.caches.pop(entry.id, None)
-                    if cache is not None:
-                        cache.clear()
+                    if entry.loaded is not None:
+                        self._drop(entry.id)
                     self.pool.forget(entry.id)
                 self.emit(m.Models(self.model_infos()))
                 self.emit(m.Result(cmd.id, data={"id": cmd.model, "forgotten": True}))
@@ -381,12 +379,12 @@ class Engine:
             raise RequestError(f"duplicate request id {cmd.id}", 400)
         lm = self._model(cmd.model)
         vision = None
-        if lm.vision is not None:
+        if lm.vision is not None:  # (images reach only VLMs: the gateway refuses them for other models)
+            if cmd.echo and cmd.sampling.logprobs:
+                raise RequestError("echo with logprobs is not available for vision-language models.", 400,
+                                   "invalid_value", "echo")
             vision = self._vision_inputs(lm, cmd)
             ids = vision.input_ids[0].tolist()
-        elif cmd.messages and any(p.type == "image" for msg in cmd.messages for p in msg.parts or []):
-            raise RequestError(f"The model `{lm.id}` does not accept images.", 400, "image_input_not_supported",
-                               "messages")
         else:
             ids = self._prompt_ids(lm, cmd.messages, cmd.prompt, cmd.prompt_tokens, cmd.tools, cmd.template_kwargs)
         if not ids:

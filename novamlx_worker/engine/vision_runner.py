@@ -106,6 +106,3 @@ class VisionRunner:
         if finish:
             self._end(last=token)
         return [TokenOut(rid, token, row, finish, None)]
-
-    def prompt_logprobs(self, prompt: list[int]):
-        raise NotImplementedError("echo with logprobs is not available for vision-language models")

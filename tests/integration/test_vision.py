@@ -171,6 +171,9 @@ def _refused(s, model, url, words):
 
 def test_refusals(vserver, vlms, pictures, tmp_path):
     _refused(vserver, "tiny-llama", data_uri(pictures / "img0.png"), "does not accept images")
+    r = httpx.post(vserver.base_url + "/v1/completions", headers=vserver.headers, timeout=60, json={
+        "model": "tiny-qwen2-vl", "prompt": "hi", "max_tokens": 2, "echo": True, "logprobs": 1})
+    assert r.status_code == 400 and "echo with logprobs" in r.json()["error"]["message"]  # refused, worker fine
     _refused(vserver, "tiny-qwen2-vl", "/etc/hostname", "outside the allowed image folders")
     _refused(vserver, "tiny-qwen2-vl", f"{pictures}/../../../etc/hostname", "outside the allowed image folders")
     _refused(vserver, "tiny-qwen2-vl", str(pictures / "missing.png"), "No image file")
