@@ -1,11 +1,14 @@
-"""Time one decode step at batch sizes B, three ways, on the same weights:
+"""Time one decode step at batch sizes B, several ways, on the same weights:
 
     python -m novamlx_worker.bench_step --model M [--batches 1,32,128] [--context 256]
 
-plain: the model with a plain KVCache holding B equal-length rows (no padding, no mask);
-batch: mlx-lm's BatchGenerator in steady state (B prompts prefilled, then timed `next()` calls);
-each figure is milliseconds per step, after warm-up. Tells whether batched decode is bound by
-the kernels (plain is slow too) or by the batching machinery around them.
+plain: the model with a plain KVCache holding B equal-length rows, evaluated step by step;
+plain_pipe: the same with the next step queued (`mx.async_eval`) before this one is read;
+plain_mask: plain_pipe with an (all-true) array mask, as rows of different lengths need;
+ours: engine/batch.py's Batch (fixed KV slots, ragged attention on CUDA), rows of
+different lengths; batchgen: mlx-lm's BatchGenerator on the same rows. Steady state: the
+figure is milliseconds per step after warm-up. Tells whether batched decode is bound by the
+kernels or by the host work around them.
 """
 from __future__ import annotations
 
@@ -16,12 +19,44 @@ import time
 from .platform import preload_openblas
 
 
+def _timed(fn, steps: int, warm: int = 5) -> float:
+    for _ in range(warm):
+        fn()
+    t = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return (time.perf_counter() - t) / steps * 1000
+
+
+def check_ragged() -> None:
+    """The ragged kernel against MLX's masked attention on random rows of different lengths."""
+    import mlx.core as mx
+
+    from .engine import ragged
+
+    mx.random.seed(0)
+    for dtype in (mx.float32, mx.bfloat16):
+        for d in (64, 128):
+            B, H, Hkv, L = 5, 8, 2, 300
+            q = mx.random.normal((B, 1, H, d)).astype(dtype).transpose(0, 2, 1, 3)
+            k = mx.random.normal((B, Hkv, L, d)).astype(dtype)
+            v = mx.random.normal((B, Hkv, L, d)).astype(dtype)
+            lens = mx.array([1, 3, 17, 150, 300])
+            mask = (mx.arange(L)[None] < lens[:, None])[:, None, None, :]
+            ref = mx.fast.scaled_dot_product_attention(q, k, v, scale=d ** -0.5, mask=mask)
+            got = ragged.attention(q, k, v, d ** -0.5, lens)
+            err = mx.abs(ref.astype(mx.float32) - got.astype(mx.float32)).max().item()
+            print(json.dumps({"check": "ragged", "dtype": str(dtype), "D": d, "max_abs_err": err}), flush=True)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="bench_step")
     p.add_argument("--model", required=True)
     p.add_argument("--batches", default="1,32,128")
     p.add_argument("--context", type=int, default=256)
     p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--only", default="plain,plain_pipe,plain_mask,ours,batchgen")
+    p.add_argument("--check", action="store_true", help="first compare the ragged kernel with masked attention")
     args = p.parse_args(argv)
     preload_openblas()
     import mlx.core as mx
@@ -29,36 +64,60 @@ def main(argv=None) -> None:
     from mlx_lm.models.cache import make_prompt_cache
 
     from .bench_raw import prompts
+    from .engine.batch import Batch, Row
     from .models.loader import load
 
+    if args.check:
+        check_ragged()
     lm = load(args.model)
     model, vocab = lm.model, lm.tokenizer.vocab_size
+    ways = args.only.split(",")
     for b in (int(x) for x in args.batches.split(",")):
-        cache = make_prompt_cache(model)
+        row = {"batch": b}
         x = mx.array(prompts(b, args.context, vocab, seed=b))
-        mx.eval(model(x, cache=cache))
-        y = mx.zeros((b, 1), dtype=mx.int32)
-        times = []
-        for i in range(args.steps + 5):  # pipelined like generate_step: queue the next, then read this one
-            t = time.perf_counter()
-            logits = model(y, cache=cache)[:, -1, :]
-            y = mx.argmax(logits, axis=-1)[:, None]
-            mx.eval(y)
-            if i >= 5:
-                times.append(time.perf_counter() - t)
-        plain = sum(times) / len(times) * 1000
-        gen = BatchGenerator(model, stop_tokens=None, prefill_batch_size=b, completion_batch_size=b)
-        gen.insert(prompts(b, args.context, vocab, seed=b + 1), [args.steps + 50] * b)
-        while not gen.next_generated():  # prefill until the first tokens
-            pass
-        for _ in range(5):
-            gen.next_generated()
-        t = time.perf_counter()
-        for _ in range(args.steps):
-            gen.next_generated()
-        batch = (time.perf_counter() - t) / args.steps * 1000
-        print(json.dumps({"batch": b, "plain_ms_per_step": round(plain, 2), "batchgen_ms_per_step": round(batch, 2),
-                          "plain_tok_s": round(b * 1000 / plain), "batchgen_tok_s": round(b * 1000 / batch)}))
+        if {"plain", "plain_pipe", "plain_mask"} & set(ways):
+            cache = make_prompt_cache(model)
+            mx.eval(model(x, cache=cache))
+            st = {"y": mx.zeros((b, 1), dtype=mx.int32)}
+
+            def plain():
+                st["y"] = mx.argmax(model(st["y"], cache=cache)[:, -1, :], axis=-1)[:, None]
+                mx.eval(st["y"])
+
+            def plain_pipe():
+                nxt = mx.argmax(model(st["y"], cache=cache)[:, -1, :], axis=-1)[:, None]
+                mx.async_eval(nxt)
+                st["y"].tolist()
+                st["y"] = nxt
+
+            def plain_mask():  # the same with an (all-true) array mask, as batched rows need
+                mask = mx.ones((b, 1, 1, cache[0].offset + 1), dtype=mx.bool_)
+                for c in cache:
+                    c.make_mask = lambda *a, **k: mask
+                plain_pipe()
+
+            for way, fn in (("plain", plain), ("plain_pipe", plain_pipe), ("plain_mask", plain_mask)):
+                if way in ways:
+                    row[way] = round(_timed(fn, args.steps), 2)
+            del cache
+        rows = [p[: args.context - (i * 7) % 64] for i, p in enumerate(prompts(b, args.context, vocab, seed=b + 1))]
+        if "ours" in ways:
+            batch = Batch(model, max_batch=b, prefill_step=2048, prefill_batch=b)
+            for i, r in enumerate(rows):
+                batch.add(Row(i, None, [], set(), args.steps + 50, known=len(r)), r, None)
+            while not batch.step():  # prefill until the first tokens
+                pass
+            row["ours"] = round(_timed(batch.step, args.steps), 2)
+            del batch
+        if "batchgen" in ways:
+            gen = BatchGenerator(model, stop_tokens=None, prefill_batch_size=b, completion_batch_size=b)
+            gen.insert(rows, [args.steps + 50] * b)
+            while not gen.next_generated():
+                pass
+            row["batchgen"] = round(_timed(gen.next_generated, args.steps), 2)
+            del gen
+        row.update({f"{k}_tok_s": round(b * 1000 / v) for k, v in list(row.items()) if k != "batch"})
+        print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

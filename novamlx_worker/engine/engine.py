@@ -140,7 +140,7 @@ class Engine:
             now = time.monotonic()
             if now >= self.next_memory_gather:
                 self.lockstep.want_memory, self.next_memory_gather = True, now + 1.0
-        streams = [r.gen.stream for r in self.runners.values() if hasattr(r, "gen")]
+        streams = [r.batch.stream for r in self.runners.values() if hasattr(r, "batch")]
         for cmd in self.lockstep.share(cmds, streams):
             self._handle(cmd)
 

@@ -1,10 +1,12 @@
 """The runner owns the tensors of one model.
 
-Many sequences decode in one batched forward per step through mlx-lm's BatchGenerator,
-prompts prefilled in chunks between decode steps. A lone sequence decodes on the Solo fast
-path and moves into the batch when a second one arrives. Sequences are named by the
-runner's own stable ids, whichever path they are on. Every call here must come from the
-one engine thread (MLX streams belong to the thread that made them).
+Many sequences decode in one batched forward per step (engine/batch.py: fixed KV slots,
+prompts prefilled in chunks between decode steps); models whose caches are not plain KV
+(sliding windows, SSM state) batch through mlx-lm's BatchGenerator instead. A lone
+sequence decodes on the Solo fast path and moves into the batch when a second one
+arrives. Sequences are named by the runner's own stable ids, whichever path they are on.
+Every call here must come from the one engine thread (MLX streams belong to the thread
+that made them).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from mlx_lm.models.cache import KVCache, make_prompt_cache
 from ..models.loader import LoadedModel
 from ..grammar import GrammarProcessor
 from ..sampling import force_tokens, make_penalties, make_sampler, think_budget
+from .batch import Batch, Row
 from .sequence import Sequence
 from .solo import Solo
 
@@ -46,24 +49,55 @@ def processors_for(seq: Sequence, loaded: LoadedModel, vocab_size: int) -> list:
     return procs
 
 
+class MlxLmBatch:
+    """mlx-lm's BatchGenerator behind Batch's interface, for caches Batch cannot hold."""
+
+    def __init__(self, model, max_batch: int, prefill_step: int, prefill_batch: int):
+        self.gen = BatchGenerator(model, max_tokens=1 << 30, completion_batch_size=max_batch,
+                                  prefill_batch_size=prefill_batch, prefill_step_size=prefill_step)
+        self.stream = self.gen.stream
+        self.uid_of: dict[int, int] = {}  # runner id -> batch uid
+        self.rid_of: dict[int, int] = {}  # batch uid -> runner id
+
+    def add(self, row: Row, tokens: list[int], cache: list | None) -> None:
+        stops = StopSequences([[t] for t in row.stop_ids])
+        (uid,) = self.gen.insert([tokens], max_tokens=[row.max_tokens], caches=[cache] if cache else None,
+                                 samplers=[row.sampler], logits_processors=[row.processors], stop_sequences=[stops])
+        self.uid_of[row.rid], self.rid_of[uid] = uid, row.rid
+
+    def remove(self, rid: int) -> list | None:
+        uid = self.uid_of.pop(rid)
+        self.rid_of.pop(uid, None)
+        cache = self.gen.remove([uid], return_prompt_caches=True).get(uid, (None,))[0]
+        return cache if cache and cache[0] is not None and getattr(cache[0], "offset", 0) > 0 else None
+
+    def finished(self, rid: int) -> None:
+        self.rid_of.pop(self.uid_of.pop(rid, -1), None)
+
+    def step(self) -> list[TokenOut]:
+        return [TokenOut(self.rid_of[r.uid], r.token, r.logprobs, r.finish_reason, r.prompt_cache)
+                for r in self.gen.next_generated() if r.uid in self.rid_of]
+
+
 class Runner:
     def __init__(self, loaded: LoadedModel, max_batch: int = 32, prefill_batch: int = 8,
                  prefill_step: int = 512, solo: bool = True):
         self.loaded = loaded
         self.eos_ids = set(loaded.tokenizer.stop_ids)  # EOS and turn-opening control tokens
-        self.eos = StopSequences([[t] for t in loaded.tokenizer.stop_ids])
-        self.no_eos = StopSequences()
         self.prefill_step = prefill_step
-        self.gen = BatchGenerator(loaded.model, max_tokens=1 << 30, completion_batch_size=max_batch,
-                                  prefill_batch_size=prefill_batch, prefill_step_size=prefill_step)
-        # Plain KV caches are what prefix caching and the solo path need (not windows or SSM state).
+        # Plain KV caches are what prefix caching, slots and the solo path need (not windows or SSM state).
         self.cacheable = all(type(c) is KVCache for c in make_prompt_cache(loaded.model))
+        kind = Batch if self.cacheable else MlxLmBatch
+        self.batch = kind(loaded.model, max_batch, prefill_step, prefill_batch)
         self.solo_enabled = solo and self.cacheable
         self.vocab_size = loaded.model.args.vocab_size
         self.solo: Solo | None = None
         self.solo_seq: Sequence | None = None
-        self.uid_of: dict[int, int] = {}  # runner id -> batch uid
-        self.rid_of: dict[int, int] = {}  # batch uid -> runner id
+        # A sequence leaving the solo path with a token the engine has not seen: that token is
+        # returned first, and the sequence joins the batch at the next step, once the engine
+        # has it (its logits processors must count it).
+        self.carry: list[TokenOut] = []
+        self.handoff: tuple[int, Sequence, list] | None = None  # (rid, seq, cache)
         self._next_rid = 0
         self.active = 0
 
@@ -75,10 +109,9 @@ class Runner:
             seq.sampler = make_sampler(seq.sampling)
         tokens = seq.tokens[cache[0].offset:] if cache else seq.tokens
         if self.active == 0 and self.solo_enabled:
-            stop_ids = set() if seq.sampling.ignore_eos else self.eos_ids
             self.solo = Solo(self.loaded.model, rid, tokens, cache or make_prompt_cache(self.loaded.model),
                              seq.sampler, self._processors(seq),
-                             seq.max_tokens - seq.generated, stop_ids, self.prefill_step)
+                             seq.max_tokens - seq.generated, self._stop_ids(seq), self.prefill_step)
             self.solo_seq = seq
         else:
             if self.solo is not None:
@@ -87,14 +120,13 @@ class Runner:
         self.active += 1
         return rid
 
-    def _insert(self, rid: int, seq: Sequence, tokens: list[int], cache: list | None, generated: int | None = None):
-        stops = self.no_eos if seq.sampling.ignore_eos else self.eos
-        done = seq.generated if generated is None else generated
-        (uid,) = self.gen.insert([tokens], max_tokens=[seq.max_tokens - done], caches=[cache] if cache else None,
-                                 samplers=[seq.sampler],
-                                 logits_processors=[self._processors(seq)],
-                                 stop_sequences=[stops])
-        self.uid_of[rid], self.rid_of[uid] = uid, rid
+    def _stop_ids(self, seq: Sequence) -> set[int]:
+        return set() if seq.sampling.ignore_eos else self.eos_ids
+
+    def _insert(self, rid: int, seq: Sequence, tokens: list[int], cache: list | None) -> None:
+        row = Row(rid, seq.sampler, self._processors(seq), self._stop_ids(seq), seq.max_tokens - seq.generated,
+                  known=(cache[0].offset if cache else 0) + len(tokens))
+        self.batch.add(row, tokens, cache)
 
     def _processors(self, seq: Sequence) -> list:
         return processors_for(seq, self.loaded, self.vocab_size)
@@ -102,20 +134,26 @@ class Runner:
     def _solo_to_batch(self) -> None:
         solo, seq = self.solo, self.solo_seq
         self.solo = self.solo_seq = None
-        tokens, cache = solo.handover()
-        self._insert(solo.rid, seq, tokens, cache)
+        tokens, cache, pending = solo.handover()
+        if pending is None:
+            self._insert(solo.rid, seq, tokens, cache)
+            return
+        token, lp, finish = pending
+        self.carry.append(TokenOut(solo.rid, token, lp, finish, cache if finish else None))
+        if finish is None:
+            self.handoff = (solo.rid, seq, cache)
 
     def remove(self, rid: int) -> list | None:
         """Take a sequence out; returns its KV (per layer) when it has any."""
         self.active -= 1
+        self.carry = [o for o in self.carry if o.rid != rid]
         if self.solo is not None and self.solo.rid == rid:
             cache, self.solo, self.solo_seq = self.solo.cache, None, None
             return cache if cache and cache[0].offset > 0 else None
-        uid = self.uid_of.pop(rid)
-        self.rid_of.pop(uid, None)
-        got = self.gen.remove([uid], return_prompt_caches=True)
-        cache = got.get(uid, (None,))[0]
-        return cache if cache and cache[0] is not None and getattr(cache[0], "offset", 0) > 0 else None
+        if self.handoff is not None and self.handoff[0] == rid:
+            cache, self.handoff = self.handoff[2], None
+            return cache
+        return self.batch.remove(rid)
 
     def finished(self, rid: int) -> None:
         """The sequence returned a finish reason and has already left its path."""
@@ -123,19 +161,22 @@ class Runner:
         if self.solo is not None and self.solo.rid == rid:
             self.solo = self.solo_seq = None
         else:
-            self.rid_of.pop(self.uid_of.pop(rid, -1), None)
+            self.batch.finished(rid)
 
     def step(self) -> list[TokenOut]:
+        out, self.carry = self.carry, []
+        if self.handoff is not None and not out:
+            rid, seq, cache = self.handoff
+            self.handoff = None
+            self._insert(rid, seq, seq.tokens[cache[0].offset:], cache)
         if self.solo is not None:
-            with mx.stream(self.gen.stream):
+            with mx.stream(self.batch.stream):
                 got = self.solo.step()
-            if got is None:
-                return []
-            token, lp, finish = got
-            return [TokenOut(self.solo.rid, token, lp, finish, self.solo.cache if finish else None)]
-        out = self.gen.next_generated()
-        return [TokenOut(self.rid_of[r.uid], r.token, r.logprobs, r.finish_reason, r.prompt_cache)
-                for r in out if r.uid in self.rid_of]
+            if got is not None:
+                token, lp, finish = got
+                out.append(TokenOut(self.solo.rid, token, lp, finish, self.solo.cache if finish else None))
+            return out
+        return out + self.batch.step()
 
     def prompt_logprobs(self, prompt: list[int]) -> list[mx.array]:
         """Logprob rows predicting each prompt token from its prefix (for echo + logprobs)."""

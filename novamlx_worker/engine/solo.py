@@ -58,12 +58,17 @@ class Solo:
         finish = "stop" if token in self.stop_ids else ("length" if self.n >= self.max_tokens else None)
         return token, lp, finish
 
-    def handover(self) -> tuple[list[int], list]:
-        """(tokens still to feed, cache) to continue this sequence in the batch."""
+    def handover(self):
+        """(tokens still to feed, cache, pending) to continue this sequence in the batch.
+
+        pending: (token, logprob row, finish_reason) of a queued token the engine has not
+        seen yet, or None. The queued forward already put the last returned token in the
+        cache; the queued sample is that pending token, which the batch feeds next."""
         if self.pending:
-            return self.pending + [self.last], self.cache
+            return self.pending + [self.last], self.cache, None
         if self.y is None:
-            return [self.last], self.cache
-        # The queued forward already put the last returned token in the cache; the queued
-        # sample is the next token, which the batch will feed and return first.
-        return [self.y.item()], self.cache
+            return [self.last], self.cache, None
+        token = self.y.item()
+        self.n += 1
+        finish = "stop" if token in self.stop_ids else ("length" if self.n >= self.max_tokens else None)
+        return [token], self.cache, (token, self.lp, finish)

@@ -1,0 +1,347 @@
+"""Many sequences of one model decoding together: KV in fixed slots, one forward per step.
+
+mlx-lm's BatchGenerator keeps its rows left-padded in one growing cache: every finished
+row is filtered out by gathering the whole cache, every arrival is merged in by
+concatenating it, and each step splits the logprobs into one array per row. At 128 rows
+on an H100 those copies and per-row ops cost more than the forward itself. Here:
+
+- each layer's keys and values live in buffers (slots, kv heads, capacity, head dim);
+  row b holds `length[b]` tokens from column 0, the step's token is scattered into column
+  length[b] (in place), a leaving row just frees its slot and an arriving row is copied
+  into a free one. Buffers grow (or shrink) in buckets, rarely;
+- attention reads each row's own columns: the ragged CUDA kernel (engine/ragged.py) on a
+  GPU, a boolean mask elsewhere;
+- arrivals are prefilled in groups (right-padded: causal attention never lets a real
+  token see the padding after it), one chunk per step so running rows keep decoding;
+- steps are pipelined like mlx-lm's generate_step: the next step is queued before this
+  one's tokens are read, and rows that joined or left in between are merged in with
+  `where` rather than by waiting for the queue to drain.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+from mlx_lm.models.cache import KVCache
+
+from . import ragged
+
+CAPACITY_STEP = 256
+
+
+class SlotKV:
+    """A layer's KV for every slot; quacks like mlx-lm's caches inside the model's forward."""
+
+    def __init__(self, keys: mx.array, values: mx.array, offset: mx.array, use_kernel: bool):
+        self.keys, self.values, self.offset, self.ragged = keys, values, offset, use_kernel
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array):
+        idx = mx.broadcast_to(self.offset[:, None, None, None], keys.shape)
+        self.keys = mx.put_along_axis(self.keys, idx, keys, axis=2)
+        self.values = mx.put_along_axis(self.values, idx, values, axis=2)
+        return self.keys, self.values
+
+    def make_mask(self, n: int, return_array: bool = False, **_):
+        if self.ragged:
+            return None  # the kernel reads columns [0, offset] itself
+        cols = mx.arange(self.keys.shape[2])
+        return (cols[None, :] <= self.offset[:, None])[:, None, None, :]
+
+
+@dataclass(eq=False)
+class Row:
+    rid: int
+    sampler: object  # None: greedy
+    processors: list
+    stop_ids: set[int]
+    max_tokens: int
+    known: int  # tokens the engine knows (prompt + generated so far)
+    n: int = 0  # tokens generated
+    length: int = 0  # columns of its slot holding KV
+    context: mx.array | None = None  # for logits processors: last prompt token, then generated
+
+
+@dataclass(eq=False)
+class Prefill:
+    """Rows being prefilled together, one chunk per step."""
+    rows: list[Row | None]  # None: removed while prefilling (its cache row is left unused)
+    lasts: list[int]  # each row's last prompt token: its first decode input
+    cache: list  # per-layer KVCache (B rows, right-padded)
+    todo: list[list[int]]  # per row, tokens still to feed
+    lengths: list[int]  # per row, real tokens in the cache when done
+
+
+@dataclass(eq=False)
+class Out:
+    rid: int
+    token: int
+    finish_reason: str | None
+    cache: list | None
+    lp: mx.array = field(repr=False, default=None)
+    row: int = 0
+
+    @property
+    def logprobs(self) -> mx.array:
+        return self.lp[self.row]
+
+
+class Batch:
+    def __init__(self, model, max_batch: int, prefill_step: int, prefill_batch: int, min_slots: int = 8):
+        self.model = model
+        self.max_batch, self.prefill_step, self.prefill_batch = max_batch, prefill_step, prefill_batch
+        self.min_slots = min(min_slots, max_batch)
+        self.use_kernel = ragged.install(model)
+        self.stream = mx.new_stream(mx.default_device())
+        self.keys: list[mx.array] = []
+        self.values: list[mx.array] = []
+        self.slots: list[Row | None] = []
+        self.waiting: list[tuple[Row, list[int], list | None]] = []  # (row, tokens, cache) not started
+        self.prefill: Prefill | None = None
+        self.inflight = None  # (tokens, logprobs, [(slot, row)]) queued, not yet read
+        self.fresh: dict[int, int] = {}  # slot -> first input of a row that joined since the last step
+        self.by_rid: dict[int, Row] = {}
+
+    # ---- membership ----
+    def add(self, row: Row, tokens: list[int], cache: list | None) -> None:
+        """Queue a row; `tokens` follow the KV already in `cache` (the last one is fed by decode)."""
+        self.by_rid[row.rid] = row
+        self.waiting.append((row, tokens, cache))
+
+    def remove(self, rid: int) -> list | None:
+        """Take a row out wherever it is; returns its KV (per-layer KVCache) when it has any."""
+        row = self.by_rid.pop(rid, None)
+        if row is None:
+            return None
+        for i, (r, _, cache) in enumerate(self.waiting):
+            if r is row:
+                del self.waiting[i]
+                return cache
+        if self.prefill is not None and row in self.prefill.rows:
+            self.prefill.rows[self.prefill.rows.index(row)] = None
+            if not any(self.prefill.rows):
+                self.prefill = None
+            return None  # partial and padded: nothing worth keeping
+        slot = self.slots.index(row)
+        self.slots[slot] = None
+        self.fresh.pop(slot, None)
+        return self._extract(slot, min(row.length, row.known))
+
+    def finished(self, rid: int) -> None:
+        self.by_rid.pop(rid, None)
+
+    @property
+    def active(self) -> int:
+        return len(self.by_rid)
+
+    def _extract(self, slot: int, length: int) -> list | None:
+        if length <= 0:
+            return None
+        caches = []
+        for k, v in zip(self.keys, self.values):
+            c = KVCache()
+            c.keys, c.values = mx.contiguous(k[slot:slot + 1, :, :length]), mx.contiguous(v[slot:slot + 1, :, :length])
+            c.offset = length
+            caches.append(c)
+        return caches
+
+    # ---- prefill ----
+    def _start_prefill(self) -> None:
+        room = self.max_batch - sum(r is not None for r in self.slots)
+        if room <= 0 or not self.waiting:
+            return
+        head, tokens, cache = self.waiting[0]
+        if cache is not None or len(tokens) <= 1:
+            group = [self.waiting.pop(0)]  # a cached prefix continues alone (its own offset)
+        else:
+            limit = max(len(tokens), self.prefill_step)
+            group, rest = [], []
+            for item in self.waiting:
+                fits = item[2] is None and len(item[1]) <= limit and len(group) < min(self.prefill_batch, room)
+                (group if fits else rest).append(item)
+            self.waiting = rest
+        rows = [g[0] for g in group]
+        cache = group[0][2] or [KVCache() for _ in self.model.layers]
+        base = cache[0].offset
+        self.prefill = Prefill(rows, [g[1][-1] for g in group], cache, [g[1][:-1] for g in group],
+                               [base + len(g[1]) - 1 for g in group])
+
+    def _prefill_chunk(self) -> None:
+        p = self.prefill
+        width = min(self.prefill_step, max(len(t) for t in p.todo))
+        if width > 0:
+            chunk = [t[:width] + [0] * (width - len(t[:width])) for t in p.todo]
+            p.todo = [t[width:] for t in p.todo]
+            self.model(mx.array(chunk), cache=p.cache)
+            mx.eval([c.state for c in p.cache])
+        if any(p.todo):
+            return
+        self.prefill = None
+        for i, (row, last, length) in enumerate(zip(p.rows, p.lasts, p.lengths)):
+            if row is not None:
+                self._place(row, last, [(c.keys[i:i + 1], c.values[i:i + 1]) for c in p.cache] if length else None, length)
+
+    def _place(self, row: Row, last: int, kv: list | None, length: int) -> None:
+        """Put a prefilled row into a free slot."""
+        slots = len(self.slots) if None in self.slots else self._bucket(len(self.slots) + 1)
+        if not self.keys or slots != len(self.slots) or length + 1 > self._capacity():
+            self._resize(slots, max(self._capacity(), length + 1), dtype=kv[0][0].dtype if kv else None)
+        slot = self.slots.index(None)
+        if kv:
+            for i, (k, v) in enumerate(kv):
+                self.keys[i][slot:slot + 1, :, :length] = k[:, :, :length]
+                self.values[i][slot:slot + 1, :, :length] = v[:, :, :length]
+        row.length = length
+        self.slots[slot] = row
+        self.fresh[slot] = last
+
+    # ---- buffers ----
+    def _bucket(self, n: int) -> int:
+        s = self.min_slots
+        while s < n:
+            s *= 2
+        return min(max(s, n), max(self.max_batch, n))
+
+    def _capacity(self) -> int:
+        return self.keys[0].shape[2] if self.keys else 0
+
+    def _resize(self, slots: int, capacity: int, dtype=None) -> None:
+        """New buffers of (slots, capacity), rows kept in their slots (or compacted when shrinking)."""
+        capacity = -(-capacity // CAPACITY_STEP) * CAPACITY_STEP
+        if self.keys:
+            _, heads, _, dim = self.keys[0].shape
+            dtype = self.keys[0].dtype
+        else:
+            heads, dim = self._kv_shape()
+            dtype = dtype or self._act_dtype()
+        keep = [i for i, r in enumerate(self.slots) if r is not None]
+        if slots < len(self.slots):  # compact: live rows to the front
+            order = keep + [i for i, r in enumerate(self.slots) if r is None]
+            self._reorder(order[:slots])
+            keep = list(range(len(keep)))
+        new_k, new_v = [], []
+        for layer in range(len(self.model.layers)):
+            k = mx.zeros((slots, heads, capacity, dim), dtype)
+            v = mx.zeros((slots, heads, capacity, dim), dtype)
+            if self.keys:
+                old = self.keys[layer].shape
+                n, c = min(old[0], slots), min(old[2], capacity)
+                k[:n, :, :c] = self.keys[layer][:n, :, :c]
+                v[:n, :, :c] = self.values[layer][:n, :, :c]
+            new_k.append(k)
+            new_v.append(v)
+        self.keys, self.values = new_k, new_v
+        mx.eval(self.keys, self.values)
+        self.slots = (self.slots + [None] * slots)[:slots]
+
+    def _reorder(self, order: list[int]) -> None:
+        """Move slot order[j] to slot j (the queued step's rows follow)."""
+        idx = mx.array(order)
+        self.keys = [k[idx] for k in self.keys]
+        self.values = [v[idx] for v in self.values]
+        self.slots = [self.slots[i] for i in order]
+        self.fresh = {order.index(s): t for s, t in self.fresh.items() if s in order}
+        if self.inflight is not None:
+            y, lp, members = self.inflight
+            self.inflight = (y[idx], lp[idx], [(order.index(s), r) for s, r in members if s in order])
+
+    def _kv_shape(self) -> tuple[int, int]:
+        args = self.model.args
+        heads = getattr(args, "num_key_value_heads", None) or args.num_attention_heads
+        dim = getattr(args, "head_dim", None) or args.hidden_size // args.num_attention_heads
+        return heads, dim
+
+    def _act_dtype(self):
+        """The dtype activations (and so keys) have: the first float parameter's."""
+        from mlx.utils import tree_flatten
+
+        for _, p in tree_flatten(self.model.parameters()):
+            if p.dtype in (mx.float16, mx.bfloat16, mx.float32):
+                return p.dtype
+        return mx.float32
+
+    def _maybe_shrink(self) -> None:
+        live = sum(r is not None for r in self.slots)
+        if len(self.slots) > self.min_slots and live <= len(self.slots) // 4 and not self.fresh and self.inflight is None:
+            self._resize(self._bucket(max(live, 1)), self._capacity())
+
+    # ---- one step ----
+    def step(self) -> list[Out]:
+        with mx.stream(self.stream):
+            return self._step()
+
+    def _step(self) -> list[Out]:
+        if self.prefill is None:
+            self._start_prefill()
+        if self.prefill is not None:
+            self._prefill_chunk()
+        queued = self._queue()
+        out = self._read(self.inflight)
+        self.inflight = queued
+        if queued is None:
+            self._maybe_shrink()
+        return out
+
+    def _queue(self):
+        """Build and start the next decode step for every occupied slot."""
+        members = [(s, r) for s, r in enumerate(self.slots) if r is not None]
+        if not members:
+            return None
+        if max(r.length for _, r in members) + 1 > self._capacity():
+            self._resize(len(self.slots), self._capacity() + CAPACITY_STEP)
+        n = len(self.slots)
+        if self.inflight is not None:
+            y = self.inflight[0]
+            if y.shape[0] < n:  # the slots grew since it was queued
+                y = mx.concatenate([y, mx.zeros((n - y.shape[0],), y.dtype)])
+            if self.fresh:
+                pick = mx.array([s in self.fresh for s in range(n)])
+                y = mx.where(pick, mx.array([self.fresh.get(s, 0) for s in range(n)], dtype=y.dtype), y)
+        else:
+            y = mx.array([self.fresh.get(s, 0) for s in range(n)], dtype=mx.uint32)
+        self.fresh = {}
+        offset = mx.array([r.length if r is not None else 0 for r in self.slots], dtype=mx.int32)
+        caches = [SlotKV(k, v, offset, self.use_kernel) for k, v in zip(self.keys, self.values)]
+        logits = self.model(y[:, None], cache=caches)[:, -1, :]
+        self.keys, self.values = [c.keys for c in caches], [c.values for c in caches]
+        for _, r in members:
+            r.length += 1
+        if any(r.processors for _, r in members):
+            rows = list(logits)
+            for s, r in members:
+                if r.processors:
+                    r.context = y[s:s + 1] if r.context is None else mx.concatenate([r.context, y[s:s + 1]])
+                    for p in r.processors:
+                        rows[s] = p(r.context, rows[s][None])[0]
+            logits = mx.stack(rows)
+        lp = logits.astype(mx.float32)
+        lp = lp - mx.logsumexp(lp, axis=-1, keepdims=True)
+        tokens = mx.argmax(lp, axis=-1).astype(mx.uint32)
+        if any(r.sampler is not None for _, r in members):
+            parts = [tokens[s:s + 1] for s in range(n)]
+            for s, r in members:
+                if r.sampler is not None:
+                    parts[s] = r.sampler(lp[s:s + 1]).astype(mx.uint32).reshape(1)
+            tokens = mx.concatenate(parts)
+        mx.async_eval(tokens, lp, self.keys, self.values)
+        return tokens, lp, members
+
+    def _read(self, inflight) -> list[Out]:
+        if inflight is None:
+            return []
+        tokens, lp, members = inflight
+        values = tokens.tolist()
+        out = []
+        for s, r in members:
+            if s >= len(self.slots) or self.slots[s] is not r:
+                continue  # left while its step was queued
+            token = values[s]
+            r.n += 1
+            r.known += 1
+            finish = "stop" if token in r.stop_ids else ("length" if r.n >= r.max_tokens else None)
+            cache = None
+            if finish is not None:
+                self.slots[s] = None
+                self.fresh.pop(s, None)
+                cache = self._extract(s, min(r.length, r.known))
+            out.append(Out(r.rid, token, finish, cache, lp, s))
+        return out
