@@ -26,6 +26,11 @@ def _levels(s: str) -> list[int]:
     return [int(x) for x in s.split(",") if x]
 
 
+def _last_error_line(log: str) -> str:
+    lines = [ln.strip() for ln in log.splitlines() if "Error" in ln or "error" in ln]
+    return (lines[-1] if lines else log.splitlines()[0])[:200]
+
+
 def _machine() -> str:
     return f"{platform.node()} {platform.machine()} {platform.system()} py{platform.python_version()}"
 
@@ -78,7 +83,12 @@ def compare(args) -> None:
     for name, start in targets:
         if only is not None and name.split(" ")[0] not in only:
             continue
-        launched = start()
+        try:
+            launched = start()
+        except RuntimeError as e:  # a peer that cannot serve this model is a row of the report, not the end of the run
+            print(f"{name} did not start: {str(e).splitlines()[0]}", file=sys.stderr)
+            extra.append(f"{name}: did not start ({_last_error_line(str(e))})")
+            continue
         if launched is None:
             continue
         try:

@@ -56,6 +56,7 @@ class Row:
     stop_ids: set[int]
     max_tokens: int
     known: int  # tokens the engine knows (prompt + generated so far)
+    logprobs: bool = False  # the request wants logprob rows
     n: int = 0  # tokens generated
     length: int = 0  # columns of its slot holding KV
     context: mx.array | None = None  # for logits processors: last prompt token, then generated
@@ -77,7 +78,7 @@ class Out:
     token: int
     finish_reason: str | None
     cache: list | None
-    lp: mx.array = field(repr=False, default=None)
+    lp: mx.array | None = field(repr=False, default=None)  # the step's rows, when any row needed them
     row: int = 0
 
     @property
@@ -86,12 +87,15 @@ class Out:
 
 
 class Batch:
-    def __init__(self, model, max_batch: int, prefill_step: int, prefill_batch: int, min_slots: int = 8):
+    def __init__(self, model, max_batch: int, prefill_step: int, prefill_batch: int, min_slots: int = 8,
+                 compiled: bool = False):
         self.model = model
         self.max_batch, self.prefill_step, self.prefill_batch = max_batch, prefill_step, prefill_batch
         self.min_slots = min(min_slots, max_batch)
         self.use_kernel = ragged.install(model)
         self.stream = mx.new_stream(mx.default_device())
+        # Shapes stay fixed between resizes, so the forward can be traced once per (slots, capacity).
+        self._fwd = mx.compile(self._forward) if compiled else self._forward
         self.keys: list[mx.array] = []
         self.values: list[mx.array] = []
         self.slots: list[Row | None] = []
@@ -242,7 +246,7 @@ class Batch:
         self.fresh = {order.index(s): t for s, t in self.fresh.items() if s in order}
         if self.inflight is not None:
             y, lp, members = self.inflight
-            self.inflight = (y[idx], lp[idx], [(order.index(s), r) for s, r in members if s in order])
+            self.inflight = (y[idx], None if lp is None else lp[idx], [(order.index(s), r) for s, r in members if s in order])
 
     def _kv_shape(self) -> tuple[int, int]:
         args = self.model.args
@@ -259,10 +263,18 @@ class Batch:
                 return p.dtype
         return mx.float32
 
-    def _maybe_shrink(self) -> None:
-        live = sum(r is not None for r in self.slots)
-        if len(self.slots) > self.min_slots and live <= len(self.slots) // 4 and not self.fresh and self.inflight is None:
-            self._resize(self._bucket(max(live, 1)), self._capacity())
+    def _fit(self) -> None:
+        """Give memory back once the rows that needed it are gone: slots above four times the
+        live rows' bucket, or capacity above twice what the longest live row needs."""
+        live = [r for r in self.slots if r is not None]
+        if not live or self.fresh:
+            return
+        slots = self._bucket(len(live))
+        need = -(-(max(r.length for r in live) + 1) // CAPACITY_STEP) * CAPACITY_STEP
+        shrink_slots = len(self.slots) > max(slots * 4, self.min_slots)
+        shrink_cap = self._capacity() > max(2 * need, CAPACITY_STEP)
+        if shrink_slots or shrink_cap:
+            self._resize(slots if shrink_slots else len(self.slots), need if shrink_cap else self._capacity())
 
     # ---- one step ----
     def step(self) -> list[Out]:
@@ -274,11 +286,12 @@ class Batch:
             self._start_prefill()
         if self.prefill is not None:
             self._prefill_chunk()
+        self._fit()
         queued = self._queue()
         out = self._read(self.inflight)
         self.inflight = queued
-        if queued is None:
-            self._maybe_shrink()
+        if queued is None and self.keys and not self.waiting and self.prefill is None:
+            self.keys, self.values, self.slots = [], [], []  # idle: hold no KV memory
         return out
 
     def _queue(self):
@@ -300,9 +313,7 @@ class Batch:
             y = mx.array([self.fresh.get(s, 0) for s in range(n)], dtype=mx.uint32)
         self.fresh = {}
         offset = mx.array([r.length if r is not None else 0 for r in self.slots], dtype=mx.int32)
-        caches = [SlotKV(k, v, offset, self.use_kernel) for k, v in zip(self.keys, self.values)]
-        logits = self.model(y[:, None], cache=caches)[:, -1, :]
-        self.keys, self.values = [c.keys for c in caches], [c.values for c in caches]
+        logits, self.keys, self.values = self._fwd(y, offset, self.keys, self.values)
         for _, r in members:
             r.length += 1
         if any(r.processors for _, r in members):
@@ -313,17 +324,25 @@ class Batch:
                     for p in r.processors:
                         rows[s] = p(r.context, rows[s][None])[0]
             logits = mx.stack(rows)
-        lp = logits.astype(mx.float32)
-        lp = lp - mx.logsumexp(lp, axis=-1, keepdims=True)
-        tokens = mx.argmax(lp, axis=-1).astype(mx.uint32)
-        if any(r.sampler is not None for _, r in members):
+        sampled = any(r.sampler is not None for _, r in members)
+        lp = None
+        if sampled or any(r.logprobs for _, r in members):  # greedy rows need no normalizing
+            lp = logits.astype(mx.float32)
+            lp = lp - mx.logsumexp(lp, axis=-1, keepdims=True)
+        tokens = mx.argmax(logits, axis=-1).astype(mx.uint32)
+        if sampled:
             parts = [tokens[s:s + 1] for s in range(n)]
             for s, r in members:
                 if r.sampler is not None:
                     parts[s] = r.sampler(lp[s:s + 1]).astype(mx.uint32).reshape(1)
             tokens = mx.concatenate(parts)
-        mx.async_eval(tokens, lp, self.keys, self.values)
+        mx.async_eval(tokens, self.keys, self.values, *([lp] if lp is not None else []))
         return tokens, lp, members
+
+    def _forward(self, y: mx.array, offset: mx.array, keys: list, values: list):
+        caches = [SlotKV(k, v, offset, self.use_kernel) for k, v in zip(keys, values)]
+        logits = self.model(y[:, None], cache=caches)[:, -1, :]
+        return logits, [c.keys for c in caches], [c.values for c in caches]
 
     def _read(self, inflight) -> list[Out]:
         if inflight is None:

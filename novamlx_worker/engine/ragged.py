@@ -14,74 +14,111 @@ import sys
 
 import mlx.core as mx
 
+# One block of 8 warps per (row, kv head): warp w takes keys w, w + 8, ... U at a time
+# (all U loads in flight before any is used); each key is read once for all G query
+# heads that share it (GQA), each head keeps its own online softmax, and the warps'
+# partial results are combined through shared memory at the end.
 _SOURCE = r"""
-  constexpr int BN = 32;
-  constexpr int BD = 32;
-  constexpr int VPT = D / BD;
+  constexpr int BN = 8;
+  constexpr int VPT = D / 32;
   auto block = cooperative_groups::this_thread_block();
   auto warp = cooperative_groups::tiled_partition<32>(block);
   const int lane = warp.thread_rank();
   const int w = warp.meta_group_rank();
   const int b = blockIdx.z;
-  const int h = blockIdx.x;
+  const int kvh = blockIdx.x;
   const int H = q_shape[1];
-  const int kvh = h / (H / k_shape[1]);
   const int stop = lens[b];
   const float scale_log2 = scale[0] * 1.44269504089f;
-  const T* Q = q + b * q_strides[0] + h * q_strides[1];
-  const T* K = k + b * k_strides[0] + kvh * k_strides[1];
-  const T* V = v + b * v_strides[0] + kvh * v_strides[1];
-  T* O = out + (b * H + h) * D;
+  const T* K = k + b * k_strides[0] + kvh * k_strides[1] + VPT * lane;
+  const T* V = v + b * v_strides[0] + kvh * v_strides[1] + VPT * lane;
+  const int64_t ks = k_strides[2];
+  const int64_t vs = v_strides[2];
 
-  __shared__ float outs[BN][BD + 1];
-  __shared__ float maxs[BN];
-  __shared__ float sums[BN];
-  float qv[VPT];
-  float o[VPT];
-  for (int j = 0; j < VPT; j++) {
-    qv[j] = scale_log2 * static_cast<float>(Q[VPT * lane + j]);
-    o[j] = 0.f;
-  }
-  float m = -1e30f;
-  float s = 0.f;
-  for (int i = w; i < stop; i += BN) {
-    const T* kr = K + i * k_strides[2];
-    float sc = 0.f;
+  __shared__ float maxs[G][BN];
+  __shared__ float sums[G][BN];
+  __shared__ float part[BN][D];
+  float qv[G][VPT];
+  float o[G][VPT];
+  float m[G];
+  float s[G];
+  for (int g = 0; g < G; g++) {
+    const T* Q = q + b * q_strides[0] + (kvh * G + g) * q_strides[1];
     for (int j = 0; j < VPT; j++) {
-      sc += qv[j] * static_cast<float>(kr[VPT * lane + j]);
+      qv[g][j] = scale_log2 * static_cast<float>(Q[VPT * lane + j]);
+      o[g][j] = 0.f;
     }
-    sc = cooperative_groups::reduce(warp, sc, cooperative_groups::plus<float>());
-    float nm = fmaxf(m, sc);
-    float f = exp2f(m - nm);
-    float e = exp2f(sc - nm);
-    m = nm;
-    s = s * f + e;
-    const T* vr = V + i * v_strides[2];
-    for (int j = 0; j < VPT; j++) {
-      o[j] = o[j] * f + e * static_cast<float>(vr[VPT * lane + j]);
+    m[g] = -1e30f;
+    s[g] = 0.f;
+  }
+  for (int i = w; i < stop; i += U * BN) {
+    float kf[U][VPT];
+    float vf[U][VPT];
+    for (int u = 0; u < U; u++) {
+      const int iu = i + u * BN;
+      const bool in = iu < stop;
+      for (int j = 0; j < VPT; j++) {
+        kf[u][j] = in ? static_cast<float>(K[iu * ks + j]) : 0.f;
+        vf[u][j] = in ? static_cast<float>(V[iu * vs + j]) : 0.f;
+      }
+    }
+    for (int g = 0; g < G; g++) {
+      float a[U];
+      float nm = m[g];
+      for (int u = 0; u < U; u++) {
+        float acc = 0.f;
+        for (int j = 0; j < VPT; j++) {
+          acc += qv[g][j] * kf[u][j];
+        }
+        acc = cooperative_groups::reduce(warp, acc, cooperative_groups::plus<float>());
+        a[u] = (i + u * BN) < stop ? acc : -1e30f;
+        nm = fmaxf(nm, a[u]);
+      }
+      const float f = exp2f(m[g] - nm);
+      s[g] *= f;
+      for (int j = 0; j < VPT; j++) {
+        o[g][j] *= f;
+      }
+      for (int u = 0; u < U; u++) {
+        const float e = exp2f(a[u] - nm);
+        s[g] += e;
+        for (int j = 0; j < VPT; j++) {
+          o[g][j] += e * vf[u][j];
+        }
+      }
+      m[g] = nm;
     }
   }
   if (lane == 0) {
-    maxs[w] = m;
-    sums[w] = s;
+    for (int g = 0; g < G; g++) {
+      maxs[g][w] = m[g];
+      sums[g][w] = s[g];
+    }
   }
   block.sync();
-  float mw = maxs[lane];
-  float nm = cooperative_groups::reduce(warp, mw, cooperative_groups::greater<float>());
-  float f = exp2f(mw - nm);
-  float tot = cooperative_groups::reduce(warp, sums[lane] * f, cooperative_groups::plus<float>());
-  tot = tot == 0.f ? 0.f : 1.f / tot;
-  for (int j = 0; j < VPT; j++) {
-    outs[lane][w] = o[j];
-    block.sync();
-    float ot = outs[w][lane] * f;
-    o[j] = cooperative_groups::reduce(warp, ot, cooperative_groups::plus<float>()) * tot;
-    block.sync();
-  }
-  if (lane == 0) {
-    for (int j = 0; j < VPT; j++) {
-      O[VPT * w + j] = static_cast<T>(o[j]);
+  for (int g = 0; g < G; g++) {
+    float nm = -1e30f;
+    for (int x = 0; x < BN; x++) {
+      nm = fmaxf(nm, maxs[g][x]);
     }
+    float tot = 0.f;
+    for (int x = 0; x < BN; x++) {
+      tot += sums[g][x] * exp2f(maxs[g][x] - nm);
+    }
+    const float f = exp2f(m[g] - nm);
+    for (int j = 0; j < VPT; j++) {
+      part[w][VPT * lane + j] = o[g][j] * f;
+    }
+    block.sync();
+    T* O = out + (b * H + kvh * G + g) * D;
+    for (int d = block.thread_rank(); d < D; d += BN * 32) {
+      float r = 0.f;
+      for (int x = 0; x < BN; x++) {
+        r += part[x][d];
+      }
+      O[d] = static_cast<T>(tot == 0.f ? 0.f : r / tot);
+    }
+    block.sync();
   }
 """
 
@@ -92,7 +129,10 @@ def available() -> bool:
     return mx.default_device() == mx.gpu and mx.cuda.is_available()
 
 
-def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, lens: mx.array) -> mx.array:
+UNROLL = 2  # keys in flight per warp (bench_step --check times the choices)
+
+
+def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, lens: mx.array, unroll: int | None = None) -> mx.array:
     """q (B, H, 1, D); k, v (B, Hkv, capacity, D); row b attends to its keys [0, lens[b])."""
     global _kernel
     if _kernel is None:
@@ -100,8 +140,10 @@ def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, lens: mx.arra
                                       output_names=["out"], source=_SOURCE, ensure_row_contiguous=False,
                                       header="#include <cooperative_groups/reduce.h>\n")
     B, H, _, D = q.shape
+    kv_heads = k.shape[1]
     (out,) = _kernel(inputs=[q, k, v, mx.array([scale], mx.float32), lens.astype(mx.int32)],
-                     template=[("T", q.dtype), ("D", D)], grid=(1024 * H, 1, B), threadgroup=(1024, 1, 1),
+                     template=[("T", q.dtype), ("D", D), ("G", H // kv_heads), ("U", unroll or UNROLL)], grid=(256 * kv_heads, 1, B),
+                     threadgroup=(256, 1, 1),
                      output_shapes=[(B, H, 1, D)], output_dtypes=[q.dtype])
     return out
 

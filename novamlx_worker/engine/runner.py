@@ -125,7 +125,7 @@ class Runner:
 
     def _insert(self, rid: int, seq: Sequence, tokens: list[int], cache: list | None) -> None:
         row = Row(rid, seq.sampler, self._processors(seq), self._stop_ids(seq), seq.max_tokens - seq.generated,
-                  known=(cache[0].offset if cache else 0) + len(tokens))
+                  known=(cache[0].offset if cache else 0) + len(tokens), logprobs=seq.sampling.logprobs)
         self.batch.add(row, tokens, cache)
 
     def _processors(self, seq: Sequence) -> list:
