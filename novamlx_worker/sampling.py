@@ -34,6 +34,9 @@ def make_sampler(s: Sampling):
         state[0], key = mx.random.split(state[0])
         return mx.random.categorical(x * inv_temp, key=key)
 
+    # Unseeded samplers with the same settings are interchangeable: a batch samples all their
+    # rows in one call. A seeded one keeps its own key stream, so it samples its row alone.
+    sample.group = None if state is not None else (s.temperature, s.top_k, s.top_p, s.min_p)
     return sample
 
 

@@ -87,7 +87,7 @@ class Out:
 
 
 class Batch:
-    def __init__(self, model, max_batch: int, prefill_step: int, prefill_batch: int, min_slots: int = 8,
+    def __init__(self, model, max_batch: int, prefill_step: int, prefill_batch: int, min_slots: int = 1,
                  compiled: bool = False):
         self.model = model
         self.max_batch, self.prefill_step, self.prefill_batch = max_batch, prefill_step, prefill_batch
@@ -316,14 +316,17 @@ class Batch:
         logits, self.keys, self.values = self._fwd(y, offset, self.keys, self.values)
         for _, r in members:
             r.length += 1
-        if any(r.processors for _, r in members):
-            rows = list(logits)
-            for s, r in members:
-                if r.processors:
-                    r.context = y[s:s + 1] if r.context is None else mx.concatenate([r.context, y[s:s + 1]])
-                    for p in r.processors:
-                        rows[s] = p(r.context, rows[s][None])[0]
-            logits = mx.stack(rows)
+        processed = [(s, r) for s, r in members if r.processors]
+        if processed:  # only these rows are sliced out, processed and put back
+            rows = []
+            for s, r in processed:
+                r.context = y[s:s + 1] if r.context is None else mx.concatenate([r.context, y[s:s + 1]])
+                row = logits[s:s + 1]
+                for p in r.processors:
+                    row = p(r.context, row)
+                rows.append(row.astype(logits.dtype))
+            at = mx.broadcast_to(mx.array([s for s, _ in processed])[:, None], (len(rows), logits.shape[1]))
+            logits = mx.put_along_axis(logits, at, mx.concatenate(rows), axis=0)
         sampled = any(r.sampler is not None for _, r in members)
         lp = None
         if sampled or any(r.logprobs for _, r in members):  # greedy rows need no normalizing
@@ -331,13 +334,24 @@ class Batch:
             lp = lp - mx.logsumexp(lp, axis=-1, keepdims=True)
         tokens = mx.argmax(logits, axis=-1).astype(mx.uint32)
         if sampled:
-            parts = [tokens[s:s + 1] for s in range(n)]
-            for s, r in members:
-                if r.sampler is not None:
-                    parts[s] = r.sampler(lp[s:s + 1]).astype(mx.uint32).reshape(1)
-            tokens = mx.concatenate(parts)
+            tokens = self._sample(tokens, lp, members)
         mx.async_eval(tokens, self.keys, self.values, *([lp] if lp is not None else []))
         return tokens, lp, members
+
+    @staticmethod
+    def _sample(tokens: mx.array, lp: mx.array, members: list) -> mx.array:
+        """Greedy picks replaced by samples: one call per group of like samplers, seeded rows alone."""
+        groups: dict = {}
+        for s, r in members:
+            if r.sampler is not None:
+                key = getattr(r.sampler, "group", None)
+                groups.setdefault(key if key is not None else ("row", s), (r.sampler, []))[1].append(s)
+        idx, picks = [], []
+        for sampler, slots in groups.values():
+            at = mx.array(slots)
+            idx.append(at)
+            picks.append(sampler(lp[at]).astype(tokens.dtype).reshape(-1))
+        return mx.put_along_axis(tokens, mx.concatenate(idx), mx.concatenate(picks), axis=0)
 
     def _forward(self, y: mx.array, offset: mx.array, keys: list, values: list):
         caches = [SlotKV(k, v, offset, self.use_kernel) for k, v in zip(keys, values)]

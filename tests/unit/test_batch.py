@@ -112,3 +112,31 @@ def test_cached_prefix_and_processors(model):
                              (Row(1, None, [ban], set(), 3, known=50), prompt, None)]})
     assert [o.token for o in outs[0]] == ref_tokens  # prefilled only the 20 tokens after the prefix
     assert banned not in [o.token for o in outs[1]]
+
+
+def test_seeded_row_samples_the_same_beside_others(model):
+    """Per-sequence RNG: a seeded row's tokens do not depend on what else is in the batch;
+    unseeded rows with like settings are sampled together and still follow their settings."""
+    from novamlx_worker.sampling import make_sampler
+    from protocol.messages import Sampling
+
+    rng = random.Random(6)
+    prompts = [[rng.randrange(1, 40000) for _ in range(12)] for _ in range(4)]
+
+    def seeded():
+        return make_sampler(Sampling(temperature=1.5, seed=7))
+
+    lone = drive(Batch(model, max_batch=4, prefill_step=64, prefill_batch=4),
+                 {0: [(Row(0, seeded(), [], set(), 12, known=12), prompts[0], None)]})
+    rows = [(Row(0, seeded(), [], set(), 12, known=12), prompts[0], None)]
+    rows += [(Row(i, make_sampler(Sampling(temperature=0.9, top_k=5)), [], set(), 12, known=12), prompts[i], None)
+             for i in (1, 2)]
+    rows += [(Row(3, None, [], set(), 12, known=12, logprobs=True), prompts[3], None)]
+    together = drive(Batch(model, max_batch=4, prefill_step=64, prefill_batch=4), {0: rows})
+    assert [o.token for o in together[0]] == [o.token for o in lone[0]]
+    assert [o.token for o in together[3]] == alone(model, prompts[3], 12)[0]  # greedy beside samplers
+    for i in (1, 2):  # top_k=5: every pick is among the 5 best of its row
+        ref_cache = make_prompt_cache(model)
+        logits = model(mx.array(prompts[i])[None], cache=ref_cache)[:, -1]
+        first = together[i][0].token
+        assert first in mx.argsort(-logits[0])[:5].tolist()
