@@ -41,9 +41,11 @@ async def _sweep(base_url, model, levels, args, warm=True, stagger=0.0) -> dict[
         n = max(c * args.rounds, c)
         if warm:  # MLX compiles kernels per shape: warm this batch size first
             await run_load(base_url, model, concurrency=c, requests=c, input_len=args.input_len,
-                           output_len=args.output_len, api_key=args.api_key, seed=99, stagger_s=stagger)
+                           output_len=args.output_len, api_key=args.api_key, seed=99, stagger_s=stagger,
+                           temperature=args.temperature)
         out[c] = await run_load(base_url, model, concurrency=c, requests=n, input_len=args.input_len,
-                                output_len=args.output_len, api_key=args.api_key, stagger_s=stagger)
+                                output_len=args.output_len, api_key=args.api_key, stagger_s=stagger,
+                                temperature=args.temperature)
         print(json.dumps({"concurrency": c, **{k: round(v, 2) if isinstance(v, float) else v
                                                 for k, v in out[c].items()}}), file=sys.stderr)
     return out
@@ -223,6 +225,7 @@ def main(argv=None) -> None:
         sp.add_argument("--rounds", type=int, default=1, help="requests per client")
         sp.add_argument("--input-len", type=int, default=128)
         sp.add_argument("--output-len", type=int, default=128)
+        sp.add_argument("--temperature", type=float, default=0.0, help="0: greedy; above: sampled traffic")
         sp.add_argument("--turns", type=int, default=20)
         sp.add_argument("--turn-len", type=int, default=200)
         sp.add_argument("--prefix-len", type=int, default=0 if name == "compare" else 8192)
@@ -240,7 +243,7 @@ def main(argv=None) -> None:
         for c in _levels(args.concurrency):
             r = asyncio.run(run_load(args.base_url, args.model, concurrency=c, requests=c * args.rounds,
                                      input_len=args.input_len, output_len=args.output_len, rate=args.rate,
-                                     api_key=args.api_key))
+                                     api_key=args.api_key, temperature=args.temperature))
             print(json.dumps(r))
     elif args.cmd == "agent":
         for row in asyncio.run(agent_replay(args.base_url, args.model, turns=args.turns, turn_len=args.turn_len,

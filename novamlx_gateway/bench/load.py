@@ -94,17 +94,17 @@ def summarize(samples: list[Sample], wall: float) -> dict:
             "first_error": next((s.error for s in samples if s.error), None)}
 
 
-def chat_body(model: str, prompt: str, output_len: int) -> dict:
+def chat_body(model: str, prompt: str, output_len: int, temperature: float = 0.0) -> dict:
     return {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": output_len,
-            "temperature": 0, "stream": True, "ignore_eos": True, "stream_options": {"include_usage": True}}
+            "temperature": temperature, "stream": True, "ignore_eos": True, "stream_options": {"include_usage": True}}
 
 
 async def run_load(base_url: str, model: str, *, concurrency: int, requests: int, input_len: int,
                    output_len: int, rate: float | None = None, api_key: str | None = None, seed: int = 0,
-                   stagger_s: float = 0.0) -> dict:
+                   stagger_s: float = 0.0, temperature: float = 0.0) -> dict:
     """Closed loop (`concurrency` clients back to back) or open loop (Poisson arrivals at `rate`/s)."""
     rng = random.Random(seed)
-    bodies = [chat_body(model, synthetic_prompt(rng, input_len), output_len) for _ in range(requests)]
+    bodies = [chat_body(model, synthetic_prompt(rng, input_len), output_len, temperature) for _ in range(requests)]
     headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
     url = base_url.rstrip("/") + "/v1/chat/completions"
     limits = httpx.Limits(max_connections=max(concurrency, 1) + 8, max_keepalive_connections=max(concurrency, 1) + 8)
