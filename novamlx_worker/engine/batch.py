@@ -30,21 +30,25 @@ CAPACITY_STEP = 256
 
 
 class SlotKV:
-    """A layer's KV for every slot; quacks like mlx-lm's caches inside the model's forward."""
+    """A layer's KV for every slot; quacks like mlx-lm's caches inside the model's forward.
+    Without the kernel, attention sees only the first `used` columns (the longest row's),
+    with a mask for the shorter rows: the capacity beyond them is never computed over."""
 
-    def __init__(self, keys: mx.array, values: mx.array, offset: mx.array, use_kernel: bool):
-        self.keys, self.values, self.offset, self.ragged = keys, values, offset, use_kernel
+    def __init__(self, keys: mx.array, values: mx.array, offset: mx.array, use_kernel: bool, used: int):
+        self.keys, self.values, self.offset, self.ragged, self.used = keys, values, offset, use_kernel, used
 
     def update_and_fetch(self, keys: mx.array, values: mx.array):
         idx = mx.broadcast_to(self.offset[:, None, None, None], keys.shape)
         self.keys = mx.put_along_axis(self.keys, idx, keys, axis=2)
         self.values = mx.put_along_axis(self.values, idx, values, axis=2)
-        return self.keys, self.values
+        if self.ragged:
+            return self.keys, self.values  # the kernel reads columns [0, offset] of each row itself
+        return self.keys[:, :, :self.used], self.values[:, :, :self.used]
 
     def make_mask(self, n: int, return_array: bool = False, **_):
         if self.ragged:
-            return None  # the kernel reads columns [0, offset] itself
-        cols = mx.arange(self.keys.shape[2])
+            return None
+        cols = mx.arange(self.used)
         return (cols[None, :] <= self.offset[:, None])[:, None, None, :]
 
 
@@ -95,7 +99,10 @@ class Batch:
         self.use_kernel = ragged.install(model)
         self.stream = mx.new_stream(mx.default_device())
         # Shapes stay fixed between resizes, so the forward can be traced once per (slots, capacity).
-        self._fwd = mx.compile(self._forward) if compiled else self._forward
+        self._fwd = self._forward
+        if compiled:  # `used` would retrace every step: the compiled forward attends over the capacity
+            step = mx.compile(lambda y, offset, keys, values: self._forward(y, offset, keys, values, keys[0].shape[2]))
+            self._fwd = lambda y, offset, keys, values, used: step(y, offset, keys, values)
         self.keys: list[mx.array] = []
         self.values: list[mx.array] = []
         self.slots: list[Row | None] = []
@@ -313,7 +320,8 @@ class Batch:
             y = mx.array([self.fresh.get(s, 0) for s in range(n)], dtype=mx.uint32)
         self.fresh = {}
         offset = mx.array([r.length if r is not None else 0 for r in self.slots], dtype=mx.int32)
-        logits, self.keys, self.values = self._fwd(y, offset, self.keys, self.values)
+        used = max(r.length for _, r in members) + 1
+        logits, self.keys, self.values = self._fwd(y, offset, self.keys, self.values, used)
         for _, r in members:
             r.length += 1
         processed = [(s, r) for s, r in members if r.processors]
@@ -353,8 +361,8 @@ class Batch:
             picks.append(sampler(lp[at]).astype(tokens.dtype).reshape(-1))
         return mx.put_along_axis(tokens, mx.concatenate(idx), mx.concatenate(picks), axis=0)
 
-    def _forward(self, y: mx.array, offset: mx.array, keys: list, values: list):
-        caches = [SlotKV(k, v, offset, self.use_kernel) for k, v in zip(keys, values)]
+    def _forward(self, y: mx.array, offset: mx.array, keys: list, values: list, used: int):
+        caches = [SlotKV(k, v, offset, self.use_kernel, used) for k, v in zip(keys, values)]
         logits = self.model(y[:, None], cache=caches)[:, -1, :]
         return logits, [c.keys for c in caches], [c.values for c in caches]
 
