@@ -144,6 +144,14 @@ class Batch:
     def active(self) -> int:
         return len(self.by_rid)
 
+    def info(self) -> dict:
+        """For /health: what the slot buffers hold now (read from another thread: snapshots only)."""
+        keys, values, slots = list(self.keys), list(self.values), list(self.slots)
+        return {"path": "slots", "slots": len(slots), "live": sum(r is not None for r in slots),
+                "capacity": keys[0].shape[2] if keys else 0, "kv_bytes": sum(a.nbytes for a in keys + values),
+                "prefilling": len(self.prefill.rows) if self.prefill else 0, "waiting": len(self.waiting),
+                "ragged_kernel": self.use_kernel}
+
     def _extract(self, slot: int, length: int) -> list | None:
         if length <= 0:
             return None
@@ -297,9 +305,13 @@ class Batch:
         queued = self._queue()
         out = self._read(self.inflight)
         self.inflight = queued
-        if queued is None and self.keys and not self.waiting and self.prefill is None:
-            self.keys, self.values, self.slots = [], [], []  # idle: hold no KV memory
         return out
+
+    def release(self) -> None:
+        """Nothing left to run: hold no KV memory while idle."""
+        if not self.by_rid:
+            self.keys, self.values, self.slots, self.fresh = [], [], [], {}
+            self.waiting, self.prefill, self.inflight = [], None, None
 
     def _queue(self):
         """Build and start the next decode step for every occupied slot."""

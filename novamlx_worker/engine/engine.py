@@ -614,6 +614,7 @@ class Engine:
                   # where the engine thread's time goes: inside the runners (forwards, waiting on the
                   # device) vs the whole step (plus detokenizing, stops, parsers, the Step line)
                   "runner_s": round(c["runner_s"], 3), "runner_calls": c["runner_calls"], "step_s": round(c["step_s"], 3)}
+        engine["batches"] = {mid: r.batch.info() for mid, r in list(self.runners.items()) if hasattr(r, "batch")}
         cache = {mid: pc.snapshot() for mid, pc in list(self.caches.items())}
         cache["vision_features"] = self.pool.features.stats()
         for e in list(self.pool.entries.values()):

@@ -74,6 +74,12 @@ class MlxLmBatch:
     def finished(self, rid: int) -> None:
         self.rid_of.pop(self.uid_of.pop(rid, -1), None)
 
+    def release(self) -> None:
+        pass  # BatchGenerator frees its caches as rows leave
+
+    def info(self) -> dict:
+        return {"path": "mlx-lm BatchGenerator", "live": len(self.uid_of)}
+
     def step(self) -> list[TokenOut]:
         return [TokenOut(self.rid_of[r.uid], r.token, r.logprobs, r.finish_reason, r.prompt_cache)
                 for r in self.gen.next_generated() if r.uid in self.rid_of]
@@ -153,7 +159,10 @@ class Runner:
         if self.handoff is not None and self.handoff[0] == rid:
             cache, self.handoff = self.handoff[2], None
             return cache
-        return self.batch.remove(rid)
+        cache = self.batch.remove(rid)
+        if self.active == 0:
+            self.batch.release()
+        return cache
 
     def finished(self, rid: int) -> None:
         """The sequence returned a finish reason and has already left its path."""
@@ -162,6 +171,8 @@ class Runner:
             self.solo = self.solo_seq = None
         else:
             self.batch.finished(rid)
+            if self.active == 0:
+                self.batch.release()
 
     def step(self) -> list[TokenOut]:
         out, self.carry = self.carry, []

@@ -47,3 +47,12 @@ def test_16_concurrent_streams(server):
             break
         time.sleep(0.3)
     assert h["peak_batch"] >= 8, h  # sequences shared forwards
+    # operators see the slot buffers in /health; once every stream is done they hold no memory
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        batch = server.health()["health"]["engine"]["batches"]["tiny-llama"]
+        if batch["live"] == 0 and batch["kv_bytes"] == 0:
+            break
+        time.sleep(0.3)
+    assert batch["path"] == "slots" and batch["ragged_kernel"] is False
+    assert batch["live"] == 0 and batch["kv_bytes"] == 0, batch
