@@ -29,6 +29,14 @@ from . import ragged
 CAPACITY_STEP = 256
 
 
+def slot_count(rows: int, max_batch: int, least: int = 1) -> int:
+    """How many slots `rows` live rows occupy: powers of two (few resizes), at most max_batch."""
+    s = least
+    while s < rows:
+        s *= 2
+    return min(max(s, rows), max(max_batch, rows))
+
+
 class SlotKV:
     """A layer's KV for every slot; quacks like mlx-lm's caches inside the model's forward.
     Without the kernel, attention sees only the first `used` columns (the longest row's),
@@ -215,10 +223,7 @@ class Batch:
 
     # ---- buffers ----
     def _bucket(self, n: int) -> int:
-        s = self.min_slots
-        while s < n:
-            s *= 2
-        return min(max(s, n), max(self.max_batch, n))
+        return slot_count(n, self.max_batch, self.min_slots)
 
     def _capacity(self) -> int:
         return self.keys[0].shape[2] if self.keys else 0

@@ -27,6 +27,7 @@ from ..text.stops import StopMatcher
 from ..text.reasoning import ReasoningSplitter
 from ..text.tool_parsers import ToolCallParser, families_for
 from .prefix_cache import PrefixCache
+from .batch import slot_count
 from .runner import Runner
 from .vision_runner import VisionRunner
 from .scheduler import Item, plan
@@ -276,6 +277,21 @@ class Engine:
         budget = max(self.memory.limit - weights - OVERHEAD_BYTES, 0)
         return min(budget, self.kv_budget_cap) if self.kv_budget_cap else budget
 
+    def _kv_cost(self, items: list[Item]) -> int:
+        """KV bytes a set of running sequences holds at most: rows of a slot batch share buffers
+        of slot_count(rows) slots, each as long as the longest row; other paths hold their own."""
+        by_model: dict[str, list[Item]] = {}
+        for i in items:
+            by_model.setdefault(i.model, []).append(i)
+        total = 0
+        for model_id, rows in by_model.items():
+            runner = self.runners.get(model_id)
+            if runner is not None and getattr(runner, "padded", False):
+                total += slot_count(len(rows), self.max_batch) * max(i.kv_bytes for i in rows)
+            else:
+                total += sum(i.kv_bytes for i in rows)
+        return total
+
     def memory_state(self) -> dict:
         return {**self.memory.state(), "kv_budget_bytes": self.kv_budget(), "kv_reserved_bytes": self.kv_reserved,
                 "models_loaded": self.models}
@@ -446,9 +462,9 @@ class Engine:
             newest = max(s.submitted for s in self.waiting)
             if time.monotonic() - newest < self.gather_s:
                 return
-        item = lambda s: Item(s.id, s.priority, s.submitted, s.kv_bytes)  # noqa: E731
+        item = lambda s: Item(s.id, s.priority, s.submitted, s.kv_bytes, s.model_id)  # noqa: E731
         decided = plan([item(s) for s in self.waiting], [item(s) for s in running], self.max_batch,
-                       self.kv_budget(), self.kv_reserved)
+                       self.kv_budget(), self._kv_cost)
         for rid in decided.preempt:
             self._preempt(self.seqs[rid])
         for rid in decided.admit:

@@ -89,3 +89,13 @@ def test_solo_to_batch_handover_keeps_the_output(engine):
     assert text("a") == alone and text("b") == b_alone
     fin = {e.id: e for e in engine.events if isinstance(e, m.Finished)}
     assert fin["a"].usage.completion_tokens == 40 and fin["b"].usage.completion_tokens == 20
+
+
+def test_kv_cost_counts_slot_padding(engine):
+    """Admission prices a batch as its slot buffers: slots (a power of two) x the longest row."""
+    from novamlx_worker.engine.scheduler import Item
+
+    rows = [Item(f"r{i}", 0, 0.0, kv, "tiny-llama") for i, kv in enumerate((10, 10, 100))]
+    assert engine._kv_cost(rows) == 4 * 100  # 3 rows take 4 slots, each sized for the 100
+    assert engine._kv_cost(rows[:2]) == 2 * 10
+    assert engine._kv_cost([Item("x", 0, 0.0, 7, "elsewhere")]) == 7  # no slot batch: its own KV
