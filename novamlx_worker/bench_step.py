@@ -64,6 +64,41 @@ def check_ragged() -> None:
     print(json.dumps({k: round(v, 2) for k, v in times.items()}), flush=True)
 
 
+def check_batch(model) -> None:
+    """Rows of different lengths (crossing the first 256-column capacity) decoded together by
+    engine/batch.py give the tokens each gives alone; prints whether the CUDA kernel was used."""
+    import random
+
+    import mlx.core as mx
+    from mlx_lm.models.cache import make_prompt_cache
+
+    from .engine.batch import Batch, Row
+
+    rng = random.Random(0)
+    prompts = [[rng.randrange(100, 30000) for _ in range(n)] for n in (5, 40, 300, 17, 90)]
+
+    def alone(p, n):
+        cache, out = make_prompt_cache(model), []
+        logits = model(mx.array(p)[None], cache=cache)[:, -1]
+        for _ in range(n):
+            out.append(int(mx.argmax(logits, -1).item()))
+            logits = model(mx.array([[out[-1]]]), cache=cache)[:, -1]
+        return out
+
+    refs = [alone(p, 12) for p in prompts]
+    batch = Batch(model, max_batch=8, prefill_step=64, prefill_batch=2)
+    for i, p in enumerate(prompts):
+        batch.add(Row(i, None, [], set(), 12, known=len(p)), p, None)
+    got: dict[int, list[int]] = {}
+    while batch.active:
+        for o in batch.step():
+            got.setdefault(o.rid, []).append(o.token)
+            if o.finish_reason:
+                batch.finished(o.rid)
+    print(json.dumps({"check": "batch", "ragged_kernel": batch.use_kernel,
+                      "equal_to_alone": [got[i] == refs[i] for i in range(len(prompts))]}), flush=True)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="bench_step")
     p.add_argument("--model", required=True)
@@ -72,6 +107,8 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--only", default="plain,plain_pipe,plain_mask,ours,batchgen")
     p.add_argument("--check", action="store_true", help="first compare the ragged kernel with masked attention")
+    p.add_argument("--check-batch", action="store_true",
+                   help="only check: greedy rows decoded together == each alone, on --model (use fp32 weights)")
     args = p.parse_args(argv)
     preload_openblas()
     import mlx.core as mx
@@ -85,6 +122,8 @@ def main(argv=None) -> None:
     if args.check:
         check_ragged()
     lm = load(args.model)
+    if args.check_batch:
+        return check_batch(lm.model)
     model, vocab = lm.model, lm.tokenizer.vocab_size
     ways = args.only.split(",")
     for b in (int(x) for x in args.batches.split(",")):

@@ -10,9 +10,12 @@ was.
 """
 from __future__ import annotations
 
+import logging
 import sys
 
 import mlx.core as mx
+
+log = logging.getLogger(__name__)
 
 # One block of 8 warps per (row, kv head): warp w takes keys w, w + 8, ... U at a time
 # (all U loads in flight before any is used); each key is read once for all G query
@@ -151,6 +154,32 @@ def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, lens: mx.arra
 HEAD_DIMS = (64, 96, 128, 256)
 
 
+def _dtype(model):
+    from mlx.utils import tree_flatten
+
+    for _, p in tree_flatten(model.parameters()):
+        if p.dtype in (mx.float16, mx.bfloat16, mx.float32):
+            return p.dtype
+    return mx.float16
+
+
+def _warm(heads: int, kv_heads: int, dim: int, dtype) -> bool:
+    """Compile the kernel for this model now (not on the first batched request), and check it
+    against MLX's masked attention; a GPU where it fails keeps the mask path."""
+    try:
+        q = mx.random.normal((2, heads, 1, dim)).astype(dtype)
+        k = mx.random.normal((2, kv_heads, 40, dim)).astype(dtype)
+        v = mx.random.normal((2, kv_heads, 40, dim)).astype(dtype)
+        lens = mx.array([40, 7])
+        mask = (mx.arange(40)[None] < lens[:, None])[:, None, None, :]
+        ref = mx.fast.scaled_dot_product_attention(q, k, v, scale=dim ** -0.5, mask=mask)
+        got = attention(q, k, v, dim ** -0.5, lens)
+        return mx.allclose(ref.astype(mx.float32), got.astype(mx.float32), atol=0.05, rtol=0.05).item()
+    except Exception as e:  # noqa: BLE001 - any compile/launch failure means: use the mask path
+        log.warning("ragged attention kernel unavailable (%s); batched decode uses masked attention", e)
+        return False
+
+
 def install(model) -> bool:
     """Route the decode attention of `model`'s module through `attention` for caches whose
     `ragged` is true (their `offset` is each row's write column). False: not possible here."""
@@ -160,7 +189,11 @@ def install(model) -> bool:
         return False
     args = model.args
     dim = getattr(args, "head_dim", None) or args.hidden_size // args.num_attention_heads
-    if dim not in HEAD_DIMS:
+    heads = args.num_attention_heads
+    kv_heads = getattr(args, "num_key_value_heads", None) or heads
+    if dim not in HEAD_DIMS or heads % kv_heads:
+        return False
+    if not _warm(heads, kv_heads, dim, _dtype(model)):
         return False
     if getattr(orig, "ragged", False):
         return True
