@@ -180,10 +180,12 @@ class Batch:
         if cache is not None or len(tokens) <= 1:
             group = [self.waiting.pop(0)]  # a cached prefix continues alone (its own offset)
         else:
-            limit = max(len(tokens), self.prefill_step)
+            # Rows within a factor of two of the head's length (or 64 tokens) share its padded
+            # chunks: padding never more than doubles anyone's prefill; the rest go next.
+            lo, hi = len(tokens) // 2 - 64, 2 * len(tokens) + 64
             group, rest = [], []
             for item in self.waiting:
-                fits = item[2] is None and len(item[1]) <= limit and len(group) < min(self.prefill_batch, room)
+                fits = item[2] is None and lo <= len(item[1]) <= hi and len(group) < min(self.prefill_batch, room)
                 (group if fits else rest).append(item)
             self.waiting = rest
         rows = [g[0] for g in group]
@@ -211,7 +213,7 @@ class Batch:
         """Put a prefilled row into a free slot."""
         slots = len(self.slots) if None in self.slots else self._bucket(len(self.slots) + 1)
         if not self.keys or slots != len(self.slots) or length + 1 > self._capacity():
-            self._resize(slots, max(self._capacity(), length + 1), dtype=kv[0][0].dtype if kv else None)
+            self._resize(slots, max(self._capacity(), length + 1), like=kv[0][0] if kv else None)
         slot = self.slots.index(None)
         if kv:
             for i, (k, v) in enumerate(kv):
@@ -228,15 +230,18 @@ class Batch:
     def _capacity(self) -> int:
         return self.keys[0].shape[2] if self.keys else 0
 
-    def _resize(self, slots: int, capacity: int, dtype=None) -> None:
+    def _resize(self, slots: int, capacity: int, like: mx.array | None = None) -> None:
         """New buffers of (slots, capacity), rows kept in their slots (or compacted when shrinking)."""
         capacity = -(-capacity // CAPACITY_STEP) * CAPACITY_STEP
         if self.keys:
             _, heads, _, dim = self.keys[0].shape
             dtype = self.keys[0].dtype
+        elif like is not None:  # the first row's own KV says what a slot holds
+            _, heads, _, dim = like.shape
+            dtype = like.dtype
         else:
             heads, dim = self._kv_shape()
-            dtype = dtype or self._act_dtype()
+            dtype = self._act_dtype()
         keep = [i for i, r in enumerate(self.slots) if r is not None]
         if slots < len(self.slots):  # compact: live rows to the front
             order = keep + [i for i, r in enumerate(self.slots) if r is None]
@@ -269,9 +274,12 @@ class Batch:
             self.inflight = (y[idx], None if lp is None else lp[idx], [(order.index(s), r) for s, r in members if s in order])
 
     def _kv_shape(self) -> tuple[int, int]:
+        """(kv heads, head dim) of this rank's layers: a sharded model keeps a slice of the heads."""
         args = self.model.args
-        heads = getattr(args, "num_key_value_heads", None) or args.num_attention_heads
-        dim = getattr(args, "head_dim", None) or args.hidden_size // args.num_attention_heads
+        attn = getattr(self.model.layers[0], "self_attn", None)
+        heads = (getattr(attn, "n_kv_heads", None) or getattr(args, "num_key_value_heads", None)
+                 or args.num_attention_heads)
+        dim = getattr(attn, "head_dim", None) or getattr(args, "head_dim", None) or args.hidden_size // args.num_attention_heads
         return heads, dim
 
     def _act_dtype(self):
