@@ -39,25 +39,33 @@ def slot_count(rows: int, max_batch: int, least: int = 1) -> int:
 
 class SlotKV:
     """A layer's KV for every slot; quacks like mlx-lm's caches inside the model's forward.
-    Without the kernel, attention sees only the first `used` columns (the longest row's),
-    with a mask for the shorter rows: the capacity beyond them is never computed over."""
+    `offset` is each row's write column (and RoPE position). Without the kernel, attention sees
+    only the first `used` columns (the longest row's), with a mask for the shorter rows."""
 
-    def __init__(self, keys: mx.array, values: mx.array, offset: mx.array, use_kernel: bool, used: int):
-        self.keys, self.values, self.offset, self.ragged, self.used = keys, values, offset, use_kernel, used
+    def __init__(self, keys: mx.array, values: mx.array, step: "StepIndex"):
+        self.keys, self.values, self.step = keys, values, step
+        self.offset, self.ragged, self.lens = step.offset, step.ragged, step.lens
 
     def update_and_fetch(self, keys: mx.array, values: mx.array):
-        idx = mx.broadcast_to(self.offset[:, None, None, None], keys.shape)
-        self.keys = mx.put_along_axis(self.keys, idx, keys, axis=2)
-        self.values = mx.put_along_axis(self.values, idx, values, axis=2)
+        self.keys = mx.put_along_axis(self.keys, self.step.write_at, keys, axis=2)
+        self.values = mx.put_along_axis(self.values, self.step.write_at, values, axis=2)
         if self.ragged:
-            return self.keys, self.values  # the kernel reads columns [0, offset] of each row itself
-        return self.keys[:, :, :self.used], self.values[:, :, :self.used]
+            return self.keys, self.values  # the kernel reads columns [0, lens) of each row itself
+        return self.keys[:, :, :self.step.used], self.values[:, :, :self.step.used]
 
     def make_mask(self, n: int, return_array: bool = False, **_):
-        if self.ragged:
-            return None
-        cols = mx.arange(self.used)
-        return (cols[None, :] <= self.offset[:, None])[:, None, None, :]
+        return self.step.mask
+
+
+class StepIndex:
+    """What every layer of one decode step shares, built once: write positions, lengths, mask."""
+
+    def __init__(self, offset: mx.array, kv_shape: tuple, ragged: bool, used: int):
+        slots, heads, _, dim = kv_shape
+        self.offset, self.ragged, self.used = offset, ragged, used
+        self.write_at = mx.broadcast_to(offset[:, None, None, None], (slots, heads, 1, dim))
+        self.lens = offset + 1
+        self.mask = None if ragged else (mx.arange(used)[None, :] < self.lens[:, None])[:, None, None, :]
 
 
 @dataclass(eq=False)
@@ -387,7 +395,8 @@ class Batch:
         return mx.put_along_axis(tokens, mx.concatenate(idx), mx.concatenate(picks), axis=0)
 
     def _forward(self, y: mx.array, offset: mx.array, keys: list, values: list, used: int):
-        caches = [SlotKV(k, v, offset, self.use_kernel, used) for k, v in zip(keys, values)]
+        step = StepIndex(offset, keys[0].shape, self.use_kernel, used)
+        caches = [SlotKV(k, v, step) for k, v in zip(keys, values)]
         logits = self.model(y[:, None], cache=caches)[:, -1, :]
         return logits, [c.keys for c in caches], [c.values for c in caches]
 

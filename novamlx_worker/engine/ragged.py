@@ -182,7 +182,7 @@ def _warm(heads: int, kv_heads: int, dim: int, dtype) -> bool:
 
 def install(model) -> bool:
     """Route the decode attention of `model`'s module through `attention` for caches whose
-    `ragged` is true (their `offset` is each row's write column). False: not possible here."""
+    `ragged` is true (their `lens`: each row's key count). False: not possible here."""
     module = sys.modules.get(type(model).__module__)
     orig = getattr(module, "scaled_dot_product_attention", None)
     if orig is None or not available():
@@ -200,7 +200,7 @@ def install(model) -> bool:
 
     def sdpa(queries, keys, values, cache, scale, mask, sinks=None):
         if getattr(cache, "ragged", False):
-            return attention(queries, keys, values, scale, cache.offset + 1)
+            return attention(queries, keys, values, scale, cache.lens)
         return orig(queries, keys, values, cache=cache, scale=scale, mask=mask, sinks=sinks)
 
     sdpa.ragged = True
