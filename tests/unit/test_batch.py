@@ -140,3 +140,33 @@ def test_seeded_row_samples_the_same_beside_others(model):
         logits = model(mx.array(prompts[i])[None], cache=ref_cache)[:, -1]
         first = together[i][0].token
         assert first in mx.argsort(-logits[0])[:5].tolist()
+
+
+def test_kernel_path_plumbing_on_cpu(tmp_path, monkeypatch):
+    """The CUDA branch (full slot buffers, per-row key counts, no mask) with the kernel replaced
+    by what it computes in plain MLX; the kernel itself is checked on a GPU by
+    `python -m novamlx_worker.bench_step --check --check-batch` (CI has no GPU)."""
+    import sys
+
+    from novamlx_worker.engine import ragged
+    from tests.fixtures.tiny_models import TINY_LLAMA, build_tiny_llama
+
+    # the kernel takes head dims of 64-256
+    model = load(str(build_tiny_llama(tmp_path / "m", cfg={**TINY_LLAMA, "head_dim": 64}))).model
+
+    def reference(q, k, v, scale, lens):
+        mask = (mx.arange(k.shape[2])[None] < lens[:, None])[:, None, None, :]
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+
+    module = sys.modules[type(model).__module__]
+    monkeypatch.setattr(module, "scaled_dot_product_attention", module.scaled_dot_product_attention)  # restored after
+    monkeypatch.setattr(ragged, "available", lambda: True)
+    monkeypatch.setattr(ragged, "_warm", lambda *a: True)
+    monkeypatch.setattr(ragged, "attention", reference)
+    rng = random.Random(7)
+    prompts = [[rng.randrange(1, 40000) for _ in range(n)] for n in (4, 30, 270)]
+    refs = [alone(model, p, 6)[0] for p in prompts]
+    batch = Batch(model, max_batch=4, prefill_step=64, prefill_batch=2)
+    assert batch.use_kernel
+    outs = drive(batch, {0: [(Row(i, None, [], set(), 6, known=len(p)), p, None) for i, p in enumerate(prompts)]})
+    assert [[o.token for o in outs[i]] for i in range(3)] == refs
