@@ -73,6 +73,9 @@ class Generate(msgspec.Struct, tag="generate", omit_defaults=True):
     prompt_tokens: list[int] | None = None  # raw token ids
     echo: bool = False  # return the prompt (and its logprobs) first
     priority: int = 0
+    # max_tokens past the context window is a ceiling (Anthropic, Responses), not an error
+    # (OpenAI chat/completions answer it with context_length_exceeded, as OpenAI does)
+    fit_max_tokens: bool = False
 
 
 class Abort(msgspec.Struct, tag="abort"):

@@ -186,7 +186,7 @@ async def messages(request: Request):
     force = {"any": "required", "tool": choice.get("name")}.get(choice.get("type")) if tools else None
     cmd = m.Generate(rid, info.id, sampling, messages=chat, tools=tools, parse_tools=parse, force_tool=force,
                      template_kwargs={"enable_thinking": enable} if enable is not None else None,
-                     priority=priority_of(request, req.priority))
+                     priority=priority_of(request, req.priority), fit_max_tokens=True)
     gen = Generation(worker, [cmd], cfg.request_timeout, request.app.state.admission)
     await gen.start()
     if req.stream:

@@ -182,8 +182,8 @@ async def create_response(request: Request):
     force = ("required" if choice == "required" else choice.get("name") if isinstance(choice, dict) else None) \
         if tools else None
     cmd = m.Generate(rid, info.id, sampling, messages=chat, tools=tools, parse_tools=bool(tools) and choice != "none",
-                     force_tool=force,
-                     priority=priority_of(request, req.priority))
+                     force_tool=force, priority=priority_of(request, req.priority),
+                     fit_max_tokens=True)  # max_output_tokens is an upper bound
     gen = Generation(worker, [cmd], cfg.request_timeout, app.state.admission)
     await gen.start()
     created = int(time.time())

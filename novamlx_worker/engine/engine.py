@@ -410,13 +410,13 @@ class Engine:
         window = self._window(lm)
         room = window - len(ids)
         s = cmd.sampling
-        if room <= 0 or (s.max_tokens is not None and s.max_tokens > room):
+        if room <= 0 or (s.max_tokens is not None and s.max_tokens > room and not cmd.fit_max_tokens):
             asked = (f" However, you requested {len(ids) + s.max_tokens} tokens ({len(ids)} in the prompt, {s.max_tokens} "
                      "in the completion)." if s.max_tokens else f" However, your prompt has {len(ids)} tokens.")
             raise RequestError(f"This model's maximum context length is {window} tokens.{asked} "
                                "Please reduce the length of the prompt or the completion.",
                                400, "context_length_exceeded", "messages" if cmd.messages is not None else "prompt")
-        max_tokens = s.max_tokens or min(room, self.default_max_tokens)
+        max_tokens = min(s.max_tokens, room) if s.max_tokens else min(room, self.default_max_tokens)
         seq = Sequence(cmd.id, lm.id, ids, s, max_tokens, IncrementalDecoder(lm.tokenizer.decode_visible),
                        StopMatcher(s.stop + self.turn_stops),
                        priority=cmd.priority, vision=vision)

@@ -111,3 +111,17 @@ def test_errors_in_anthropic_shape(server, ac):
     with pytest.raises(anthropic.AuthenticationError) as e:
         bad.messages.create(model="tiny-llama", max_tokens=4, messages=MSGS)
     assert e.value.body["error"]["type"] == "authentication_error"
+
+
+def test_max_tokens_beyond_the_window_is_a_ceiling(ac, server):
+    """Claude Code asks for max_tokens 32000 whatever the model; a local model's window is the
+    ceiling (stop_reason max_tokens when it is reached), where OpenAI chat keeps OpenAI's 400."""
+    import openai
+
+    r = ac.messages.create(model="tiny-llama", max_tokens=32000, messages=MSGS, extra_body={"temperature": 0})
+    assert r.stop_reason in ("end_turn", "max_tokens")
+    assert r.usage.input_tokens + r.usage.output_tokens <= 512  # the tiny model's window
+    client = openai.OpenAI(base_url=server.base_url + "/v1", api_key=API_KEY, max_retries=0)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="tiny-llama", messages=MSGS, max_tokens=32000)
+    assert e.value.code == "context_length_exceeded"

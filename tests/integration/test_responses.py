@@ -93,3 +93,10 @@ def test_stored_responses_survive_restart(tiny_model, tmp_path):
         assert s2.openai().responses.retrieve(r.id).output_text == r.output_text
     finally:
         s2.stop()
+
+
+def test_max_output_tokens_beyond_the_window_is_a_ceiling(client):
+    r = client.responses.create(model="tiny-llama", input="Write about the sea.", max_output_tokens=32000,
+                                temperature=0)
+    assert r.status in ("completed", "incomplete")
+    assert r.usage.input_tokens + r.usage.output_tokens <= 512
