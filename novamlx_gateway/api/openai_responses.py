@@ -95,7 +95,10 @@ def to_protocol(items: list[dict], instructions: str | None) -> list[m.ChatMessa
                 raise APIError(400, f"{where}.role: invalid role {role!r}.", "invalid_value", f"{where}.role")
             out.append(images.message("system" if role == "developer" else role, _parts_of(item.get("content"), where)))
         elif kind == "function_call":
-            call = m.ToolCall(item.get("call_id") or item.get("id") or _new_id("call"), item.get("name") or "",
+            name = item.get("name") or ""
+            if item.get("namespace"):
+                name = f"{item['namespace']}.{name}"
+            call = m.ToolCall(item.get("call_id") or item.get("id") or _new_id("call"), name,
                               item.get("arguments") or "{}")
             if out and out[-1].role == "assistant" and out[-1].tool_call_id is None:
                 out[-1].tool_calls = (out[-1].tool_calls or []) + [call]
@@ -112,14 +115,41 @@ def to_protocol(items: list[dict], instructions: str | None) -> list[m.ChatMessa
     return out
 
 
+# Tools OpenAI runs on its side; a local server has nothing to run them with, so they are not
+# offered to the model (Codex sends web_search by default).
+HOSTED_TOOLS = {"web_search", "web_search_preview", "file_search", "code_interpreter", "computer_use_preview",
+                "image_generation", "mcp", "local_shell", "tool_search", "custom"}
+
+
+def _function(name: str, t: dict) -> dict:
+    return {"type": "function", "function": {"name": name, "description": t.get("description") or "",
+                                             "parameters": t.get("parameters") or {}}}
+
+
 def _tools(tools: list[dict] | None) -> list[dict] | None:
+    """Function tools, and the functions inside `namespace` tools (offered as `namespace.name`)."""
     out = []
-    for t in tools or []:
-        if t.get("type") != "function":
-            raise APIError(400, f"tools: only function tools are supported, not {t.get('type')!r}.", "invalid_value", "tools")
-        out.append({"type": "function", "function": {"name": t.get("name"), "description": t.get("description") or "",
-                                                     "parameters": t.get("parameters") or {}}})
+    for i, t in enumerate(tools or []):
+        kind = t.get("type")
+        if kind == "function":
+            out.append(_function(t.get("name"), t))
+        elif kind == "namespace":
+            out += [_function(f"{t.get('name')}.{f.get('name')}", f) for f in t.get("tools") or []
+                    if f.get("type") == "function"]
+        elif kind not in HOSTED_TOOLS:
+            raise APIError(400, f"tools[{i}]: unsupported tool type {kind!r} (function and namespace tools are "
+                                "served; hosted tools are not offered to a local model).", "invalid_value", "tools")
     return out or None
+
+
+def _namespaces(tools: list[dict] | None) -> set[str]:
+    return {t.get("name") for t in tools or [] if t.get("type") == "namespace"}
+
+
+def _call_name(name: str, namespaces: set[str]) -> dict:
+    """A call's wire name: `namespace.fn` from a namespace tool is name fn in namespace."""
+    ns, dot, fn = name.partition(".")
+    return {"name": fn, "namespace": ns} if dot and ns in namespaces else {"name": name}
 
 
 def _response(req: ResponsesRequest, rid: str, model: str, created: int, status: str, output: list[dict],
@@ -178,6 +208,7 @@ async def create_response(request: Request):
                           response_format=response_format_of((req.text or {}).get("format"), "text.format"))
     rid = _new_id("resp")
     tools = _tools(req.tools)
+    namespaces = _namespaces(req.tools)
     choice = req.tool_choice
     force = ("required" if choice == "required" else choice.get("name") if isinstance(choice, dict) else None) \
         if tools else None
@@ -194,7 +225,7 @@ async def create_response(request: Request):
         incomplete = "max_output_tokens" if reason == "length" else None
         out = [_reasoning_item(reasoning_id, thought)] if thought else []
         out += [_message_item(item_id, text, "incomplete" if incomplete else "completed")] if text or not calls else []
-        out += [_function_item(c) for c in calls]
+        out += [_function_item(c, namespaces) for c in calls]
         obj = _response(req, rid, info.id, created, "incomplete" if incomplete else "completed", out, _usage(gen),
                         incomplete)
         if req.store:
@@ -214,13 +245,16 @@ def _reasoning_item(rid: str, text: str) -> dict:
             "status": "completed"}
 
 
-def _function_item(call: m.ToolCallDelta, status: str = "completed", arguments: str | None = None) -> dict:
+def _function_item(call: m.ToolCallDelta, namespaces: set[str], status: str = "completed",
+                   arguments: str | None = None) -> dict:
     return {"type": "function_call", "id": "fc_" + call.id.removeprefix("call_"), "call_id": call.id,
-            "name": call.name, "arguments": call.arguments if arguments is None else arguments, "status": status}
+            **_call_name(call.name, namespaces), "arguments": call.arguments if arguments is None else arguments,
+            "status": status}
 
 
 async def _stream(gen: Generation, req: ResponsesRequest, rid: str, model: str, created: int, item_id: str,
                   reasoning_id: str, finish):
+    namespaces = _namespaces(req.tools)
     seq = 0
 
     def ev(kind: str, **fields):
@@ -287,13 +321,13 @@ async def _stream(gen: Generation, req: ResponsesRequest, rid: str, model: str, 
                     calls.append(call)
                     index = items
                     items += 1
-                    item = _function_item(call, "in_progress", "")
+                    item = _function_item(call, namespaces, "in_progress", "")
                     yield ev("response.output_item.added", output_index=index, item=item)
                     yield ev("response.function_call_arguments.delta", item_id=item["id"], output_index=index,
                              delta=call.arguments)
                     yield ev("response.function_call_arguments.done", item_id=item["id"], output_index=index,
                              arguments=call.arguments, name=call.name)
-                    yield ev("response.output_item.done", output_index=index, item=_function_item(call))
+                    yield ev("response.output_item.done", output_index=index, item=_function_item(call, namespaces))
             elif isinstance(e, m.Finished):
                 if reasoning_open:
                     for frame in close_reasoning():

@@ -100,3 +100,32 @@ def test_max_output_tokens_beyond_the_window_is_a_ceiling(client):
                                 temperature=0)
     assert r.status in ("completed", "incomplete")
     assert r.usage.input_tokens + r.usage.output_tokens <= 512
+
+
+def test_codex_style_tools_namespace_and_hosted(client):
+    """Codex sends `namespace` tools (functions grouped under a name) and hosted tools such as
+    web_search: namespaced functions are offered as `ns.fn` and called back with name + namespace;
+    hosted tools, which only OpenAI can run, are not offered; an unknown tool type is a 400."""
+    import openai
+
+    tools = [{"type": "function", "name": "exec_command", "parameters": {"type": "object", "properties": {}}},
+             {"type": "namespace", "name": "agents", "description": "Sub-agents", "tools": [
+                 {"type": "function", "name": "spawn_agent", "description": "Start one",
+                  "parameters": {"type": "object", "properties": {"task": {"type": "string"}}}}]},
+             {"type": "web_search", "external_web_access": False}]
+    r = client.responses.create(model="tiny-llama", tools=tools, input="SCRIPT:namespaced")
+    call = next(o for o in r.output if o.type == "function_call")
+    assert call.name == "spawn_agent" and call.namespace == "agents" and '"list files"' in call.arguments
+    # the call goes back in the next turn's input with its namespace
+    follow = client.responses.create(model="tiny-llama", tools=tools, max_output_tokens=4, input=[
+        {"role": "user", "content": "go"},
+        {"type": "function_call", "call_id": call.call_id, "name": call.name, "namespace": call.namespace,
+         "arguments": call.arguments},
+        {"type": "function_call_output", "call_id": call.call_id, "output": "done"}])
+    assert follow.status in ("completed", "incomplete")
+    with client.responses.stream(model="tiny-llama", tools=tools, input="SCRIPT:namespaced") as s:
+        done = s.get_final_response()
+    assert any(o.type == "function_call" and o.namespace == "agents" for o in done.output)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.responses.create(model="tiny-llama", input="x", tools=[{"type": "teleport"}])
+    assert e.value.body["param"] == "tools"
