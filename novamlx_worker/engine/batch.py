@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 from mlx_lm.models.cache import KVCache
 
+from ..models.shape import activation_dtype, attention_shape
 from . import ragged
 
 CAPACITY_STEP = 256
@@ -248,8 +249,8 @@ class Batch:
             _, heads, _, dim = like.shape
             dtype = like.dtype
         else:
-            heads, dim = self._kv_shape()
-            dtype = self._act_dtype()
+            _, heads, dim = attention_shape(self.model)
+            dtype = activation_dtype(self.model)
         keep = [i for i, r in enumerate(self.slots) if r is not None]
         if slots < len(self.slots):  # compact: live rows to the front
             order = keep + [i for i, r in enumerate(self.slots) if r is None]
@@ -280,24 +281,6 @@ class Batch:
         if self.inflight is not None:
             y, lp, members = self.inflight
             self.inflight = (y[idx], None if lp is None else lp[idx], [(order.index(s), r) for s, r in members if s in order])
-
-    def _kv_shape(self) -> tuple[int, int]:
-        """(kv heads, head dim) of this rank's layers: a sharded model keeps a slice of the heads."""
-        args = self.model.args
-        attn = getattr(self.model.layers[0], "self_attn", None)
-        heads = (getattr(attn, "n_kv_heads", None) or getattr(args, "num_key_value_heads", None)
-                 or args.num_attention_heads)
-        dim = getattr(attn, "head_dim", None) or getattr(args, "head_dim", None) or args.hidden_size // args.num_attention_heads
-        return heads, dim
-
-    def _act_dtype(self):
-        """The dtype activations (and so keys) have: the first float parameter's."""
-        from mlx.utils import tree_flatten
-
-        for _, p in tree_flatten(self.model.parameters()):
-            if p.dtype in (mx.float16, mx.bfloat16, mx.float32):
-                return p.dtype
-        return mx.float32
 
     def _fit(self) -> None:
         """Give memory back once the rows that needed it are gone: slots above four times the

@@ -15,6 +15,8 @@ import sys
 
 import mlx.core as mx
 
+from ..models.shape import activation_dtype, attention_shape
+
 log = logging.getLogger(__name__)
 
 # One block of 8 warps per (row, kv head): warp w takes keys w, w + 8, ... U at a time
@@ -154,15 +156,6 @@ def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, lens: mx.arra
 HEAD_DIMS = (64, 96, 128, 256)
 
 
-def _dtype(model):
-    from mlx.utils import tree_flatten
-
-    for _, p in tree_flatten(model.parameters()):
-        if p.dtype in (mx.float16, mx.bfloat16, mx.float32):
-            return p.dtype
-    return mx.float16
-
-
 def _warm(heads: int, kv_heads: int, dim: int, dtype) -> bool:
     """Compile the kernel for this model now (not on the first batched request), and check it
     against MLX's masked attention; a GPU where it fails keeps the mask path."""
@@ -187,13 +180,10 @@ def install(model) -> bool:
     orig = getattr(module, "scaled_dot_product_attention", None)
     if orig is None or not available():
         return False
-    args = model.args
-    dim = getattr(args, "head_dim", None) or args.hidden_size // args.num_attention_heads
-    heads = args.num_attention_heads
-    kv_heads = getattr(args, "num_key_value_heads", None) or heads
+    heads, kv_heads, dim = attention_shape(model)
     if dim not in HEAD_DIMS or heads % kv_heads:
         return False
-    if not _warm(heads, kv_heads, dim, _dtype(model)):
+    if not _warm(heads, kv_heads, dim, activation_dtype(model)):
         return False
     if getattr(orig, "ragged", False):
         return True
