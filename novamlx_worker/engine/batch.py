@@ -161,6 +161,11 @@ class Batch:
     def active(self) -> int:
         return len(self.by_rid)
 
+    def kv_cost(self, reserved: list[int]) -> int:
+        """KV bytes rows with these reservations hold at most here: slot_count(rows) slots, each
+        sized for the longest row."""
+        return self._bucket(len(reserved)) * max(reserved) if reserved else 0
+
     def info(self) -> dict:
         """For /health: what the slot buffers hold now (read from another thread: snapshots only)."""
         keys, values, slots = list(self.keys), list(self.values), list(self.slots)

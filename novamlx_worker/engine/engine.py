@@ -27,7 +27,6 @@ from ..text.stops import StopMatcher
 from ..text.reasoning import ReasoningSplitter
 from ..text.tool_parsers import ToolCallParser, families_for
 from .prefix_cache import PrefixCache
-from .batch import slot_count
 from .runner import Runner
 from .vision_runner import VisionRunner
 from .scheduler import Item, plan
@@ -278,18 +277,15 @@ class Engine:
         return min(budget, self.kv_budget_cap) if self.kv_budget_cap else budget
 
     def _kv_cost(self, items: list[Item]) -> int:
-        """KV bytes a set of running sequences holds at most: rows of a slot batch share buffers
-        of slot_count(rows) slots, each as long as the longest row; other paths hold their own."""
-        by_model: dict[str, list[Item]] = {}
+        """KV bytes a set of running sequences holds at most, per model as its batch holds them
+        (a slot batch sizes every slot for its longest row); other runners hold each row's own."""
+        by_model: dict[str, list[int]] = {}
         for i in items:
-            by_model.setdefault(i.model, []).append(i)
+            by_model.setdefault(i.model, []).append(i.kv_bytes)
         total = 0
-        for model_id, rows in by_model.items():
-            runner = self.runners.get(model_id)
-            if runner is not None and getattr(runner, "padded", False):
-                total += slot_count(len(rows), self.max_batch) * max(i.kv_bytes for i in rows)
-            else:
-                total += sum(i.kv_bytes for i in rows)
+        for mid, kv in by_model.items():
+            batch = getattr(self.runners.get(mid), "batch", None)
+            total += batch.kv_cost(kv) if batch else sum(kv)
         return total
 
     def memory_state(self) -> dict:

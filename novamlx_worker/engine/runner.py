@@ -77,6 +77,10 @@ class MlxLmBatch:
     def release(self) -> None:
         pass  # BatchGenerator frees its caches as rows leave
 
+    @staticmethod
+    def kv_cost(reserved: list[int]) -> int:
+        return sum(reserved)
+
     def info(self) -> dict:
         return {"path": "mlx-lm BatchGenerator", "live": len(self.uid_of)}
 
@@ -95,7 +99,6 @@ class Runner:
         self.cacheable = all(type(c) is KVCache for c in make_prompt_cache(loaded.model))
         kind = Batch if self.cacheable else MlxLmBatch
         self.batch = kind(loaded.model, max_batch, prefill_step, prefill_batch)
-        self.padded = kind is Batch  # rows share slot buffers sized for the longest (the KV budget counts that)
         self.solo_enabled = solo and self.cacheable
         self.vocab_size = loaded.model.args.vocab_size
         self.solo: Solo | None = None
