@@ -94,17 +94,19 @@ class Prefill:
 
 
 @dataclass(eq=False)
-class Out:
+class TokenOut:
+    """One token of one sequence, from whichever path decoded it."""
     rid: int
     token: int
-    finish_reason: str | None
-    cache: list | None
-    lp: mx.array | None = field(repr=False, default=None)  # the step's rows, when any row needed them
-    row: int = 0
+    finish_reason: str | None  # "stop" (a stop token), "length", or None
+    cache: list | None  # per-layer KV of a sequence that just finished
+    lp: mx.array | None = field(repr=False, default=None)  # its logprob row, or the step's rows (then `row`)
+    row: int | None = None
 
     @property
     def logprobs(self) -> mx.array:
-        return self.lp[self.row]
+        """The full normalized row, read only when a request asks."""
+        return self.lp if self.row is None else self.lp[self.row]
 
 
 class Batch:
@@ -301,11 +303,11 @@ class Batch:
             self._resize(slots if shrink_slots else len(self.slots), need if shrink_cap else self._capacity())
 
     # ---- one step ----
-    def step(self) -> list[Out]:
+    def step(self) -> list[TokenOut]:
         with mx.stream(self.stream):
             return self._step()
 
-    def _step(self) -> list[Out]:
+    def _step(self) -> list[TokenOut]:
         if self.prefill is None:
             self._start_prefill()
         if self.prefill is not None:
@@ -388,7 +390,7 @@ class Batch:
         logits = self.model(y[:, None], cache=caches)[:, -1, :]
         return logits, [c.keys for c in caches], [c.values for c in caches]
 
-    def _read(self, inflight) -> list[Out]:
+    def _read(self, inflight) -> list[TokenOut]:
         if inflight is None:
             return []
         tokens, lp, members = inflight
@@ -406,5 +408,5 @@ class Batch:
                 self.slots[s] = None
                 self.fresh.pop(s, None)
                 cache = self._extract(s, min(r.length, r.known))
-            out.append(Out(r.rid, token, finish, cache, lp, s))
+            out.append(TokenOut(r.rid, token, finish, cache, lp, s))
         return out

@@ -10,8 +10,6 @@ that made them).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator, StopSequences
 from mlx_lm.models.cache import KVCache, make_prompt_cache
@@ -19,18 +17,9 @@ from mlx_lm.models.cache import KVCache, make_prompt_cache
 from ..models.loader import LoadedModel
 from ..grammar import GrammarProcessor
 from ..sampling import force_tokens, make_penalties, make_sampler, think_budget
-from .batch import Batch, Row
+from .batch import Batch, Row, TokenOut
 from .sequence import Sequence
 from .solo import Solo
-
-
-@dataclass
-class TokenOut:
-    rid: int
-    token: int
-    logprobs: mx.array  # the full normalized row, read only when a request asks
-    finish_reason: str | None  # "stop" (a stop token), "length", or None
-    cache: list | None  # per-layer KV of a sequence that just finished
 
 
 def processors_for(seq: Sequence, loaded: LoadedModel, vocab_size: int) -> list:
@@ -85,7 +74,7 @@ class MlxLmBatch:
         return {"path": "mlx-lm BatchGenerator", "live": len(self.uid_of)}
 
     def step(self) -> list[TokenOut]:
-        return [TokenOut(self.rid_of[r.uid], r.token, r.logprobs, r.finish_reason, r.prompt_cache)
+        return [TokenOut(self.rid_of[r.uid], r.token, r.finish_reason, r.prompt_cache, r.logprobs)
                 for r in self.gen.next_generated() if r.uid in self.rid_of]
 
 
@@ -149,7 +138,7 @@ class Runner:
             self._insert(solo.rid, seq, tokens, cache)
             return
         token, lp, finish = pending
-        self.carry.append(TokenOut(solo.rid, token, lp, finish, cache if finish else None))
+        self.carry.append(TokenOut(solo.rid, token, finish, cache if finish else None, lp))
         if finish is None:
             self.handoff = (solo.rid, seq, cache)
 
@@ -189,7 +178,7 @@ class Runner:
                 got = self.solo.step()
             if got is not None:
                 token, lp, finish = got
-                out.append(TokenOut(self.solo.rid, token, lp, finish, self.solo.cache if finish else None))
+                out.append(TokenOut(self.solo.rid, token, finish, self.solo.cache if finish else None, lp))
             return out
         return out + self.batch.step()
 

@@ -12,7 +12,8 @@ import mlx.core as mx
 
 from ..models.loader import LoadedModel
 from ..sampling import make_sampler
-from .runner import TokenOut, processors_for
+from .batch import TokenOut
+from .runner import processors_for
 from .sequence import Sequence
 
 
@@ -105,4 +106,4 @@ class VisionRunner:
         finish = "stop" if stop else ("length" if seq.generated + 1 >= seq.max_tokens else None)
         if finish:
             self._end(last=token)
-        return [TokenOut(rid, token, row, finish, None)]
+        return [TokenOut(rid, token, finish, None, row)]
