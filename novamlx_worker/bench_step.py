@@ -155,15 +155,13 @@ def main(argv=None) -> None:
                     row[way] = round(_timed(fn, args.steps), 2)
             del cache
         rows = [p[: args.context - (i * 7) % 64] for i, p in enumerate(prompts(b, args.context, vocab, seed=b + 1))]
-        for way in ("ours", "ours_compiled"):
-            if way not in ways:
-                continue
-            batch = Batch(model, max_batch=b, prefill_step=2048, prefill_batch=b, compiled=way == "ours_compiled")
+        if "ours" in ways:
+            batch = Batch(model, max_batch=b, prefill_step=2048, prefill_batch=b)
             for i, r in enumerate(rows):
                 batch.add(Row(i, None, [], set(), args.steps + 50, known=len(r)), r, None)
             while not batch.step():  # prefill until the first tokens
                 pass
-            row[way] = round(_timed(batch.step, args.steps), 2)
+            row["ours"] = round(_timed(batch.step, args.steps), 2)
             del batch
         if "batchgen" in ways:
             gen = BatchGenerator(model, stop_tokens=None, prefill_batch_size=b, completion_batch_size=b)

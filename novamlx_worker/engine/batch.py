@@ -110,18 +110,12 @@ class TokenOut:
 
 
 class Batch:
-    def __init__(self, model, max_batch: int, prefill_step: int, prefill_batch: int, min_slots: int = 1,
-                 compiled: bool = False):
+    def __init__(self, model, max_batch: int, prefill_step: int, prefill_batch: int, min_slots: int = 1):
         self.model = model
         self.max_batch, self.prefill_step, self.prefill_batch = max_batch, prefill_step, prefill_batch
         self.min_slots = min(min_slots, max_batch)
         self.use_kernel = ragged.install(model)
         self.stream = mx.new_stream(mx.default_device())
-        # Shapes stay fixed between resizes, so the forward can be traced once per (slots, capacity).
-        self._fwd = self._forward
-        if compiled:  # `used` would retrace every step: the compiled forward attends over the capacity
-            step = mx.compile(lambda y, offset, keys, values: self._forward(y, offset, keys, values, keys[0].shape[2]))
-            self._fwd = lambda y, offset, keys, values, used: step(y, offset, keys, values)
         self.keys: list[mx.array] = []
         self.values: list[mx.array] = []
         self.slots: list[Row | None] = []
@@ -329,7 +323,8 @@ class Batch:
         members = [(s, r) for s, r in enumerate(self.slots) if r is not None]
         if not members:
             return None
-        if max(r.length for _, r in members) + 1 > self._capacity():
+        used = max(r.length for _, r in members) + 1  # columns the longest row needs this step
+        if used > self._capacity():
             self._resize(len(self.slots), self._capacity() + CAPACITY_STEP)
         n = len(self.slots)
         if self.inflight is not None:
@@ -343,8 +338,7 @@ class Batch:
             y = mx.array([self.fresh.get(s, 0) for s in range(n)], dtype=mx.uint32)
         self.fresh = {}
         offset = mx.array([r.length if r is not None else 0 for r in self.slots], dtype=mx.int32)
-        used = max(r.length for _, r in members) + 1
-        logits, self.keys, self.values = self._fwd(y, offset, self.keys, self.values, used)
+        logits, self.keys, self.values = self._forward(y, offset, self.keys, self.values, used)
         for _, r in members:
             r.length += 1
         processed = [(s, r) for s, r in members if r.processors]
