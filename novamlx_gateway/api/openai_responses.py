@@ -115,9 +115,10 @@ def to_protocol(items: list[dict], instructions: str | None) -> list[m.ChatMessa
     return out
 
 
-# Tools OpenAI runs on its side; a local server has nothing to run them with, so they are not
-# offered to the model (Codex sends web_search by default).
-HOSTED_TOOLS = {"web_search", "web_search_preview", "file_search", "code_interpreter", "computer_use_preview",
+# Tools not offered to a local model: those OpenAI runs on its side (a local server has
+# nothing to run them with; Codex sends web_search by default), and freeform `custom` tools,
+# whose grammar-shaped input we do not serve.
+NOT_OFFERED = {"web_search", "web_search_preview", "file_search", "code_interpreter", "computer_use_preview",
                 "image_generation", "mcp", "local_shell", "tool_search", "custom"}
 
 
@@ -136,9 +137,9 @@ def _tools(tools: list[dict] | None) -> list[dict] | None:
         elif kind == "namespace":
             out += [_function(f"{t.get('name')}.{f.get('name')}", f) for f in t.get("tools") or []
                     if f.get("type") == "function"]
-        elif kind not in HOSTED_TOOLS:
+        elif kind not in NOT_OFFERED:
             raise APIError(400, f"tools[{i}]: unsupported tool type {kind!r} (function and namespace tools are "
-                                "served; hosted tools are not offered to a local model).", "invalid_value", "tools")
+                                "served; hosted and custom tools are not offered to a local model).", "invalid_value", "tools")
     return out or None
 
 
@@ -234,7 +235,7 @@ async def create_response(request: Request):
         return obj
 
     if req.stream:
-        return StreamingResponse(_stream(gen, req, rid, info.id, created, item_id, reasoning_id, finish),
+        return StreamingResponse(_stream(gen, req, rid, info.id, created, item_id, reasoning_id, finish, namespaces),
                                  media_type="text/event-stream", headers=sse.SSE_HEADERS)
     (c,) = await gen.collect()
     return JSONResponse(finish("".join(c.text), c.finish_reason, c.tool_calls, "".join(c.reasoning)))
@@ -253,8 +254,7 @@ def _function_item(call: m.ToolCallDelta, namespaces: set[str], status: str = "c
 
 
 async def _stream(gen: Generation, req: ResponsesRequest, rid: str, model: str, created: int, item_id: str,
-                  reasoning_id: str, finish):
-    namespaces = _namespaces(req.tools)
+                  reasoning_id: str, finish, namespaces: set[str]):
     seq = 0
 
     def ev(kind: str, **fields):
