@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
             servers.append(serve(admin, admin_cfg, shutdown_trigger=stop.wait, mode="asgi"))
             log.info("admin API on http://%s:%s", cfg.host, cfg.admin_port)
         else:
-            log.info("admin API off: no admin key or API key configured")
+            log.info("admin API off: no admin key configured (--admin-key or NOVAMLX_ADMIN_KEY; an API key never opens it)")
         log.info("serving on http://%s:%s", cfg.host, cfg.port)
         await asyncio.gather(*servers)
 
@@ -80,5 +80,20 @@ def novamlx_main(argv: list[str] | None = None) -> None:
         return bench_main(argv[1:])
     if argv and argv[0] == "serve":
         return main(argv[1:])
-    print("usage: novamlx bench {load,agent,prefix,compare} ... | novamlx serve [flags]", file=sys.stderr)
-    raise SystemExit(2)
+    if argv and argv[0] in ("models", "launchd-plist", "systemd-unit"):
+        return main(argv)
+    print(NOVAMLX_USAGE, file=sys.stderr if argv and argv[0] not in ("-h", "--help", "help") else sys.stdout)
+    raise SystemExit(0 if argv and argv[0] in ("-h", "--help", "help") else 2)
+
+
+NOVAMLX_USAGE = """usage: novamlx COMMAND ...
+
+commands:
+  serve [flags]                    start the server (the same as novamlx-gateway [flags])
+  models list|search|pull|rm       the model store (novamlx-gateway models ...)
+  bench load|agent|prefix|compare|embed|mask|shardcheck|probe
+                                   benchmarks against a running server and its peers (docs/benchmarks.md)
+  launchd-plist [flags]            print a launchd plist that runs the server with these flags
+  systemd-unit [flags]             print a systemd unit that runs the server with these flags
+
+`novamlx COMMAND --help` for a command's options."""

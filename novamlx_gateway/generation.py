@@ -9,8 +9,6 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-import msgspec
-
 from protocol import messages as m
 
 from .admission import Admission
@@ -33,8 +31,9 @@ class Generation:
     """n sequences sharing one event queue; index i is command i."""
 
     def __init__(self, worker: WorkerClient, cmds: list[m.Generate], timeout: float, admission: Admission,
-                 n: int = 1):
+                 n: int = 1, rename: dict | None = None):
         self.worker = worker
+        self.rename = rename or {}  # the worker's field names -> the route's (Responses: messages -> input)
         self.admission = admission
         self.holds_slot = False
         self.cmds = cmds
@@ -46,7 +45,7 @@ class Generation:
         self.n = n  # choices per prompt: prompts are counted once in usage
         self.prompt_counts: dict[str, int] = {}
         self.completion_tokens = 0
-        self.cached_tokens: dict[str, int] = {}
+        self.cached_tokens: dict[str, int] = {}  # as Finished reports them (Started's are the estimate)
         self.created = int(time.time())
 
     @staticmethod
@@ -75,10 +74,10 @@ class Generation:
                 if isinstance(ev, m.Started):
                     waiting.discard(ev.id)
                     self.prompt_counts[ev.id] = ev.prompt_tokens
+                    self.cached_tokens[ev.id] = ev.cached_tokens
                 elif isinstance(ev, m.Error):
                     self.abort()
-                    raise APIError(ev.status, ev.message, ev.code, ev.param,
-                                   headers={"retry-after": "1"} if ev.status == 503 else None)
+                    raise self.error(ev)
                 else:
                     early.append(ev)
         except asyncio.CancelledError:
@@ -129,10 +128,14 @@ class Generation:
             elif isinstance(ev, m.Finished):
                 c.finish_reason, c.usage, c.stop = ev.finish_reason, ev.usage, ev.stop
             elif isinstance(ev, m.Error):
-                raise APIError(ev.status, ev.message, ev.code, ev.param,
-                               headers={"retry-after": "1"} if ev.status == 503 else None)
+                raise self.error(ev)
         return choices
 
+    def error(self, ev: m.Error) -> APIError:
+        """A worker error in the route's words (its field names)."""
+        param = self.rename.get(ev.param, ev.param) if ev.param else None
+        return APIError(ev.status, ev.message, ev.code, param,
+                        headers={"retry-after": "1"} if ev.status == 503 else None)
 
     def usage(self) -> dict:
         """OpenAI usage: each prompt counted once however many choices it has."""
@@ -154,18 +157,9 @@ def model_or_404(worker: WorkerClient, name: str, kinds: tuple[str, ...] = ("llm
     return info
 
 
-def choice_sampling(s: m.Sampling, j: int) -> m.Sampling:
-    """Choice j of n: with a seed, each choice gets its own (seed + j) so they differ, reproducibly."""
-    return msgspec.structs.replace(s, seed=s.seed + j) if j and s.seed is not None else s
-
-
 def usage_dict(prompt_tokens: int, completion_tokens: int, cached: int = 0) -> dict:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
             "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
             "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
                                           "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}
-
-
-def error_body(ev: m.Error) -> dict:
-    return APIError(ev.status, ev.message, ev.code, ev.param).body()

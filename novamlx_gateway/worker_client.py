@@ -1,27 +1,25 @@
-"""The gateway's side of the pipe: spawn and supervise the worker, route its events.
+"""The gateway's side of the pipe for requests: submit commands, route the worker's events
+to each request by id, and keep what the worker says it serves.
 
-Each request owns an asyncio.Queue; events are routed to it by request id. If the
-worker dies, requests that produced nothing yet are re-sent to its replacement, and
-the rest receive an error event, so no client ever hangs.
+Each request owns an asyncio.Queue; events are routed to it by request id. The worker
+process itself is the Supervisor's (supervisor.py). If the worker dies, requests that
+produced nothing yet are re-sent to its replacement, and the rest receive an error event,
+so no client ever hangs.
 """
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
-import signal
-import sys
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import msgspec
 
-from protocol import PROTOCOL_VERSION, codec
+from protocol import PROTOCOL_VERSION
 from protocol import messages as m
 
 from .config import Config
+from .supervisor import Supervisor
 
 log = logging.getLogger("novamlx.supervisor")
 
@@ -33,166 +31,29 @@ class Pending:
     produced: bool = False
 
 
-@dataclass
-class WorkerState:
-    pid: int | None = None
-    ready: bool = False
-    restarts: int = 0
-    last_exit: int | None = None
-    started_at: float = field(default_factory=time.time)
-
-
-class WorkerCrashed(Exception):
-    pass
-
-
-def _free_port_run(n: int) -> int:
-    """A first port with the next n-1 free too (the ring backend listens on consecutive ports)."""
-    import socket
-
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n >= 65535:
-            continue
-        try:
-            held = []
-            for p in range(base, base + n):
-                sock = socket.socket()
-                held.append(sock)
-                sock.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in held:
-                sock.close()
-    raise RuntimeError("no run of free ports for the ring backend")
-
-
 class WorkerClient:
     def __init__(self, cfg: Config, extra_env: dict | None = None):
         self.cfg = cfg
-        self.extra_env = extra_env or {}
-        self.proc: asyncio.subprocess.Process | None = None
+        self.supervisor = Supervisor(cfg, self._dispatch, self._fail_in_flight, extra_env)
         self.pending: dict[str, Pending] = {}
         self.models: list[m.ModelInfo] = []
         self.health: m.Health | None = None
-        self.state = WorkerState()
-        self._ready = asyncio.Event()
-        self._stopping = False
-        self._pongs: dict[int, asyncio.Future] = {}
-        self._tasks: list[asyncio.Task] = []
-        self._health_log = cfg.data_path / "logs" / "worker-health.jsonl"
-        self._first_start: asyncio.Future | None = None
         self.boot_commands = lambda: []  # sent to each new worker before any request (the catalog's)
-        self._channel = None  # (reader, transport, fd, path) of the FIFO from a sharded group's rank 0
+        self.settings = None  # the per-model settings store: aliases and the default model
 
-    # ---- lifecycle ----
-    def argv(self) -> list[str]:
-        a = [sys.executable, "-m", "novamlx_worker", "--dequantize", self.cfg.dequantize,
-             "--max-batch", str(self.cfg.max_batch), "--prefill-step", str(self.cfg.prefill_step),
-             "--prefill-batch", str(self.cfg.prefill_batch),
-             "--health-interval", str(self.cfg.health_interval),
-             "--max-process-memory", self.cfg.max_process_memory,
-             "--default-max-tokens", str(self.cfg.default_max_tokens), "--kv-budget-mb", str(self.cfg.kv_budget_mb),
-             "--tool-parser", self.cfg.tool_parser]
-        a += ["--block-size", str(self.cfg.block_size), "--prefix-cache-mb", str(self.cfg.prefix_cache_mb),
-              "--ssd-cache-gb", str(self.cfg.ssd_cache_gb)]
-        if self.cfg.ssd_cache:
-            a += ["--ssd-cache-dir", str(self.cfg.data_path / "cache" / "kv"),
-                  "--vision-cache-dir", str(self.cfg.data_path / "cache" / "vision")]
-        for spec in self.cfg.models:
-            a += ["--model", spec]
-        for spec in self.cfg.embedding_models:
-            a += ["--embedding-model", spec]
-        for pattern in self.cfg.turn_stop_patterns:
-            a += ["--turn-stop", pattern]
-        for pin in self.cfg.pinned_models:
-            a += ["--pin", pin]
-        return self._launcher() + a + ["--distributed-backend", self.cfg.distributed_backend] \
-            if self.cfg.distributed_backend else a
+    @property
+    def state(self):
+        return self.supervisor.state
 
-    def _launcher(self) -> list[str]:
-        """mlx.launch starts the ranks (locally or over ssh from a hosts file), copies our stdin to
-        each and relays their stdout: only rank 0 writes there, so it is the protocol channel."""
-        c = self.cfg
-        launch = [sys.executable, "-c", "from mlx._distributed_utils.launch import main; main()",
-                  "--backend", c.distributed_backend, "--cwd", str(Path(__file__).resolve().parent.parent)]
-        launch += ["--hostfile", c.distributed_hostfile] if c.distributed_hostfile else ["-n", str(c.distributed_ranks)]
-        if c.distributed_backend == "ring":
-            launch += ["--starting-port", str(c.distributed_port or _free_port_run(c.distributed_ranks))]
-        return launch + ["--"]
+    @property
+    def health_log(self):
+        return self.supervisor.health_log
 
     async def start(self) -> None:
-        """Spawn the worker and wait for its hello (the first model load)."""
-        self._first_start = asyncio.get_running_loop().create_future()
-        self._tasks.append(asyncio.create_task(self._supervise()))
-        self._tasks.append(asyncio.create_task(self._watchdog()))
-        await asyncio.wait_for(asyncio.shield(self._first_start), self.cfg.worker_start_timeout)
+        await self.supervisor.start()
 
-    async def _spawn(self) -> None:
-        env = {**os.environ, **self.extra_env, "NOVAMLX_WORKER_GENERATION": str(self.state.restarts)}
-        root = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "") if env.get("PYTHONPATH") else root
-        self._close_channel()
-        if self.cfg.distributed_backend and not self.cfg.distributed_hostfile:
-            env["NOVAMLX_PROTOCOL_FIFO"] = await self._open_channel()
-        self.proc = await asyncio.create_subprocess_exec(
-            *self.argv(), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=None,
-            env=env, limit=codec.LINE_LIMIT, start_new_session=False)
-        self.state.pid = self.proc.pid
-        log.info("worker started pid=%s", self.proc.pid)
-
-    async def _open_channel(self) -> str:
-        """Sharded over local ranks: rank 0 writes the protocol into a FIFO we read directly,
-        not through mlx.launch's stdout relay (which forwards in 100 ms polls)."""
-        folder = self.cfg.data_path / "run"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"protocol-{os.getpid()}.fifo"
-        path.unlink(missing_ok=True)
-        os.mkfifo(path, 0o600)
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-        keep = os.open(path, os.O_WRONLY | os.O_NONBLOCK)  # no EOF before rank 0 opens it
-        reader = asyncio.StreamReader(limit=codec.LINE_LIMIT)
-        transport, _ = await asyncio.get_running_loop().connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0))
-        self._channel = (reader, transport, keep, path)
-        return str(path)
-
-    def _close_channel(self) -> None:
-        if self._channel is not None:
-            _, transport, keep, path = self._channel
-            transport.close()
-            os.close(keep)
-            path.unlink(missing_ok=True)
-            self._channel = None
-
-    async def _supervise(self) -> None:
-        backoff = 0.5
-        while not self._stopping:
-            await self._spawn()
-            started = time.monotonic()
-            reader = asyncio.create_task(self._read(self.proc))
-            code = await self.proc.wait()
-            await asyncio.wait([reader], timeout=2)
-            reader.cancel()  # a FIFO channel never reaches EOF on its own
-            self.state.ready = False
-            self._ready.clear()
-            self.state.last_exit = code
-            if self._stopping:
-                break
-            self._fail_in_flight(code)
-            if self._first_start and not self._first_start.done():
-                self._first_start.set_exception(RuntimeError(f"worker exited with code {code} before it was ready"))
-                return
-            self.state.restarts += 1
-            if time.monotonic() - started > 60:
-                backoff = 0.5
-            log.error("worker exited with code %s; restart #%d in %.1fs", code, self.state.restarts, backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 30.0)
+    async def stop(self, grace: float = 10.0) -> None:
+        await self.supervisor.stop(grace)
 
     def _fail_in_flight(self, code) -> None:
         """Streams that already produced output get an error; the rest wait for the new worker."""
@@ -201,24 +62,6 @@ class WorkerClient:
                 self.pending.pop(rid, None)
                 p.queue.put_nowait(m.Error(rid, f"The model worker crashed (exit code {code}) while generating; "
                                                 "the request was not completed. Please retry.", 503, "worker_crashed"))
-
-    async def _read(self, proc) -> None:
-        stream = self._channel[0] if self._channel is not None else proc.stdout
-        assert stream is not None
-        while True:
-            try:
-                line = await stream.readline()
-            except (ValueError, asyncio.LimitOverrunError) as e:
-                log.error("worker line too long: %s", e)
-                continue
-            if not line:
-                return
-            try:
-                event = codec.decode_event(line)
-            except msgspec.DecodeError as e:
-                log.error("bad line from worker: %s: %r", e, line[:200])
-                continue
-            self._dispatch(event)
 
     def _dispatch(self, ev) -> None:
         if isinstance(ev, m.Step):
@@ -239,11 +82,6 @@ class WorkerClient:
                 log.error("worker: %s", ev.message)
         elif isinstance(ev, m.Health):
             self.health = ev
-            self._append_health(ev)
-        elif isinstance(ev, m.Pong):
-            fut = self._pongs.pop(ev.nonce, None)
-            if fut and not fut.done():
-                fut.set_result(True)
         elif isinstance(ev, m.Hello):
             self._on_hello(ev)
         elif isinstance(ev, m.Models):
@@ -260,7 +98,7 @@ class WorkerClient:
         for cmd in self.boot_commands():
             q: asyncio.Queue = asyncio.Queue()
             self.pending[cmd.id] = Pending(cmd, q)
-            self._send(cmd)
+            self.supervisor.send(cmd)
             try:
                 ev = await asyncio.wait_for(q.get(), self.cfg.worker_start_timeout)
             except asyncio.TimeoutError:
@@ -268,74 +106,15 @@ class WorkerClient:
             if not isinstance(ev, m.Result):
                 log.error("worker boot command %s failed: %s", type(cmd).__name__, getattr(ev, "message", "timeout"))
             self.pending.pop(cmd.id, None)
-        self.state.ready = True
-        self._ready.set()
+        self.supervisor.mark_ready()
         for p in list(self.pending.values()):  # accepted before a crash, never started: run them now
-            self._send(p.cmd)
-        if self._first_start and not self._first_start.done():
-            self._first_start.set_result(True)
-
-    def _append_health(self, ev: m.Health) -> None:
-        try:
-            self._health_log.parent.mkdir(parents=True, exist_ok=True)
-            if self._health_log.exists() and self._health_log.stat().st_size > self.cfg.health_log_max_mb * 1e6:
-                self._health_log.replace(self._health_log.with_suffix(".jsonl.1"))
-            record = msgspec.to_builtins(ev)
-            record["restarts"] = self.state.restarts
-            with open(self._health_log, "a") as fh:
-                fh.write(json.dumps(record) + "\n")
-        except OSError as e:
-            log.warning("cannot write health log: %s", e)
-
-    async def _watchdog(self) -> None:
-        """A worker that stops answering pings is hung: kill it, the supervisor restarts it."""
-        nonce = 0
-        interval = max(self.cfg.ping_timeout / 3, 0.5)
-        while not self._stopping:
-            await asyncio.sleep(interval)
-            if not self.state.ready or self.proc is None:
-                continue
-            nonce += 1
-            fut = asyncio.get_running_loop().create_future()
-            self._pongs[nonce] = fut
-            self._send(m.Ping(nonce))
-            try:
-                await asyncio.wait_for(fut, self.cfg.ping_timeout)
-            except asyncio.TimeoutError:
-                self._pongs.pop(nonce, None)
-                if self.state.ready and self.proc and self.proc.returncode is None:
-                    log.error("worker pid=%s did not answer a ping in %.0fs; killing it", self.proc.pid, self.cfg.ping_timeout)
-                    self.proc.kill()
-
-    async def stop(self, grace: float = 10.0) -> None:
-        self._stopping = True
-        for t in self._tasks:
-            t.cancel()
-        proc = self.proc
-        if proc is None or proc.returncode is not None:
-            return
-        self._send(m.Shutdown())
-        try:
-            await asyncio.wait_for(proc.wait(), grace)
-        except asyncio.TimeoutError:
-            proc.send_signal(signal.SIGKILL)
-            await proc.wait()
-        self._close_channel()
+            self.supervisor.send(p.cmd)
 
     # ---- requests ----
-    def _send(self, cmd) -> None:
-        proc = self.proc
-        if proc is None or proc.stdin is None or proc.returncode is not None or proc.stdin.is_closing():
-            return
-        try:
-            proc.stdin.write(codec.encode(cmd))
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the supervisor sees the exit and re-sends what had not started
-
     def submit(self, cmd, queue: asyncio.Queue) -> None:
         self.pending[cmd.id] = Pending(cmd, queue)
         if self.state.ready:
-            self._send(cmd)
+            self.supervisor.send(cmd)
 
     async def call(self, cmd, timeout: float = 30.0):
         """A command answered by one Result (settings, count_tokens); errors become APIError."""
@@ -352,13 +131,25 @@ class WorkerClient:
             raise APIError(ev.status, ev.message, ev.code, ev.param)
         return ev
 
+    async def stats(self) -> dict | None:
+        """The worker's numbers now (a Stats command), or the last health push if it cannot answer."""
+        if self.state.ready:
+            from .errors import APIError
+
+            try:
+                ev = await self.call(m.Stats(f"stats-{time.monotonic_ns()}"), timeout=5.0)
+                return ev.data
+            except APIError:
+                pass
+        return msgspec.to_builtins(self.health) if self.health else None
+
     def abort(self, rid: str) -> None:
         if self.pending.pop(rid, None) is not None and self.state.ready:
-            self._send(m.Abort(rid))
+            self.supervisor.send(m.Abort(rid))
 
     def resolve_model(self, name: str) -> m.ModelInfo | None:
         """By id, alias (the model's own or a per-model setting), or "default"."""
-        settings = getattr(self, "settings", None)
+        settings = self.settings
         if settings is not None:
             target = settings.alias_target(name) or (settings.default_model() if name == "default" else None)
             if target:

@@ -12,11 +12,15 @@ import psutil
 from protocol import messages as m
 
 
-def snapshot(engine, last: dict) -> m.Health:
+def snapshot(engine, last: dict | None = None) -> m.Health:
+    """The worker now. last: the push's rate state (tokens and time at the previous push),
+    advanced by the push; without it (an on-demand Stats) the rate is since that push."""
     now = time.monotonic()
     tokens = engine.tokens_out
-    rate = (tokens - last.get("tokens", 0)) / max(now - last.get("t", now - 1), 1e-6)
-    last.update(tokens=tokens, t=now)
+    prev = last if last is not None else dict(engine.rate_state)
+    rate = (tokens - prev.get("tokens", 0)) / max(now - prev.get("t", now - 1), 1e-6)
+    if last is not None:
+        last.update(tokens=tokens, t=now)
     queued = len(engine.waiting)
     return m.Health(
         pid=os.getpid(), rss_bytes=psutil.Process().memory_info().rss,
@@ -31,7 +35,7 @@ def snapshot(engine, last: dict) -> m.Health:
 
 def start_health_push(engine, emit, interval: float) -> threading.Thread:
     def loop():
-        last: dict = {}
+        last = engine.rate_state
         while not engine.stopping:
             try:
                 emit(snapshot(engine, last))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import json
 import os
 import signal
 import sys
@@ -49,7 +50,9 @@ def parse_args(argv=None):
 
 
 def load_embedders(specs: list[str]) -> list:
-    from .models.embedder import DEFAULT_EMBEDDING_ALIASES, DEFAULT_EMBEDDING_ID, default_embedding_path, load_embedder
+    from protocol.naming import DEFAULT_EMBEDDING_ALIASES, DEFAULT_EMBEDDING_ID, default_embedding_path
+
+    from .models.embedder import load_embedder
 
     if "none" in specs:
         return []
@@ -68,6 +71,8 @@ def main(argv=None) -> None:
     log = logging.getLogger("novamlx.worker")
     args = parse_args(argv)
     blas = preload_openblas()
+
+    import msgspec
 
     from protocol import PROTOCOL_VERSION, codec
     from protocol import messages as m
@@ -100,7 +105,7 @@ def main(argv=None) -> None:
 
     from .engine.engine import Engine
     from .engine.ssd_cache import SSDTier
-    from .health import start_health_push
+    from .health import snapshot, start_health_push
     from .memory import MemoryEnforcer
     from .models.pool import ModelPool
 
@@ -134,8 +139,14 @@ def main(argv=None) -> None:
                 continue
             try:
                 cmd = codec.decode_command(line)
-            except Exception as e:  # noqa: BLE001 - junk on the pipe is logged, never fatal
+            except Exception as e:  # noqa: BLE001 - junk on the pipe is answered and logged, never fatal
                 log.error("bad command line: %s", e)
+                rid = _request_id(line)
+                if rid:  # never a silent drop: the request that sent it gets an error, not a hang
+                    emit(m.Error(rid, f"The worker could not read this request: {e}", 400, "invalid_request"))
+                continue
+            if isinstance(cmd, m.Stats):  # answered here, not behind the engine's current step
+                emit(m.Result(cmd.id, data=msgspec.to_builtins(snapshot(engine))))
                 continue
             engine.inbox.put(cmd)
         # The gateway is gone: leave no orphan behind.
@@ -151,3 +162,13 @@ def main(argv=None) -> None:
         log.exception("engine thread died")
         os._exit(1)
     os._exit(0)
+
+
+def _request_id(line: bytes) -> str | None:
+    """The id of a command line that did not decode as its type, if it has one."""
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return None
+    rid = obj.get("id") if isinstance(obj, dict) else None
+    return rid if isinstance(rid, str) else None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import msgspec
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 
 class Sampling(msgspec.Struct, omit_defaults=True):
@@ -151,6 +151,11 @@ class Policies(msgspec.Struct, tag="policies"):
     models: dict[str, Policy]
 
 
+class Stats(msgspec.Struct, tag="stats"):
+    """The worker's numbers now (a Health snapshot), answered by a Result at once."""
+    id: str
+
+
 class Ping(msgspec.Struct, tag="ping"):
     nonce: int
 
@@ -160,7 +165,7 @@ class Shutdown(msgspec.Struct, tag="shutdown"):
 
 
 Command = (Generate | Abort | CountTokens | Embed | Rerank | Settings | LoadModel | UnloadModel | Register | Forget
-           | Policies | Ping | Shutdown)
+           | Policies | Stats | Ping | Shutdown)
 
 
 # ---- events (worker -> gateway) ----
@@ -205,7 +210,8 @@ class ToolCallDelta(msgspec.Struct, omit_defaults=True):
     index: int  # 0, 1, ... per call in this answer
     id: str
     name: str
-    arguments: str  # the whole JSON arguments of a finished call
+    arguments: str  # the whole JSON arguments of a finished call (of a cut one: as far as they got)
+    incomplete: bool = False  # cut by max_tokens before the call's end
 
 
 class Delta(msgspec.Struct, omit_defaults=True):

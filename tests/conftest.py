@@ -67,11 +67,13 @@ class Server:
     def health(self) -> dict:
         return httpx.get(self.base_url + "/health", timeout=5).json()
 
-    def openai(self, **kw):
+    def openai(self, strict: bool = True, **kw):
+        """The official SDK; strict validation unless the check is of a wire where OpenAI's own
+        bytes and the SDK's strict types disagree (OpenAI's wire wins there)."""
         from openai import OpenAI
 
         return OpenAI(base_url=self.base_url + "/v1", api_key=self.keys[0] if self.keys else "none",
-                      max_retries=0, _strict_response_validation=True, timeout=kw.pop("timeout", 120), **kw)
+                      max_retries=0, _strict_response_validation=strict, timeout=kw.pop("timeout", 120), **kw)
 
     def async_openai(self, **kw):
         from openai import AsyncOpenAI

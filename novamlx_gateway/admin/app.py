@@ -1,4 +1,4 @@
-"""The admin API on its own port. Off entirely unless an admin key (or an API key) is set."""
+"""The admin API on its own port. Off entirely unless an admin key is set (an API key never opens it)."""
 from __future__ import annotations
 
 import hmac
@@ -102,7 +102,7 @@ async def load_model(request: Request):
     body = await _model_body(request)
     worker = request.app.state.worker
     known = worker.resolve_model(body["model"])
-    spec = known.path if known is not None and known.path else body["model"]
+    spec = known.id if known is not None else body["model"]  # by id: the worker's entry, never a second copy
     result = await worker.call(m.LoadModel(f"load-{uuid.uuid4().hex[:12]}", spec, bool(body.get("pin"))),
                                timeout=request.app.state.config.worker_start_timeout)
     return JSONResponse(result.data)

@@ -20,7 +20,10 @@ from protocol import messages as m
 from .. import images, sse
 from ..errors import APIError
 from ..generation import Generation, model_or_404
-from .openai_schema import parse_body, priority_of
+from .blocks import Block, Blocks, Piece, Start, close_json, collect
+from .cloud_proxy import passthrough
+from .common import parse_body, priority_of
+from .generate_args import MESSAGES, GenerateArgs, start_generation
 
 
 class ContentBlock(msgspec.Struct, kw_only=True):
@@ -49,6 +52,17 @@ class ToolIn(msgspec.Struct, kw_only=True):
     type: str | None = None
 
 
+class ThinkingIn(msgspec.Struct, kw_only=True):
+    type: str  # enabled | disabled | adaptive
+    budget_tokens: int | None = None
+
+
+class ToolChoiceIn(msgspec.Struct, kw_only=True):
+    type: str  # auto | any | tool | none
+    name: str | None = None
+    disable_parallel_tool_use: bool | None = None
+
+
 class MessagesRequest(msgspec.Struct, kw_only=True):
     model: str
     messages: list[MessageIn]
@@ -61,8 +75,8 @@ class MessagesRequest(msgspec.Struct, kw_only=True):
     top_k: int | None = None
     metadata: dict | None = None
     tools: list[ToolIn] | None = None
-    tool_choice: dict | None = None
-    thinking: dict | None = None
+    tool_choice: ToolChoiceIn | None = None
+    thinking: ThinkingIn | None = None
     priority: str | int | None = None
 
 
@@ -71,8 +85,8 @@ class CountRequest(msgspec.Struct, kw_only=True):
     messages: list[MessageIn]
     system: str | list[ContentBlock] | None = None
     tools: list[ToolIn] | None = None
-    thinking: dict | None = None
-    tool_choice: dict | None = None
+    thinking: ThinkingIn | None = None
+    tool_choice: ToolChoiceIn | None = None
 
 
 def _block_text(content) -> str:
@@ -143,126 +157,132 @@ def _stop_reason(reason: str | None, stop: str | None) -> str:
     return "stop_sequence" if stop else "end_turn"
 
 
-def _input(arguments: str):
+def _input(call: m.ToolCallDelta) -> dict:
+    """A tool_use block's input: the call's JSON arguments (as far as they got, for a cut call)."""
+    if call.incomplete:
+        return close_json(call.arguments)
     try:
-        value = json.loads(arguments or "{}")
+        value = json.loads(call.arguments or "{}")
     except json.JSONDecodeError:
-        value = {}
+        return close_json(call.arguments)
     return value if isinstance(value, dict) else {"value": value}
 
 
 def _tool_use(call: m.ToolCallDelta) -> dict:
     tid = call.id if call.id.startswith("toolu_") else "toolu_" + call.id.removeprefix("call_")
-    return {"type": "tool_use", "id": tid, "name": call.name, "input": _input(call.arguments)}
+    return {"type": "tool_use", "id": tid, "name": call.name, "input": _input(call)}
 
 
-def _usage(input_tokens: int, output_tokens: int, cached: int = 0) -> dict:
-    return {"input_tokens": input_tokens - cached, "output_tokens": output_tokens,
-            "cache_creation_input_tokens": 0, "cache_read_input_tokens": cached}
+def _content(block: Block) -> dict:
+    if block.kind == "thinking":
+        return {"type": "thinking", "thinking": block.text, "signature": ""}
+    if block.kind == "tool_call":
+        return _tool_use(block.call)
+    return {"type": "text", "text": block.text}
+
+
+def _usage(prompt: int, cached: int, output: int) -> dict:
+    """Anthropic's usage: input_tokens are the tokens not read from the cache."""
+    return {"input_tokens": prompt - cached, "cache_creation_input_tokens": 0, "cache_read_input_tokens": cached,
+            "output_tokens": output}
+
+
+def _tool_choice(choice: ToolChoiceIn | None, tools) -> tuple[bool, str | None]:
+    """(parse tool calls, the call to force)."""
+    if choice is None:
+        return bool(tools), None
+    if choice.type not in ("auto", "any", "tool", "none"):
+        raise APIError(400, f"tool_choice.type: Input should be 'auto', 'any', 'tool' or 'none'", None,
+                       "tool_choice.type")
+    if choice.type == "tool" and not choice.name:
+        raise APIError(400, "tool_choice.name: Field required", None, "tool_choice.name")
+    if choice.type in ("any", "tool") and not tools:
+        raise APIError(400, "tool_choice: a tool is required but 'tools' is empty", None, "tool_choice")
+    force = {"any": "required", "tool": choice.name}.get(choice.type)
+    return bool(tools) and choice.type != "none", force
+
+
+def _thinking(t: ThinkingIn | None) -> dict:
+    if t is None:
+        return {}
+    if t.type not in ("enabled", "disabled", "adaptive"):
+        raise APIError(400, "thinking.type: Input should be 'enabled', 'disabled' or 'adaptive'", None, "thinking.type")
+    if t.type == "enabled" and t.budget_tokens is None:
+        raise APIError(400, "thinking.enabled.budget_tokens: Field required", None, "thinking.budget_tokens")
+    return {"thinking_budget": t.budget_tokens if t.type == "enabled" else None,
+            "enable_thinking": {"enabled": True, "disabled": False}.get(t.type)}
 
 
 async def messages(request: Request):
     req: MessagesRequest = await parse_body(request, MessagesRequest)
-    worker, cfg = request.app.state.worker, request.app.state.config
+    cloud = request.app.state.cloud.get(req.model)
+    if cloud is not None and "messages" in cloud.native:
+        return await passthrough(request, cloud, "/messages")
     if req.max_tokens is None:
         raise APIError(400, "max_tokens: Field required", None, "max_tokens")
-    if req.max_tokens < 1:
-        raise APIError(400, "max_tokens: Input should be greater than or equal to 1", None, "max_tokens")
-    for name, value, lo, hi in (("temperature", req.temperature, 0, 1), ("top_p", req.top_p, 0, 1)):
-        if value is not None and not lo <= value <= hi:
-            raise APIError(400, f"{name}: Input should be between {lo} and {hi}", None, name)
-    info = model_or_404(worker, req.model)
     chat, tools = to_protocol(req)
-    await images.resolve(chat, request.app.state.config, info)
-    thinking = req.thinking or {}
-    budget = thinking.get("budget_tokens") if thinking.get("type") == "enabled" else None
-    enable = {"enabled": True, "disabled": False}.get(thinking.get("type"))
-    sampling = m.Sampling(thinking_budget=budget, temperature=1.0 if req.temperature is None else req.temperature,
-                          top_p=1.0 if req.top_p is None else req.top_p, top_k=max(req.top_k or 0, 0),
-                          max_tokens=req.max_tokens, stop=[s for s in (req.stop_sequences or []) if s])
+    parse, force = _tool_choice(req.tool_choice, tools)
+    args = GenerateArgs(req.model, messages=chat, tools=tools, parse_tools=parse, force_tool=force,
+                        temperature=req.temperature, top_p=req.top_p,
+                        top_k=req.top_k if req.top_k is None else max(req.top_k, 0), max_tokens=req.max_tokens,
+                        stop=list(req.stop_sequences or []), priority=priority_of(request, req.priority),
+                        **_thinking(req.thinking))
     rid = f"msg_{uuid.uuid4().hex[:24]}"
-    choice = req.tool_choice or {}
-    parse = bool(tools) and choice.get("type") != "none"
-    force = {"any": "required", "tool": choice.get("name")}.get(choice.get("type")) if tools else None
-    cmd = m.Generate(rid, info.id, sampling, messages=chat, tools=tools, parse_tools=parse, force_tool=force,
-                     template_kwargs={"enable_thinking": enable} if enable is not None else None,
-                     priority=priority_of(request, req.priority), fit_max_tokens=True)
-    gen = Generation(worker, [cmd], cfg.request_timeout, request.app.state.admission)
-    await gen.start()
+    info, gen = await start_generation(request, args, MESSAGES)
     if req.stream:
         return StreamingResponse(_stream(gen, rid, info.id), media_type="text/event-stream", headers=sse.SSE_HEADERS)
-    (c,) = await gen.collect()
-    u = gen.usage()
-    text = "".join(c.text)
-    thinking = [{"type": "thinking", "thinking": "".join(c.reasoning), "signature": ""}] if c.reasoning else []
-    content = thinking + ([{"type": "text", "text": text}] if text or not (c.tool_calls or thinking) else []) \
-        + [_tool_use(t) for t in c.tool_calls]
+    blocks, fin = await collect(gen)
+    u = fin.usage
     return JSONResponse({
         "id": rid, "type": "message", "role": "assistant", "model": info.id,
-        "content": content,
-        "stop_reason": _stop_reason(c.finish_reason, c.stop), "stop_sequence": c.stop,
-        "usage": _usage(u["prompt_tokens"], u["completion_tokens"], u["prompt_tokens_details"]["cached_tokens"]),
+        "content": [_content(b) for b in blocks],
+        "stop_reason": _stop_reason(fin.finish_reason, fin.stop), "stop_sequence": fin.stop,
+        "usage": _usage(u.prompt_tokens, u.cached_tokens, u.completion_tokens),
     })
 
 
+def _events(ev) -> list[bytes]:
+    """One block event as Anthropic's content_block_* frames."""
+    b = ev.block
+    if isinstance(ev, Start):
+        start = {**_content(b), "input": {}} if b.kind == "tool_call" else \
+            {"type": "thinking", "thinking": "", "signature": ""} if b.kind == "thinking" else {"type": "text", "text": ""}
+        return [sse.event("content_block_start", {"type": "content_block_start", "index": b.index, "content_block": start})]
+    if isinstance(ev, Piece):
+        delta = {"thinking": {"type": "thinking_delta", "thinking": ev.text},
+                 "text": {"type": "text_delta", "text": ev.text},
+                 "tool_call": {"type": "input_json_delta",
+                               "partial_json": json.dumps(_input(b.call)) if b.call else ""}}[b.kind]
+        return [sse.event("content_block_delta", {"type": "content_block_delta", "index": b.index, "delta": delta})]
+    return [sse.event("content_block_stop", {"type": "content_block_stop", "index": b.index})]
+
+
 async def _stream(gen: Generation, rid: str, model: str):
-    prompt = gen.prompt_counts.get(rid, 0)
-    block = -1  # index of the open content block
-    text_open = thinking_open = False
-
-    def start(kind: dict):
-        nonlocal block
-        block += 1
-        return sse.event("content_block_start", {"type": "content_block_start", "index": block, "content_block": kind})
-
-    def stop():
-        return sse.event("content_block_stop", {"type": "content_block_stop", "index": block})
-
+    cid = gen.cmds[0].id
+    blocks = Blocks()
     try:
         yield sse.event("message_start", {"type": "message_start", "message": {
             "id": rid, "type": "message", "role": "assistant", "model": model, "content": [],
-            "stop_reason": None, "stop_sequence": None, "usage": _usage(prompt, 1)}})
+            "stop_reason": None, "stop_sequence": None,
+            "usage": _usage(gen.prompt_counts.get(cid, 0), gen.cached_tokens.get(cid, 0), 1)}})
         yield sse.event("ping", {"type": "ping"})
         async for _, ev in gen.events():
             if isinstance(ev, m.Delta):
-                if ev.reasoning:
-                    if not thinking_open:
-                        yield start({"type": "thinking", "thinking": "", "signature": ""})
-                        thinking_open = True
-                    yield sse.event("content_block_delta", {"type": "content_block_delta", "index": block,
-                                                            "delta": {"type": "thinking_delta", "thinking": ev.reasoning}})
-                if thinking_open and (ev.text or ev.tool_calls):
-                    yield stop()
-                    thinking_open = False
-                if ev.text:
-                    if not text_open:
-                        yield start({"type": "text", "text": ""})
-                        text_open = True
-                    yield sse.event("content_block_delta", {"type": "content_block_delta", "index": block,
-                                                            "delta": {"type": "text_delta", "text": ev.text}})
-                for call in ev.tool_calls or []:
-                    if text_open:
-                        yield stop()
-                        text_open = False
-                    use = _tool_use(call)
-                    yield start({**use, "input": {}})
-                    yield sse.event("content_block_delta", {"type": "content_block_delta", "index": block,
-                                                            "delta": {"type": "input_json_delta",
-                                                                      "partial_json": json.dumps(use["input"])}})
-                    yield stop()
+                for e in blocks.feed(ev):
+                    for frame in _events(e):
+                        yield frame
             elif isinstance(ev, m.Finished):
-                if block < 0:  # an empty answer still has one (empty) text block
-                    yield start({"type": "text", "text": ""})
-                    text_open = True
-                if text_open or thinking_open:
-                    yield stop()
+                for e in blocks.finish():
+                    for frame in _events(e):
+                        yield frame
+                u = ev.usage
                 yield sse.event("message_delta", {
                     "type": "message_delta",
                     "delta": {"stop_reason": _stop_reason(ev.finish_reason, ev.stop), "stop_sequence": ev.stop},
-                    "usage": {"output_tokens": ev.usage.completion_tokens}})
+                    "usage": _usage(u.prompt_tokens, u.cached_tokens, u.completion_tokens)})
                 yield sse.event("message_stop", {"type": "message_stop"})
             elif isinstance(ev, m.Error):
-                yield sse.event("error", APIError(ev.status, ev.message, ev.code).anthropic()[1])
+                yield sse.event("error", gen.error(ev).anthropic()[1])
                 return
     except APIError as e:
         yield sse.event("error", e.anthropic()[1])

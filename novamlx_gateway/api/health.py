@@ -1,9 +1,8 @@
-"""GET /health: gateway and worker state, the latest health push."""
+"""GET /health: gateway and worker state, and the worker's numbers as of this request."""
 from __future__ import annotations
 
 import time
 
-import msgspec
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -19,7 +18,7 @@ async def health(request: Request):
         "requests": {"running": request.app.state.admission.running, "queued": request.app.state.admission.queued,
                      "rejected": request.app.state.admission.rejected},
         "uptime_s": round(time.time() - request.app.state.started_at, 1),
-        "health": msgspec.to_builtins(worker.health) if worker.health else None,
-        "health_log": str(worker._health_log),
+        "health": await worker.stats(),
+        "health_log": str(worker.health_log),
     }
     return JSONResponse(body, status_code=200 if st.ready else 503)

@@ -9,8 +9,10 @@ from protocol import messages as m
 from .. import images, sse
 from .cloud_proxy import passthrough
 from ..errors import APIError
-from ..generation import Generation, choice_sampling, error_body, model_or_404
-from .openai_schema import ChatMessageIn, ChatRequest, check_n, parse_body, priority_of, response_format_of, sampling_from, thinking_of
+from ..generation import Generation
+from .common import parse_body, priority_of
+from .generate_args import CHAT, GenerateArgs, start_generation
+from .openai_schema import ChatMessageIn, ChatRequest, check_stream_options, response_format_of, sampling_fields
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 
@@ -96,32 +98,22 @@ async def chat_completions(request: Request):
     req: ChatRequest = await parse_body(request, ChatRequest)
     if req.model in request.app.state.cloud:
         return await passthrough(request, request.app.state.cloud[req.model], "/chat/completions")
-    worker = request.app.state.worker
-    cfg = request.app.state.config
-    info = model_or_404(worker, req.model)
-    messages = to_messages(req)
-    await images.resolve(messages, cfg, info)
-    n = check_n(req, cfg.max_n)
+    check_stream_options(req)
     if req.top_logprobs and not req.logprobs:
         raise APIError(400, "Invalid 'top_logprobs': 'logprobs' must be set to true when 'top_logprobs' is used.",
                        "invalid_value", "top_logprobs")
-    max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-    defaults = request.app.state.settings.sampling_defaults(info.id)
-    sampling = sampling_from(req, max_tokens, bool(req.logprobs), req.top_logprobs or 0, defaults)
-    sampling.response_format = response_format_of(req.response_format)
-    sampling.thinking_budget, template_kwargs = thinking_of(req.reasoning_effort, req.thinking_budget,
-                                                            req.enable_thinking, req.chat_template_kwargs)
-    if sampling.thinking_budget is None:
-        sampling.thinking_budget = defaults.get("thinking_budget")
-    field = cfg.reasoning_field
-    priority = priority_of(request, req.priority)
     tools, parse_tools, force = tools_of(req)
+    args = GenerateArgs(
+        req.model, messages=to_messages(req), tools=tools, parse_tools=parse_tools, force_tool=force,
+        **sampling_fields(req),
+        max_tokens=req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens,
+        logprobs=bool(req.logprobs), top_logprobs=req.top_logprobs or 0,
+        response_format=response_format_of(req.response_format), reasoning_effort=req.reasoning_effort,
+        thinking_budget=req.thinking_budget, enable_thinking=req.enable_thinking,
+        template_kwargs=req.chat_template_kwargs, priority=priority_of(request, req.priority))
     base = Generation.new_id()
-    cmds = [m.Generate(f"{base}-{i}", info.id, choice_sampling(sampling, i), messages=messages, priority=priority,
-                       tools=tools, parse_tools=parse_tools, force_tool=force, template_kwargs=template_kwargs)
-            for i in range(n)]
-    gen = Generation(worker, cmds, cfg.request_timeout, request.app.state.admission, n)
-    await gen.start()
+    info, gen = await start_generation(request, args, CHAT, base)
+    field = request.app.state.config.reasoning_field
     rid = f"chatcmpl-{base}"
     fingerprint = f"fp_novamlx_{info.id[:16]}"
     if req.stream:
@@ -134,7 +126,7 @@ async def chat_completions(request: Request):
         "system_fingerprint": fingerprint,
         "choices": [{"index": i, "message": _message(c, field),
                      "logprobs": _logprobs_obj(c.logprobs) if req.logprobs else None,
-                     "finish_reason": _finish(c.finish_reason)} for i, c in enumerate(choices)],
+                     "finish_reason": finish_reason(c.finish_reason)} for i, c in enumerate(choices)],
         "usage": gen.usage(),
     })
 
@@ -149,7 +141,8 @@ def _message(c, field: str) -> dict:
     return msg
 
 
-def _finish(reason: str | None) -> str:
+def finish_reason(reason: str | None) -> str:
+    """OpenAI's finish_reason (chat and completions): a cut reply is "length", tool calls included."""
     return reason if reason in ("length", "tool_calls") else "stop"
 
 
@@ -183,9 +176,9 @@ async def _stream(gen: Generation, rid: str, model: str, fingerprint: str, inclu
                     yield chunk([{"index": i, "delta": {"tool_calls": [{"index": call.index,
                                   "function": {"arguments": call.arguments}}]}, "logprobs": None, "finish_reason": None}])
             elif isinstance(ev, m.Finished):
-                yield chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": _finish(ev.finish_reason)}])
+                yield chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": finish_reason(ev.finish_reason)}])
             elif isinstance(ev, m.Error):
-                yield sse.data(error_body(ev))
+                yield sse.data(gen.error(ev).body())
                 return
         if include_usage:
             yield chunk([], gen.usage())

@@ -9,9 +9,11 @@ from protocol import messages as m
 from .. import sse
 from .cloud_proxy import passthrough
 from ..errors import APIError
-from ..generation import Generation, choice_sampling, error_body, model_or_404
-from .openai_chat import _finish
-from .openai_schema import CompletionRequest, check_n, parse_body, priority_of, sampling_from, texts_or_tokens, typed_sdk
+from ..generation import Generation
+from .common import parse_body, priority_of
+from .generate_args import COMPLETIONS, GenerateArgs, start_generation
+from .openai_chat import finish_reason
+from .openai_schema import CompletionRequest, check_stream_options, sampling_fields, texts_or_tokens
 
 
 def _prompts(req: CompletionRequest) -> list[dict]:
@@ -24,10 +26,10 @@ def _prompts(req: CompletionRequest) -> list[dict]:
 
 
 class LegacyLogprobs:
-    """The completions `logprobs` object: parallel lists, offsets into the choice text."""
+    """The completions `logprobs` object: parallel lists, offsets into the choice text.
+    The echoed first prompt token has no logprob: null, as OpenAI sends it."""
 
-    def __init__(self, typed: bool = False, offset: int = 0):
-        self.typed = typed
+    def __init__(self, offset: int = 0):
         self.offset = offset
         self.obj = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
 
@@ -35,9 +37,8 @@ class LegacyLogprobs:
         start = len(self.obj["tokens"])
         for e in entries:
             self.obj["tokens"].append(e.token)
-            first = e.logprob is None  # the echoed first prompt token has no logprob
-            self.obj["token_logprobs"].append(0.0 if first and self.typed else e.logprob)
-            self.obj["top_logprobs"].append(({} if self.typed else None) if first else {t.token: t.logprob for t in e.top})
+            self.obj["token_logprobs"].append(e.logprob)
+            self.obj["top_logprobs"].append(None if e.logprob is None else {t.token: t.logprob for t in e.top})
             self.obj["text_offset"].append(self.offset)
             self.offset += len(e.token)
         return {k: v[start:] for k, v in self.obj.items()}
@@ -47,12 +48,9 @@ async def completions(request: Request):
     req: CompletionRequest = await parse_body(request, CompletionRequest)
     if req.model in request.app.state.cloud:
         return await passthrough(request, request.app.state.cloud[req.model], "/completions")
-    worker = request.app.state.worker
-    cfg = request.app.state.config
-    info = model_or_404(worker, req.model)
-    prompts = _prompts(req)
-    n = check_n(req, cfg.max_n)
-    if req.best_of is not None and req.best_of != n:
+    check_stream_options(req)
+    fields = sampling_fields(req)
+    if req.best_of is not None and req.best_of != fields["n"]:
         raise APIError(400, "Invalid 'best_of': only best_of equal to n is supported.", "invalid_value", "best_of")
     if req.suffix:
         raise APIError(400, "Invalid 'suffix': insertion (suffix) is not supported by this model.", "invalid_value", "suffix")
@@ -60,37 +58,28 @@ async def completions(request: Request):
     if top is not None and not 0 <= top <= 5:
         raise APIError(400, f"Invalid 'logprobs': {top} is not within [0, 5].", "invalid_value", "logprobs")
     # The legacy API's default is 16 tokens (unless the model's settings say otherwise).
-    max_tokens = req.max_tokens if req.max_tokens is not None else \
-        request.app.state.settings.sampling_defaults(info.id).get("max_tokens", 16)
-    defaults = request.app.state.settings.sampling_defaults(info.id)
-    sampling = sampling_from(req, max_tokens, top is not None, top or 0, defaults)
-    if len(prompts) * n > cfg.max_n:
-        raise APIError(400, f"Too many choices: {len(prompts)} prompts x n={n} exceeds {cfg.max_n}.", "invalid_value", "n")
-    priority = priority_of(request, req.priority)
+    args = GenerateArgs(req.model, prompts=_prompts(req), **fields, max_tokens=req.max_tokens, route_max_tokens=16,
+                        logprobs=top is not None, top_logprobs=top or 0, echo=req.echo,
+                        priority=priority_of(request, req.priority))
     base = Generation.new_id()
-    cmds = [m.Generate(f"{base}-{pi * n + j}", info.id, choice_sampling(sampling, j), echo=req.echo,
-                       priority=priority, **p)
-            for pi, p in enumerate(prompts) for j in range(n)]
-    gen = Generation(worker, cmds, cfg.request_timeout, request.app.state.admission, n)
-    await gen.start()
+    info, gen = await start_generation(request, args, COMPLETIONS, base)
     rid = f"cmpl-{base}"
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return StreamingResponse(_stream(gen, rid, info.id, include_usage, top is not None, typed_sdk(request)),
+        return StreamingResponse(_stream(gen, rid, info.id, include_usage, top is not None),
                                  media_type="text/event-stream", headers=sse.SSE_HEADERS)
     choices = await gen.collect()
     out = []
     for i, c in enumerate(choices):
-        lp = None
-        if top is not None:
-            lp = LegacyLogprobs(typed_sdk(request)).add(c.logprobs)
-        out.append({"text": "".join(c.text), "index": i, "logprobs": lp, "finish_reason": _finish(c.finish_reason)})
+        lp = LegacyLogprobs().add(c.logprobs) if top is not None else None
+        out.append({"text": "".join(c.text), "index": i, "logprobs": lp,
+                    "finish_reason": finish_reason(c.finish_reason)})
     return JSONResponse({"id": rid, "object": "text_completion", "created": gen.created, "model": info.id,
                          "system_fingerprint": f"fp_novamlx_{info.id[:16]}",
                          "choices": out, "usage": gen.usage()})
 
 
-async def _stream(gen: Generation, rid: str, model: str, include_usage: bool, logprobs: bool, typed: bool):
+async def _stream(gen: Generation, rid: str, model: str, include_usage: bool, logprobs: bool):
     def chunk(choices, usage=None):
         obj = {"id": rid, "object": "text_completion", "created": gen.created, "model": model,
                "system_fingerprint": f"fp_novamlx_{model[:16]}", "choices": choices}
@@ -98,17 +87,16 @@ async def _stream(gen: Generation, rid: str, model: str, include_usage: bool, lo
             obj["usage"] = usage
         return sse.data(obj)
 
-    trackers = [LegacyLogprobs(typed) for _ in gen.cmds]
-    pending = "length" if typed else None  # see typed_sdk()
+    trackers = [LegacyLogprobs() for _ in gen.cmds]
     try:
         async for i, ev in gen.events():
             if isinstance(ev, m.Delta):
                 lp = trackers[i].add(ev.logprobs or []) if logprobs else None
-                yield chunk([{"text": ev.text, "index": i, "logprobs": lp, "finish_reason": pending}])
+                yield chunk([{"text": ev.text, "index": i, "logprobs": lp, "finish_reason": None}])
             elif isinstance(ev, m.Finished):
-                yield chunk([{"text": "", "index": i, "logprobs": None, "finish_reason": _finish(ev.finish_reason)}])
+                yield chunk([{"text": "", "index": i, "logprobs": None, "finish_reason": finish_reason(ev.finish_reason)}])
             elif isinstance(ev, m.Error):
-                yield sse.data(error_body(ev))
+                yield sse.data(gen.error(ev).body())
                 return
         if include_usage:
             yield chunk([], gen.usage())

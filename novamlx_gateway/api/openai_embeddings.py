@@ -14,7 +14,8 @@ from protocol import messages as m
 
 from ..errors import APIError
 from ..generation import model_or_404
-from .openai_schema import parse_body, texts_or_tokens, typed_sdk
+from .common import parse_body
+from .openai_schema import texts_or_tokens
 
 MAX_INPUTS = 2048
 
@@ -72,7 +73,7 @@ async def embeddings(request: Request):
                            "invalid_value", "dimensions")
         else:
             vectors = [_resize(v, req.dimensions) for v in vectors]
-    fmt = "float" if typed_sdk(request) else req.encoding_format  # see typed_sdk()
+    fmt = req.encoding_format
     return JSONResponse({
         "object": "list", "model": info.id,
         "data": [{"object": "embedding", "index": i, "embedding": _encode(v, fmt)}

@@ -20,8 +20,18 @@ from protocol import messages as m
 
 from .. import images, sse
 from ..errors import APIError
-from ..generation import Generation, model_or_404
-from .openai_schema import parse_body, priority_of, response_format_of
+from ..generation import Generation
+from .blocks import Block, Blocks, Piece, Start, collect
+from .cloud_proxy import passthrough
+from .common import parse_body, priority_of
+from .generate_args import RESPONSES, GenerateArgs, start_generation
+from .openai_schema import response_format_of
+
+
+class ReasoningIn(msgspec.Struct, kw_only=True):
+    effort: str | None = None  # none | minimal | low | medium | high
+    summary: str | None = None
+    generate_summary: str | None = None
 
 
 class ResponsesRequest(msgspec.Struct, kw_only=True):
@@ -41,7 +51,7 @@ class ResponsesRequest(msgspec.Struct, kw_only=True):
     parallel_tool_calls: bool | None = None
     truncation: str | None = None
     user: str | None = None
-    reasoning: dict | None = None
+    reasoning: ReasoningIn | None = None
     include: list[str] | None = None
     priority: str | int | None = None
 
@@ -160,7 +170,9 @@ def _response(req: ResponsesRequest, rid: str, model: str, created: int, status:
         "incomplete_details": {"reason": incomplete} if incomplete else None, "instructions": req.instructions,
         "max_output_tokens": req.max_output_tokens, "model": model, "output": output,
         "parallel_tool_calls": True if req.parallel_tool_calls is None else req.parallel_tool_calls,
-        "previous_response_id": req.previous_response_id, "reasoning": {"effort": None, "summary": None},
+        "previous_response_id": req.previous_response_id,
+        "reasoning": {"effort": req.reasoning.effort if req.reasoning else None,
+                      "summary": req.reasoning.summary if req.reasoning else None},
         "store": req.store, "temperature": 1.0 if req.temperature is None else req.temperature,
         "text": req.text or {"format": {"type": "text"}},
         "tool_choice": req.tool_choice if req.tool_choice is not None else "auto", "tools": req.tools or [],
@@ -169,27 +181,37 @@ def _response(req: ResponsesRequest, rid: str, model: str, created: int, status:
     }
 
 
-def _usage(gen: Generation) -> dict:
-    u = gen.usage()
-    return {"input_tokens": u["prompt_tokens"],
-            "input_tokens_details": {"cached_tokens": u["prompt_tokens_details"]["cached_tokens"], "cache_write_tokens": 0},
-            "output_tokens": u["completion_tokens"], "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": u["total_tokens"]}
+def _usage(fin: m.Finished) -> dict:
+    u = fin.usage
+    return {"input_tokens": u.prompt_tokens,
+            "input_tokens_details": {"cached_tokens": u.cached_tokens, "cache_write_tokens": 0},
+            "output_tokens": u.completion_tokens, "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": u.prompt_tokens + u.completion_tokens}
 
 
-def _message_item(item_id: str, text: str, status: str) -> dict:
-    content = [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}] if status != "in_progress" else []
-    return {"id": item_id, "type": "message", "status": status, "role": "assistant", "content": content}
+def _item(b: Block, namespaces: set[str], done: bool = True) -> dict:
+    """A block as its Responses output item; `done` False: as output_item.added shows it."""
+    if b.kind == "thinking":
+        return {"type": "reasoning", "id": f"rs_{b.id}", "summary": [],
+                "content": [{"type": "reasoning_text", "text": b.text}] if done else [],
+                "status": "completed" if done else "in_progress"}
+    if b.kind == "text":
+        return {"id": f"msg_{b.id}", "type": "message", "status": "completed" if done else "in_progress",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": b.text, "annotations": [], "logprobs": []}] if done else []}
+    call = b.call
+    status = ("incomplete" if call.incomplete else "completed") if done else "in_progress"
+    return {"type": "function_call", "id": "fc_" + call.id.removeprefix("call_"), "call_id": call.id,
+            **_call_name(call.name, namespaces), "arguments": call.arguments if done else "", "status": status}
 
 
 async def create_response(request: Request):
     req: ResponsesRequest = await parse_body(request, ResponsesRequest)
     app = request.app
-    worker, cfg, store = app.state.worker, app.state.config, app.state.responses
-    info = model_or_404(worker, req.model)
-    if req.max_output_tokens is not None and req.max_output_tokens < 1:
-        raise APIError(400, f"Invalid 'max_output_tokens': {req.max_output_tokens}; expected a value >= 1.",
-                       "integer_below_min_value", "max_output_tokens")
+    cloud = app.state.cloud.get(req.model)
+    if cloud is not None and "responses" in cloud.native:
+        return await passthrough(request, cloud, "/responses")
+    store = app.state.responses
     history: list[dict] = []
     if req.previous_response_id:
         prev = store.get(req.previous_response_id)
@@ -203,31 +225,28 @@ async def create_response(request: Request):
     chat = to_protocol(history + items, req.instructions)
     if not chat:
         raise APIError(400, "Invalid 'input': nothing to respond to.", "invalid_value", "input")
-    await images.resolve(chat, request.app.state.config, info)
-    sampling = m.Sampling(temperature=1.0 if req.temperature is None else req.temperature,
-                          top_p=1.0 if req.top_p is None else req.top_p, max_tokens=req.max_output_tokens,
-                          response_format=response_format_of((req.text or {}).get("format"), "text.format"))
-    rid = _new_id("resp")
     tools = _tools(req.tools)
     namespaces = _namespaces(req.tools)
     choice = req.tool_choice
     force = ("required" if choice == "required" else choice.get("name") if isinstance(choice, dict) else None) \
         if tools else None
-    cmd = m.Generate(rid, info.id, sampling, messages=chat, tools=tools, parse_tools=bool(tools) and choice != "none",
-                     force_tool=force, priority=priority_of(request, req.priority),
-                     fit_max_tokens=True)  # max_output_tokens is an upper bound
-    gen = Generation(worker, [cmd], cfg.request_timeout, app.state.admission)
-    await gen.start()
+    args = GenerateArgs(req.model, messages=chat, tools=tools, parse_tools=bool(tools) and choice != "none",
+                        force_tool=force, temperature=req.temperature, top_p=req.top_p,
+                        max_tokens=req.max_output_tokens,
+                        response_format=response_format_of((req.text or {}).get("format"), "text.format"),
+                        reasoning_effort=req.reasoning.effort if req.reasoning else None,
+                        priority=priority_of(request, req.priority))
+    info, gen = await start_generation(request, args, RESPONSES)
+    rid = _new_id("resp")
     created = int(time.time())
-    item_id = _new_id("msg")
-    reasoning_id = _new_id("rs")
 
-    def finish(text: str, reason: str | None, calls: list[m.ToolCallDelta], thought: str = "") -> dict:
-        incomplete = "max_output_tokens" if reason == "length" else None
-        out = [_reasoning_item(reasoning_id, thought)] if thought else []
-        out += [_message_item(item_id, text, "incomplete" if incomplete else "completed")] if text or not calls else []
-        out += [_function_item(c, namespaces) for c in calls]
-        obj = _response(req, rid, info.id, created, "incomplete" if incomplete else "completed", out, _usage(gen),
+    def finish(blocks: list[Block], fin: m.Finished) -> dict:
+        incomplete = "max_output_tokens" if fin.finish_reason == "length" else None
+        out = [_item(b, namespaces) for b in blocks]
+        for o in out:
+            if incomplete and o["type"] == "message":
+                o["status"] = "incomplete"
+        obj = _response(req, rid, info.id, created, "incomplete" if incomplete else "completed", out, _usage(fin),
                         incomplete)
         if req.store:
             store.save(rid, {"response": obj, "input_items": items,
@@ -235,26 +254,14 @@ async def create_response(request: Request):
         return obj
 
     if req.stream:
-        return StreamingResponse(_stream(gen, req, rid, info.id, created, item_id, reasoning_id, finish, namespaces),
+        return StreamingResponse(_stream(gen, req, rid, info.id, created, finish, namespaces),
                                  media_type="text/event-stream", headers=sse.SSE_HEADERS)
-    (c,) = await gen.collect()
-    return JSONResponse(finish("".join(c.text), c.finish_reason, c.tool_calls, "".join(c.reasoning)))
+    blocks, fin = await collect(gen)
+    return JSONResponse(finish(blocks, fin))
 
 
-def _reasoning_item(rid: str, text: str) -> dict:
-    return {"type": "reasoning", "id": rid, "summary": [], "content": [{"type": "reasoning_text", "text": text}],
-            "status": "completed"}
-
-
-def _function_item(call: m.ToolCallDelta, namespaces: set[str], status: str = "completed",
-                   arguments: str | None = None) -> dict:
-    return {"type": "function_call", "id": "fc_" + call.id.removeprefix("call_"), "call_id": call.id,
-            **_call_name(call.name, namespaces), "arguments": call.arguments if arguments is None else arguments,
-            "status": status}
-
-
-async def _stream(gen: Generation, req: ResponsesRequest, rid: str, model: str, created: int, item_id: str,
-                  reasoning_id: str, finish, namespaces: set[str]):
+async def _stream(gen: Generation, req: ResponsesRequest, rid: str, model: str, created: int, finish,
+                  namespaces: set[str]):
     seq = 0
 
     def ev(kind: str, **fields):
@@ -263,93 +270,70 @@ async def _stream(gen: Generation, req: ResponsesRequest, rid: str, model: str, 
         seq += 1
         return frame
 
-    text: list[str] = []
-    thought: list[str] = []
-    calls: list[m.ToolCallDelta] = []
-    where = {"item_id": item_id, "output_index": 0, "content_index": 0}
-    message_open = reasoning_open = False
-    items = 0  # output items opened so far
+    def frames(e):
+        """One block event as Responses events (the block's index is its output_index)."""
+        b = e.block
+        at = {"output_index": b.index}
+        if b.kind == "text":
+            where = {"item_id": f"msg_{b.id}", **at, "content_index": 0}
+            if isinstance(e, Start):
+                yield ev("response.output_item.added", **at, item=_item(b, namespaces, done=False))
+                yield ev("response.content_part.added", **where,
+                         part={"type": "output_text", "text": "", "annotations": [], "logprobs": []})
+            elif isinstance(e, Piece):
+                yield ev("response.output_text.delta", **where, delta=e.text, logprobs=[])
+            else:
+                yield ev("response.output_text.done", **where, text=b.text, logprobs=[])
+                yield ev("response.content_part.done", **where,
+                         part={"type": "output_text", "text": b.text, "annotations": [], "logprobs": []})
+                yield ev("response.output_item.done", **at, item=_item(b, namespaces))
+        elif b.kind == "thinking":
+            where = {"item_id": f"rs_{b.id}", **at, "content_index": 0}
+            if isinstance(e, Start):
+                yield ev("response.output_item.added", **at, item=_item(b, namespaces, done=False))
+            elif isinstance(e, Piece):
+                yield ev("response.reasoning_text.delta", **where, delta=e.text)
+            else:
+                yield ev("response.reasoning_text.done", **where, text=b.text)
+                yield ev("response.output_item.done", **at, item=_item(b, namespaces))
+        else:
+            item_id = "fc_" + b.call.id.removeprefix("call_")
+            if isinstance(e, Start):
+                yield ev("response.output_item.added", **at, item=_item(b, namespaces, done=False))
+            elif isinstance(e, Piece):
+                yield ev("response.function_call_arguments.delta", item_id=item_id, **at, delta=e.text)
+            else:
+                yield ev("response.function_call_arguments.done", item_id=item_id, **at, arguments=b.text,
+                         name=b.call.name)
+                yield ev("response.output_item.done", **at, item=_item(b, namespaces))
 
-    def open_message():
-        nonlocal items
-        where["output_index"] = items
-        items += 1
-        yield ev("response.output_item.added", output_index=where["output_index"],
-                 item=_message_item(item_id, "", "in_progress"))
-        yield ev("response.content_part.added", **where,
-                 part={"type": "output_text", "text": "", "annotations": [], "logprobs": []})
+    def failed(code: str | None, message: str):
+        obj = _response(req, rid, model, created, "failed", [], None,
+                        error={"code": code or "server_error", "message": message})
+        return ev("response.failed", response=obj)
 
-    def close_message(item: dict):
-        full = "".join(text)
-        yield ev("response.output_text.done", **where, text=full, logprobs=[])
-        yield ev("response.content_part.done", **where,
-                 part={"type": "output_text", "text": full, "annotations": [], "logprobs": []})
-        yield ev("response.output_item.done", output_index=where["output_index"], item=item)
-
-    def close_reasoning():
-        full = "".join(thought)
-        yield ev("response.reasoning_text.done", item_id=reasoning_id, output_index=0, content_index=0, text=full)
-        yield ev("response.output_item.done", output_index=0, item=_reasoning_item(reasoning_id, full))
-
+    blocks = Blocks()
     try:
         start = _response(req, rid, model, created, "in_progress", [], None)
         yield ev("response.created", response=start)
         yield ev("response.in_progress", response=start)
         async for _, e in gen.events():
             if isinstance(e, m.Delta):
-                if e.reasoning:
-                    if not reasoning_open:
-                        items += 1
-                        reasoning_open = True
-                        yield ev("response.output_item.added", output_index=0,
-                                 item={**_reasoning_item(reasoning_id, ""), "content": [], "status": "in_progress"})
-                    thought.append(e.reasoning)
-                    yield ev("response.reasoning_text.delta", item_id=reasoning_id, output_index=0, content_index=0,
-                             delta=e.reasoning)
-                if reasoning_open and (e.text or e.tool_calls):
-                    for frame in close_reasoning():
+                for be in blocks.feed(e):
+                    for frame in frames(be):
                         yield frame
-                    reasoning_open = False
-                if e.text:
-                    if not message_open:
-                        for frame in open_message():
-                            yield frame
-                        message_open = True
-                    text.append(e.text)
-                    yield ev("response.output_text.delta", **where, delta=e.text, logprobs=[])
-                for call in e.tool_calls or []:
-                    calls.append(call)
-                    index = items
-                    items += 1
-                    item = _function_item(call, namespaces, "in_progress", "")
-                    yield ev("response.output_item.added", output_index=index, item=item)
-                    yield ev("response.function_call_arguments.delta", item_id=item["id"], output_index=index,
-                             delta=call.arguments)
-                    yield ev("response.function_call_arguments.done", item_id=item["id"], output_index=index,
-                             arguments=call.arguments, name=call.name)
-                    yield ev("response.output_item.done", output_index=index, item=_function_item(call, namespaces))
             elif isinstance(e, m.Finished):
-                if reasoning_open:
-                    for frame in close_reasoning():
+                for be in blocks.finish():
+                    for frame in frames(be):
                         yield frame
-                if not message_open and not calls:  # an empty answer is still one message
-                    for frame in open_message():
-                        yield frame
-                    message_open = True
-                obj = finish("".join(text), e.finish_reason, calls, "".join(thought))
-                if message_open:
-                    for frame in close_message(obj["output"][where["output_index"]]):
-                        yield frame
+                obj = finish(blocks.blocks, e)
                 yield ev("response.incomplete" if obj["status"] == "incomplete" else "response.completed", response=obj)
             elif isinstance(e, m.Error):
-                failed = _response(req, rid, model, created, "failed", [], None,
-                                   error={"code": e.code or "server_error", "message": e.message})
-                yield ev("response.failed", response=failed)
+                err = gen.error(e)
+                yield failed(err.code, err.message)
                 return
     except APIError as e:
-        failed = _response(req, rid, model, created, "failed", [], None, error={"code": e.code or "server_error",
-                                                                                "message": e.message})
-        yield ev("response.failed", response=failed)
+        yield failed(e.code, e.message)
     finally:
         gen.abort()
 

@@ -17,7 +17,7 @@ from protocol import messages as m
 
 from ..errors import APIError
 from ..generation import model_or_404
-from .openai_schema import parse_body
+from .common import parse_body
 
 
 class RerankRequest(msgspec.Struct, kw_only=True):

@@ -1,4 +1,4 @@
-"""GET /v1/stats: scheduler, prefix cache and request metrics."""
+"""GET /v1/stats: scheduler, prefix cache and request metrics, as of this request."""
 from __future__ import annotations
 
 from starlette.requests import Request
@@ -8,14 +8,14 @@ from starlette.responses import JSONResponse
 async def stats(request: Request):
     worker = request.app.state.worker
     adm = request.app.state.admission
-    h = worker.health
+    h = await worker.stats() or {}
     return JSONResponse({
         "object": "stats",
         "gateway": {"running": adm.running, "queued": adm.queued, "rejected_429": adm.rejected,
                     "worker_restarts": worker.state.restarts},
-        "engine": h.engine if h else {},
-        "prefix_cache": h.prefix_cache if h else {},
-        "tokens_total": h.tokens_total if h else 0,
-        "tokens_per_s": h.tokens_per_s if h else 0.0,
-        "as_of": h.time if h else None,
+        "engine": h.get("engine", {}),
+        "prefix_cache": h.get("prefix_cache", {}),
+        "tokens_total": h.get("tokens_total", 0),
+        "tokens_per_s": h.get("tokens_per_s", 0.0),
+        "as_of": h.get("time"),
     })

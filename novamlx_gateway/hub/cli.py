@@ -9,9 +9,13 @@ import argparse
 import sys
 import threading
 
+from pathlib import Path
+
+from protocol.naming import DEFAULT_EMBEDDING_ID, DEFAULT_MODEL_ID, default_embedding_path, default_model_path, model_id_for
+
 from ..config import load_config
 from . import download as dl
-from .registry import deletable_root, delete, discover
+from .registry import deletable_root, delete, discover, folder_size
 
 
 def _size(n: int | None) -> str:
@@ -63,34 +67,64 @@ def pull(cfg, repo_id: str, revision: str, allow: list[str] | None) -> int:
     return 0
 
 
+def _served(cfg) -> list[tuple[str, str, int | None, str, str]]:
+    """(id, kind, size, source, path) of every model a server with these settings serves:
+    the configured ones (or the embedded defaults), then what discovery finds on disk."""
+    rows = []
+    for spec in cfg.models or [None]:
+        try:
+            path = spec if spec else default_model_path()
+        except FileNotFoundError:
+            continue
+        p = Path(path).expanduser()
+        rows.append((DEFAULT_MODEL_ID if not spec else model_id_for(p) if p.exists() else spec, "llm",
+                     folder_size(p) if p.exists() else None, "embedded" if not spec else "config", str(p)))
+    for spec in cfg.embedding_models or [None]:
+        if spec == "none":
+            continue
+        path = spec or default_embedding_path()
+        if path:
+            p = Path(path).expanduser()
+            rows.append((DEFAULT_EMBEDDING_ID if not spec else model_id_for(p), "embedding",
+                         folder_size(p) if p.exists() else None, "embedded" if not spec else "config", str(p)))
+    seen = {r[0] for r in rows}
+    return rows + [(f.id, f.kind, f.size_bytes, f.source, f.path)
+                   for f in discover(cfg.data_path, cfg.discover_hf_cache) if f.id not in seen]
+
+
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="novamlx-gateway models", description="list, search, pull and remove models")
-    p.add_argument("--data-dir")
-    p.add_argument("--hf-endpoint")
+    common = argparse.ArgumentParser(add_help=False)  # accepted before or after the subcommand
+    common.add_argument("--data-dir", default=argparse.SUPPRESS)
+    common.add_argument("--hf-endpoint", default=argparse.SUPPRESS)
+    p = argparse.ArgumentParser(prog="novamlx-gateway models", description="list, search, pull and remove models",
+                                parents=[common])
     sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("list", help="models on disk (data dir and Hugging Face cache)")
-    s = sub.add_parser("search", help="search the hub")
+    sub.add_parser("list", help="the models a server serves: embedded or configured, then the data dir and "
+                                "the Hugging Face cache", parents=[common])
+    s = sub.add_parser("search", help="search the hub", parents=[common])
     s.add_argument("query", nargs="?", default="")
     s.add_argument("--all", action="store_true", help="not only MLX models")
     s.add_argument("--sort", default="trending", choices=["trending", "downloads", "likes", "recent"])
     s.add_argument("--limit", type=int, default=20)
-    pl = sub.add_parser("pull", help="download a model from the hub (resumable)")
+    pl = sub.add_parser("pull", help="download a model from the hub (resumable)", parents=[common])
     pl.add_argument("repo_id")
     pl.add_argument("--revision", default="main")
     pl.add_argument("--include", action="append", help="only files matching this glob (repeatable)")
-    rm = sub.add_parser("rm", help="delete a downloaded model")
+    rm = sub.add_parser("rm", help="delete a downloaded model", parents=[common])
     rm.add_argument("model")
     rm.add_argument("-y", "--yes", action="store_true", help="do not ask")
     args = p.parse_args(argv)
-    flags = [f for k in ("data_dir", "hf_endpoint") if getattr(args, k) for f in (f"--{k.replace('_', '-')}", getattr(args, k))]
+    flags = [f for k in ("data_dir", "hf_endpoint") if getattr(args, k, None)
+             for f in (f"--{k.replace('_', '-')}", getattr(args, k))]
     cfg = load_config(flags)
 
     if args.cmd == "list":
-        found = discover(cfg.data_path, cfg.discover_hf_cache)
-        if not found:
-            print(f"no models in {cfg.data_path / 'models'} or the Hugging Face cache")
-        for f in found:
-            print(f"{f.id:<50} {f.kind:<9} {_size(f.size_bytes):>10}  {f.source:<8} {f.path}")
+        rows = _served(cfg)
+        if not rows:
+            print(f"no models: none configured, none embedded, none in {cfg.data_path / 'models'} or the "
+                  "Hugging Face cache")
+        for mid, kind, size, source, path in rows:
+            print(f"{mid:<50} {kind:<9} {_size(size):>10}  {source:<8} {path}")
         return 0
     if args.cmd == "search":
         try:

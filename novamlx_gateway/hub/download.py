@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from novamlx_worker.models.naming import SOURCE_FILE
+from protocol.naming import SOURCE_FILE
 
 from .registry import models_dir
 

@@ -11,7 +11,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from novamlx_worker.models.naming import classify, mlx_lm_types, model_id_for
+from protocol.naming import classify, mlx_lm_types, model_id_for
 
 log = logging.getLogger("novamlx.registry")
 

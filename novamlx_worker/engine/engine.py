@@ -83,6 +83,7 @@ class Engine:
         self.stopping = False
         self.heartbeat = time.monotonic()
         self.tokens_out = 0  # generated tokens since start, for the health push
+        self.rate_state: dict = {}  # tokens and time at the last health push (health.snapshot)
         self.steps = 0
         self.peak_batch = 0
         self.fault = FaultSwitch()
@@ -221,7 +222,7 @@ class Engine:
 
     def _register(self, found: m.Found) -> str | None:
         """A model found on disk becomes servable (loaded on first use). Returns its id."""
-        from ..models.naming import model_id_for
+        from protocol.naming import model_id_for
 
         model_id = model_id_for(found.path)
         if found.kind in ("embedding", "rerank"):
@@ -264,8 +265,8 @@ class Engine:
             raise RequestError(str(e), 400, "invalid_value", e.param) from None
 
     def model_infos(self) -> list[m.ModelInfo]:
-        llms = [m.ModelInfo(e.id, e.kind, e.context_length, e.created, e.loaded.path if e.loaded else (e.spec or ""),
-                            e.aliases, e.loaded is not None) for e in self.pool.entries.values()]
+        llms = [m.ModelInfo(e.id, e.kind, e.context_length, e.created, e.path, e.aliases, e.loaded is not None)
+                for e in self.pool.entries.values()]
         embedders = [m.ModelInfo(e.id, e.kind, e.max_len, e.created, e.path, e.aliases) for e in self.embedders.values()]
         on_disk = [m.ModelInfo(i, f.kind, 0, 0, f.path, [], False) for i, f in self.embedder_paths.items()]
         return llms + embedders + on_disk
@@ -440,7 +441,8 @@ class Engine:
                 f"This request needs {seq.kv_bytes / 1024**2:.1f} MB of KV cache ({len(ids)} prompt + {max_tokens} "
                 f"completion tokens), more than the {budget / 1024**2:.1f} MB this server can ever give one request "
                 f"under its memory limit. Lower max_tokens or shorten the prompt.", 400, "kv_budget_exceeded", "max_tokens")
-        self.emit(m.Started(cmd.id, prompt_tokens=len(ids)))
+        pc = self.caches.get(lm.id)  # what the prefix cache holds now: the client's usage reports it up front
+        self.emit(m.Started(cmd.id, prompt_tokens=len(ids), cached_tokens=pc.peek(ids) if pc is not None else 0))
         if cmd.echo:
             self.emit(m.Step([self._echo_delta(lm, seq)]))
         self.seqs[seq.id] = seq
@@ -568,9 +570,10 @@ class Engine:
                         text, thought = text + more, thought + more_thought
                 calls = None
                 if seq.tools is not None:
-                    text, calls = self._tool_calls(seq, text, final=reason is not None)
+                    final = None if reason is None else reason == "length"  # None: not the end; True: cut
+                    text, calls = self._tool_calls(seq, text, final)
                     if thought:  # some models call tools from inside their thinking
-                        thought, inner = self._tool_calls(seq, thought, final=reason is not None, inner=True)
+                        thought, inner = self._tool_calls(seq, thought, final, inner=True)
                         calls = (calls or []) + (inner or []) or None
                     if reason is not None and seq.tool_index and reason == "stop":
                         reason = "tool_calls"
@@ -589,18 +592,19 @@ class Engine:
         self.fault.check(self.tokens_out)
 
     @staticmethod
-    def _tool_calls(seq: Sequence, text: str, final: bool, inner: bool = False):
-        """Content (or thinking) and finished tool calls out of this step's text."""
+    def _tool_calls(seq: Sequence, text: str, final: bool | None, inner: bool = False):
+        """Content (or thinking) and finished tool calls out of this step's text. final: None
+        mid-answer, False at its end, True at an end cut by max_tokens."""
         parser = seq.tools
         if inner:
             parser = seq.tools_in_thinking = seq.tools_in_thinking or ToolCallParser(seq.tools.families)
         content, calls = parser.feed(text)
-        if final:
-            more, tail = parser.finish()
+        if final is not None:
+            more, tail = parser.finish(cut=final)
             content, calls = content + more, calls + tail
         first = seq.tool_index
         seq.tool_index += len(calls)
-        deltas = [m.ToolCallDelta(first + i, c.id, c.name, c.arguments) for i, c in enumerate(calls)]
+        deltas = [m.ToolCallDelta(first + i, c.id, c.name, c.arguments, c.incomplete) for i, c in enumerate(calls)]
         return content, deltas or None
 
     def _finish(self, seq: Sequence, reason: str, stop: str | None = None, kv: list | None = None) -> None:

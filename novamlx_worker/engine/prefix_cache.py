@@ -99,6 +99,15 @@ class PrefixCache:
             self.stats.misses += 1
         return found
 
+    def peek(self, tokens: list[int]) -> int:
+        """How many tokens `match` would find cached now (memory or SSD), without loading or counting."""
+        n = 0
+        for h, _ in self.hashes(tokens, (len(tokens) - 1) // self.block_size):
+            if h not in self.blocks and (self.ssd is None or h not in self.ssd):
+                break
+            n += 1
+        return n * self.block_size
+
     def _from_ssd(self, h: str, parent: str | None, chunk) -> Block | None:
         if self.ssd is None or h not in self.ssd:
             return None

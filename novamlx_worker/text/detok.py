@@ -26,8 +26,9 @@ class IncrementalDecoder:
         return full[len(prefix):]
 
     def flush(self) -> str:
-        """Whatever is left at the end, even if incomplete."""
+        """Whatever is left at the end; bytes of a character the output never finished (a reply
+        cut mid-character) are dropped, never sent as U+FFFD."""
         prefix = self.decode(self.tokens[self.prefix_offset:self.read_offset])
         full = self.decode(self.tokens[self.prefix_offset:])
         self.prefix_offset = self.read_offset = len(self.tokens)
-        return full[len(prefix):]
+        return full[len(prefix):].rstrip("\ufffd")

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 @dataclass
 class ParsedCall:
     name: str
-    arguments: str  # JSON text
+    arguments: str  # JSON text (of a call cut by max_tokens: as far as it got)
     id: str = ""
+    incomplete: bool = False
 
     def __post_init__(self):
         self.id = self.id or f"call_{uuid.uuid4().hex[:24]}"
@@ -78,7 +79,7 @@ def _hermes_or_glm(body: str) -> list[ParsedCall] | None:
     if "<arg_key>" in name:
         name, rest = name.split("<arg_key>", 1)[0], body.strip()[len(name.split("<arg_key>", 1)[0]):]
     name = name.strip()
-    if not re.fullmatch(r"[\w.\-]+", name or "-"):
+    if not re.fullmatch(r"[\w.\-]+", name):  # (an empty body is no call)
         return None
     return [ParsedCall(name, json.dumps({k.strip(): _value(v) for k, v in _GLM_ARG.findall(rest)}))]
 
@@ -256,24 +257,57 @@ class ToolCallParser:
         start = mt.group(0) if mt is not None else fam.start
         return start + body + end
 
-    def finish(self) -> tuple[str, list[ParsedCall]]:
+    def finish(self, cut: bool = False) -> tuple[str, list[ParsedCall]]:
+        """The end of the output. cut: it ended at max_tokens, so an unfinished call is still a
+        call (incomplete, with the arguments so far), never markup in the content."""
         if self.bare_json:
             self.bare_json = False
             parsed = _json_calls(self.buf)
+            if parsed is None and cut and _NAME.search(self.buf):
+                parsed = [_partial(self.buf, None, None)]
             if parsed is not None:
                 self.buf = ""
                 self.calls += len(parsed)
                 return "", parsed
             content, calls = self.feed("")
-            more, tail = self.finish()
+            more, tail = self.finish(cut)
             return content + more, calls + tail
         if self.open is None:
             out, self.buf = self.buf, ""
+            if cut and len(out) > 1 and any(p.startswith(out) for p in (*_LITERAL_PREFIXES[:-1], *_WRAPPERS)):
+                out = ""  # the start of a marker the cut never finished
             return out, []
         fam, mt, end = self.open
         body, self.buf, self.open = self.buf, "", None
         parsed = fam.read(body, mt)
         if parsed is None:
-            return self._raw(fam, mt, body, "" if not end else ""), []
+            if not cut:
+                return self._raw(fam, mt, body, ""), []
+            parsed = [_partial(body, fam, mt)]
         self.calls += len(parsed)
         return "", parsed
+
+
+_NAME = re.compile(r'"name"\s*:\s*"((?:[^"\\]|\\.)*)"')
+_ARGS = re.compile(r'"(?:arguments|parameters)"\s*:\s*', re.S)
+
+
+def _partial(body: str, fam: Family | None, mt: re.Match | None) -> ParsedCall:
+    """A call cut off by max_tokens: its name if it got that far, and the arguments so far."""
+    name = ""
+    if mt is not None and mt.groups() and fam is FAMILIES[7]:  # <function=name>
+        name = mt.group(1)
+        stripped = body.strip()
+        args = stripped if stripped.startswith("{") else json.dumps({k: _value(v) for k, v in _PARAM.findall(body)})
+        return ParsedCall(name, args, incomplete=True)
+    invoke = re.search(r'<invoke name="([^"]+)"', body)
+    if invoke:
+        return ParsedCall(invoke.group(1), json.dumps({k: _value(v) for k, v in _PARAM.findall(body)}), incomplete=True)
+    found = _NAME.search(body)
+    if found:
+        try:
+            name = json.loads(f'"{found.group(1)}"')
+        except json.JSONDecodeError:
+            name = found.group(1)
+    args = _ARGS.search(body)
+    return ParsedCall(name, body[args.end():].strip() if args else "", incomplete=True)

