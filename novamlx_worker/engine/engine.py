@@ -209,6 +209,12 @@ class Engine:
                 self.stopping = True
         except RequestError as e:
             self.emit(m.Error(cmd.id, str(e), e.status, e.code, e.param))
+        except Exception as e:  # noqa: BLE001 - one command's failure is its own error, never the engine's end
+            log.exception("command %s failed", type(cmd).__name__)
+            rid = getattr(cmd, "id", None)
+            if isinstance(rid, str):
+                self.emit(m.Error(rid, f"The worker could not complete this request: {type(e).__name__}: {e}", 500,
+                                  "internal_error"))
 
     # ---- embeddings and reranking (run between decode steps, on this thread) ----
     def _idle_entry(self, name: str):

@@ -76,7 +76,7 @@ class ModelPool:
             if entry is None:
                 kind = "vlm" if Path(path).is_dir() and classify(Path(path)) == "vlm" else "llm"
                 entry = self.entries[model_id] = Entry(model_id, spec, aliases, kind=kind, path=path)
-        entry.pinned = entry.pinned or pin or model_id in pinned or (spec in pinned if spec else False)
+        entry.pinned = entry.pinned or pin or entry.id in pinned or (spec in pinned if spec else False)
         return entry
 
     def find(self, name: str | None) -> Entry | None:

@@ -145,7 +145,6 @@ def test_every_input_kind_and_wire_format(vserver, pictures):
 
 def test_feature_cache_hit_on_the_same_image(vserver, pictures):
     def stats():
-        time.sleep(0.8)  # the next health push
         return httpx.get(vserver.base_url + "/v1/stats", headers=vserver.headers).json()["prefix_cache"]["vision_features"]
 
     pixels = (np.random.default_rng(7).random((50, 50, 3)) * 255).astype("uint8")
@@ -249,7 +248,6 @@ def test_vision_features_survive_a_worker_restart(vserver, pictures):
     import signal
 
     def stats():
-        time.sleep(0.8)
         return httpx.get(vserver.base_url + "/v1/stats", headers=vserver.headers).json()["prefix_cache"]["vision_features"]
 
     def restart():
