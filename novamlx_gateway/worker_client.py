@@ -29,6 +29,9 @@ class Pending:
     cmd: object
     queue: asyncio.Queue
     produced: bool = False
+    sent: int = 0  # order in which the current worker was sent it (0: not sent yet)
+    started: bool = False  # the worker admitted it (Started)
+    crashes: int = 0  # worker crashes it was in flight for, unproduced
 
 
 class WorkerClient:
@@ -40,6 +43,8 @@ class WorkerClient:
         self.health: m.Health | None = None
         self.boot_commands = lambda: []  # sent to each new worker before any request (the catalog's)
         self.settings = None  # the per-model settings store: aliases and the default model
+        self.sent_count = 0
+        self.crashes_by_request = 0  # worker crashes pinned on one request (failed, not replayed)
 
     @property
     def state(self):
@@ -56,12 +61,29 @@ class WorkerClient:
         await self.supervisor.stop(grace)
 
     def _fail_in_flight(self, code) -> None:
-        """Streams that already produced output get an error; the rest wait for the new worker."""
+        """Streams that already produced output get an error; the rest wait for the new worker.
+
+        A request must not become a crash loop. The worker takes commands in the order they were
+        sent, so the first one sent and never admitted is the one it died admitting: it is failed,
+        not replayed. Admitted requests that produced nothing are replayed once; a second crash
+        while they are in flight fails them too."""
+        unstarted = [p for p in self.pending.values() if p.sent and not p.started and isinstance(p.cmd, m.Generate)]
+        poison = min(unstarted, key=lambda p: p.sent) if unstarted else None
         for rid, p in list(self.pending.items()):
             if p.produced or not isinstance(p.cmd, m.Generate):
                 self.pending.pop(rid, None)
                 p.queue.put_nowait(m.Error(rid, f"The model worker crashed (exit code {code}) while generating; "
                                                 "the request was not completed. Please retry.", 503, "worker_crashed"))
+                continue
+            p.crashes += p.started
+            if p is poison or p.crashes > 1:
+                self.pending.pop(rid, None)
+                log.error("request %s was in flight when the worker crashed: failed, not replayed", rid)
+                p.queue.put_nowait(m.Error(rid, f"The model worker crashed (exit code {code}) while handling this "
+                                                "request; it is not retried, so that it cannot crash the worker "
+                                                "again.", 500, "worker_crashed_on_request"))
+            p.sent, p.started = 0, False
+        self.crashes_by_request += 1 if poison is not None else 0
 
     def _dispatch(self, ev) -> None:
         if isinstance(ev, m.Step):
@@ -73,6 +95,7 @@ class WorkerClient:
         elif isinstance(ev, (m.Started,)):
             p = self.pending.get(ev.id)
             if p is not None:
+                p.started = True
                 p.queue.put_nowait(ev)
         elif isinstance(ev, (m.Finished, m.Error, m.Result, m.Embeddings, m.Scores)):
             p = self.pending.pop(ev.id, None)
@@ -108,13 +131,18 @@ class WorkerClient:
             self.pending.pop(cmd.id, None)
         self.supervisor.mark_ready()
         for p in list(self.pending.values()):  # accepted before a crash, never started: run them now
-            self.supervisor.send(p.cmd)
+            self._send(p)
 
     # ---- requests ----
     def submit(self, cmd, queue: asyncio.Queue) -> None:
         self.pending[cmd.id] = Pending(cmd, queue)
         if self.state.ready:
-            self.supervisor.send(cmd)
+            self._send(self.pending[cmd.id])
+
+    def _send(self, p: Pending) -> None:
+        self.sent_count += 1
+        p.sent = self.sent_count
+        self.supervisor.send(p.cmd)
 
     async def call(self, cmd, timeout: float = 30.0):
         """A command answered by one Result (settings, count_tokens); errors become APIError."""

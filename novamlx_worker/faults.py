@@ -4,6 +4,8 @@ NOVAMLX_FAULT="crash_after_tokens:N" kills the worker (SIGKILL, like an OOM kill
 has generated N tokens; "hang_after_tokens:N" freezes the engine thread instead, so the
 gateway's ping watchdog must notice. Either fires only in the first worker the gateway
 starts (NOVAMLX_WORKER_GENERATION=0), so the replacement serves normally.
+"crash_on_text:MARKER" is a poison request: the worker dies (SIGKILL) while admitting any
+chat whose messages contain MARKER, in every worker, as a request that crashes MLX would.
 """
 from __future__ import annotations
 
@@ -19,12 +21,19 @@ class FaultSwitch:
     def __init__(self, spec: str | None = None, generation: int | None = None):
         spec = os.environ.get("NOVAMLX_FAULT", "") if spec is None else spec
         generation = int(os.environ.get("NOVAMLX_WORKER_GENERATION", "0")) if generation is None else generation
-        self.kind, self.after = None, 0
-        if spec and generation == 0:
-            kind, _, n = spec.partition(":")
+        self.kind, self.after, self.marker = None, 0, None
+        kind, _, arg = (spec or "").partition(":")
+        if kind == "crash_on_text":
+            self.marker = arg
+        elif spec and generation == 0:
             if kind not in ("crash_after_tokens", "hang_after_tokens"):
                 raise ValueError(f"unknown NOVAMLX_FAULT {spec!r}")
-            self.kind, self.after = kind, int(n or 0)
+            self.kind, self.after = kind, int(arg or 0)
+
+    def check_request(self, messages) -> None:
+        if self.marker and any(self.marker in (msg.content or "") for msg in messages or []):
+            log.warning("fault switch: poison request")
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def check(self, tokens_generated: int) -> None:
         if self.kind is None or tokens_generated < self.after:

@@ -19,11 +19,12 @@ def make_sampler(s: Sampling):
     if s.temperature <= GREEDY_TEMPERATURE:
         return None
     inv_temp = 1.0 / s.temperature
-    state = [mx.random.key(s.seed)] if s.seed is not None else None
+    # Any 64-bit seed the APIs allow, negative ones too, as the unsigned key MLX takes.
+    state = [mx.random.key(s.seed % 2**64)] if s.seed is not None else None
 
     def sample(logprobs: mx.array) -> mx.array:
         x = logprobs
-        if s.top_k > 0:
+        if 0 < s.top_k < x.shape[-1]:  # k at or past the vocabulary keeps every token: nothing to cut
             x = apply_top_k(x, s.top_k)
         if 0.0 < s.top_p < 1.0:
             x = apply_top_p(x, s.top_p)

@@ -89,10 +89,21 @@ class CountRequest(msgspec.Struct, kw_only=True):
     tool_choice: ToolChoiceIn | None = None
 
 
-def _block_text(content) -> str:
+def _block_text(content, where: str = "content") -> str:
+    """The text of a string or a list of blocks (a tool result's content, the system prompt)."""
     if content is None or isinstance(content, str):
         return content or ""
-    return "".join(b.get("text", "") if isinstance(b, dict) else (b.text or "") for b in content)
+    if not isinstance(content, list):
+        raise APIError(400, f"{where}: Input should be a valid string or a list of content blocks", None, where)
+    out = []
+    for b in content:
+        text = b.get("text", "") if isinstance(b, dict) else getattr(b, "text", None) if not isinstance(b, str) else b
+        if not isinstance(text, str):
+            if isinstance(b, dict) and b.get("type") not in (None, "text"):
+                continue  # images inside a tool result are not replayed as text
+            raise APIError(400, f"{where}: each block's text must be a string", None, where)
+        out.append(text)
+    return "".join(out)
 
 
 def _image_source(source, where: str) -> str:
@@ -130,7 +141,7 @@ def to_protocol(req) -> tuple[list[m.ChatMessage], list[dict] | None]:
                 calls.append(m.ToolCall(b.id or f"toolu_{uuid.uuid4().hex[:24]}", b.name or "",
                                         json.dumps(b.input if b.input is not None else {})))
             elif b.type == "tool_result" and msg.role == "user":
-                result = _block_text(b.content) if not isinstance(b.content, str) else b.content
+                result = _block_text(b.content, f"messages.{i}.content.{j}.content")
                 if b.is_error:
                     result = f"Error: {result}"
                 out.append(m.ChatMessage("tool", result, tool_call_id=b.tool_use_id))

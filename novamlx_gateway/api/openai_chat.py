@@ -1,6 +1,8 @@
 """POST /v1/chat/completions: OpenAI chat wire format <-> protocol."""
 from __future__ import annotations
 
+import json
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 
@@ -36,6 +38,23 @@ def _parts(msg: ChatMessageIn, i: int) -> list[m.Part]:
     return parts
 
 
+def _tool_call(c, i: int, j: int) -> m.ToolCall:
+    """An assistant turn's tool call: a string name; arguments as JSON text (an object is encoded)."""
+    where = f"messages[{i}].tool_calls[{j}]"
+    fn = c.get("function") if isinstance(c, dict) else None
+    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+        raise APIError(400, f"Invalid '{where}': expected {{\"function\": {{\"name\": string, \"arguments\": "
+                            "string}}.", "invalid_value", where)
+    args = fn.get("arguments")
+    if isinstance(args, (dict, list)):
+        args = json.dumps(args)
+    elif args is not None and not isinstance(args, str):
+        raise APIError(400, f"Invalid '{where}.function.arguments': expected a JSON string.", "invalid_type",
+                       f"{where}.function.arguments")
+    cid = c.get("id")
+    return m.ToolCall(cid if isinstance(cid, str) and cid else f"call_{i}_{j}", fn["name"], args or "{}")
+
+
 def to_messages(req: ChatRequest) -> list[m.ChatMessage]:
     if not req.messages:
         raise APIError(400, "Invalid 'messages': empty array. Expected an array with minimum length 1.",
@@ -48,12 +67,7 @@ def to_messages(req: ChatRequest) -> list[m.ChatMessage]:
         role = {"developer": "system", "function": "tool"}.get(msg.role, msg.role)
         calls = None
         if msg.tool_calls:
-            try:
-                calls = [m.ToolCall(c.get("id") or f"call_{i}_{j}", c["function"]["name"],
-                                    c["function"].get("arguments") or "{}") for j, c in enumerate(msg.tool_calls)]
-            except (KeyError, TypeError, AttributeError):
-                raise APIError(400, f"Invalid 'messages[{i}].tool_calls': each needs function.name and "
-                                    "function.arguments.", "invalid_value", f"messages[{i}].tool_calls") from None
+            calls = [_tool_call(c, i, j) for j, c in enumerate(msg.tool_calls)]
         out.append(images.message(role, _parts(msg, i), name=msg.name, tool_calls=calls,
                                   tool_call_id=msg.tool_call_id))
     return out
@@ -64,14 +78,15 @@ def tools_of(req: ChatRequest) -> tuple[list[dict] | None, bool, str | None]:
     tools = req.tools or None
     for i, t in enumerate(tools or []):
         if not isinstance(t, dict) or t.get("type") != "function" or not isinstance(t.get("function"), dict) \
-                or not t["function"].get("name"):
+                or not isinstance(t["function"].get("name"), str) or not t["function"]["name"]:
             raise APIError(400, f"Invalid 'tools[{i}]': expected {{\"type\": \"function\", \"function\": "
                                 "{\"name\": ..., \"parameters\": {...}}}.", "invalid_value", f"tools[{i}]")
     choice = req.tool_choice
     force = None
     if isinstance(choice, dict):
-        force = (choice.get("function") or {}).get("name") or choice.get("name")
-        if not force:
+        fn = choice.get("function")
+        force = (fn.get("name") if isinstance(fn, dict) else None) or choice.get("name")
+        if not isinstance(force, str) or not force:
             raise APIError(400, "Invalid 'tool_choice': name a function as {\"type\": \"function\", "
                                 "\"function\": {\"name\": ...}}.", "invalid_value", "tool_choice")
     elif choice == "required":

@@ -8,6 +8,7 @@ response.completed (or response.incomplete / response.failed).
 """
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any
@@ -63,10 +64,16 @@ def _new_id(prefix: str) -> str:
 def _parts_of(content: Any, where: str) -> list[m.Part]:
     if content is None or isinstance(content, str):
         return [m.Part("text", content or "")]
+    if not isinstance(content, list):
+        raise APIError(400, f"Invalid '{where}.content': expected a string or an array of content parts.",
+                       "invalid_type", f"{where}.content")
     parts = []
     for j, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
         if kind in ("input_text", "output_text", "text"):
+            if not isinstance(part.get("text") or "", str):
+                raise APIError(400, f"Invalid '{where}.content[{j}].text': expected a string.", "invalid_type",
+                               f"{where}.content")
             parts.append(m.Part("text", part.get("text") or ""))
         elif kind == "input_image" and isinstance(part.get("image_url"), str) and part["image_url"]:
             parts.append(m.Part("image", source=part["image_url"]))
@@ -91,6 +98,9 @@ def normalize_input(value: str | list[dict] | None) -> list[dict]:
         return []
     if isinstance(value, str):
         return [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": value}]}]
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise APIError(400, f"Invalid 'input[{i}]': expected an input item object.", "invalid_type", f"input[{i}]")
     return [dict(item, type=item.get("type", "message")) for item in value]
 
 
@@ -105,19 +115,26 @@ def to_protocol(items: list[dict], instructions: str | None) -> list[m.ChatMessa
                 raise APIError(400, f"{where}.role: invalid role {role!r}.", "invalid_value", f"{where}.role")
             out.append(images.message("system" if role == "developer" else role, _parts_of(item.get("content"), where)))
         elif kind == "function_call":
-            name = item.get("name") or ""
-            if item.get("namespace"):
-                name = f"{item['namespace']}.{name}"
-            call = m.ToolCall(item.get("call_id") or item.get("id") or _new_id("call"), name,
-                              item.get("arguments") or "{}")
+            name, ns, args = item.get("name"), item.get("namespace"), item.get("arguments")
+            if not isinstance(name, str) or not name or not isinstance(ns, (str, type(None))):
+                raise APIError(400, f"Invalid '{where}.name': a function_call needs a string name.", "invalid_value",
+                               f"{where}.name")
+            if isinstance(args, (dict, list)):
+                args = json.dumps(args)
+            elif not isinstance(args, (str, type(None))):
+                raise APIError(400, f"Invalid '{where}.arguments': expected a JSON string.", "invalid_type",
+                               f"{where}.arguments")
+            name = f"{ns}.{name}" if ns else name
+            cid = item.get("call_id") or item.get("id")
+            call = m.ToolCall(cid if isinstance(cid, str) else _new_id("call"), name, args or "{}")
             if out and out[-1].role == "assistant" and out[-1].tool_call_id is None:
                 out[-1].tool_calls = (out[-1].tool_calls or []) + [call]
             else:
                 out.append(m.ChatMessage("assistant", "", tool_calls=[call]))
         elif kind == "function_call_output":
-            output = item.get("output")
+            output, cid = item.get("output"), item.get("call_id")
             out.append(m.ChatMessage("tool", output if isinstance(output, str) else _text_of(output, where),
-                                     tool_call_id=item.get("call_id")))
+                                     tool_call_id=cid if isinstance(cid, str) else None))
         elif kind == "reasoning":
             continue
         else:
@@ -141,9 +158,12 @@ def _tools(tools: list[dict] | None) -> list[dict] | None:
     """Function tools, and the functions inside `namespace` tools (offered as `namespace.name`)."""
     out = []
     for i, t in enumerate(tools or []):
-        kind = t.get("type")
+        kind = t.get("type") if isinstance(t, dict) else None
         if kind == "function":
-            out.append(_function(t.get("name"), t))
+            if not isinstance(t.get("name"), str) or not t["name"]:
+                raise APIError(400, f"Invalid 'tools[{i}].name': a function tool needs a string name.",
+                               "invalid_value", f"tools[{i}].name")
+            out.append(_function(t["name"], t))
         elif kind == "namespace":
             out += [_function(f"{t.get('name')}.{f.get('name')}", f) for f in t.get("tools") or []
                     if f.get("type") == "function"]
@@ -228,8 +248,13 @@ async def create_response(request: Request):
     tools = _tools(req.tools)
     namespaces = _namespaces(req.tools)
     choice = req.tool_choice
-    force = ("required" if choice == "required" else choice.get("name") if isinstance(choice, dict) else None) \
-        if tools else None
+    named = choice.get("name") if isinstance(choice, dict) else None
+    if isinstance(choice, dict) and not isinstance(named, (str, type(None))):
+        raise APIError(400, "Invalid 'tool_choice.name': expected a string.", "invalid_type", "tool_choice.name")
+    if isinstance(choice, str) and choice not in ("none", "auto", "required"):
+        raise APIError(400, f"Invalid 'tool_choice': {choice!r}; use none, auto, required or a function.",
+                       "invalid_value", "tool_choice")
+    force = ("required" if choice == "required" else named) if tools else None
     args = GenerateArgs(req.model, messages=chat, tools=tools, parse_tools=bool(tools) and choice != "none",
                         force_tool=force, temperature=req.temperature, top_p=req.top_p,
                         max_tokens=req.max_output_tokens,

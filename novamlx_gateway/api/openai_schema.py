@@ -86,6 +86,8 @@ def check_stream_options(req: _SamplingFields) -> None:
 
 def response_format_of(fmt: dict | None, param: str = "response_format") -> dict | None:
     """OpenAI's response_format (chat) or text.format (Responses) as the protocol's form."""
+    if fmt is not None and not isinstance(fmt, dict):
+        raise APIError(400, f"Invalid '{param}': expected an object with a 'type'.", "invalid_type", param)
     if not fmt or fmt.get("type") in (None, "text"):
         return None
     kind = fmt.get("type")

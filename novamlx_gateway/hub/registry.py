@@ -105,12 +105,16 @@ def discover(data_dir: Path, include_hf_cache: bool = True) -> list[Found]:
 def deletable_root(path: str, data_dir: Path) -> Path | None:
     """What to delete for a model at `path`: its folder or file under the data dir's models,
     or its whole repo folder in the HF cache. None for anything else (a user's own folder,
-    the embedded wheel), which we never delete."""
-    p = Path(path).absolute()
-    mine = models_dir(data_dir).absolute()
+    the embedded wheel), which we never delete. Paths are resolved first (`..` and symlinks):
+    `<data_dir>/models/../../etc` is /etc, and never deletable."""
+    try:
+        p = Path(path).resolve(strict=False)
+        mine = models_dir(data_dir).resolve(strict=False)
+        cache = hf_cache_dir().resolve(strict=False)
+    except (OSError, RuntimeError):
+        return None
     if mine in p.parents:
-        return mine / p.relative_to(mine)
-    cache = hf_cache_dir().absolute()
+        return p
     if cache in p.parents:
         parts = p.relative_to(cache).parts
         if parts and parts[0].startswith("models--"):
@@ -120,7 +124,9 @@ def deletable_root(path: str, data_dir: Path) -> Path | None:
 
 def delete(root: Path) -> int:
     size = folder_size(root)
-    if root.is_dir():
+    if root.is_symlink():
+        os.unlink(root)  # the link, never what it points to
+    elif root.is_dir():
         shutil.rmtree(root)
     else:
         os.unlink(root)

@@ -396,6 +396,7 @@ class Engine:
             raise self._over_memory()
         if cmd.id in self.seqs:
             raise RequestError(f"duplicate request id {cmd.id}", 400)
+        self.fault.check_request(cmd.messages)
         lm = self._model(cmd.model)
         vision = None
         if lm.vision is not None:  # (images reach only VLMs: the gateway refuses them for other models)

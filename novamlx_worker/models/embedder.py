@@ -37,6 +37,7 @@ class Embedder:
     cross_encoder: bool
     classifier: nn.Linear | None = None
     aliases: list[str] = field(default_factory=list)
+    vocab_size: int = 0  # token ids are checked against it: an id past the table reads out of bounds
     created: int = field(default_factory=lambda: int(time.time()))
 
     @property
@@ -50,6 +51,10 @@ class Embedder:
         for i, ids in enumerate(tokens):
             if not ids:
                 raise EmbedError(f"input[{i}] is empty.", "input")
+            bad = next((t for t in ids if not 0 <= t < (self.vocab_size or 2**31)), None)
+            if bad is not None:
+                raise EmbedError(f"input[{i}] has token id {bad}, outside this model's vocabulary "
+                                 f"(0 to {self.vocab_size - 1}).", "input")
             if len(ids) > self.max_len:
                 if not truncate:
                     raise EmbedError(f"input[{i}] has {len(ids)} tokens, more than this model's maximum of "
@@ -138,4 +143,4 @@ def load_embedder(path: str, model_id: str | None = None, aliases: list[str] | N
     mx.eval(model.parameters())
     name = model_id or Path(path).name
     return Embedder(name, str(path), model, hf, int(config.get("max_position_embeddings", 512)),
-                    int(config["hidden_size"]), cross, classifier, aliases or [])
+                    int(config["hidden_size"]), cross, classifier, aliases or [], vocab_size=int(config.get("vocab_size", 0)))

@@ -32,12 +32,30 @@ class LoadedModel:
         return "vlm" if self.vision is not None else "llm"
 
 
+def is_model(path: Path) -> bool:
+    """A folder with a config.json, or a regular file with a GGUF header. Special files
+    (/dev/zero, FIFOs) are refused before they are opened."""
+    import stat
+
+    try:
+        if path.is_dir():
+            return (path / "config.json").is_file()
+        if not stat.S_ISREG(path.stat().st_mode):
+            return False
+        with open(path, "rb") as fh:
+            return fh.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
 def resolve(spec: str | None) -> tuple[str, str, list[str]]:
     """(model id, local path, aliases) for a --model argument; None is the embedded default."""
     if not spec:
         return DEFAULT_MODEL_ID, default_model_path(), list(DEFAULT_MODEL_ALIASES)
     path = Path(spec).expanduser()
     if path.exists():
+        if not is_model(path):
+            raise FileNotFoundError(f"{spec!r} is not a model: give a folder with a config.json or a .gguf file")
         return model_id_for(path), str(path.resolve()), []
     if "/" in spec:  # a hub id that is already downloaded
         from huggingface_hub import snapshot_download
