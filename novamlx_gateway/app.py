@@ -25,7 +25,7 @@ from .admission import Admission
 from .catalog import Catalog
 from .config import Config
 from .errors import HANDLERS
-from .middleware import APIKeyAuth, BodyLimit, RequestID
+from .middleware import LOCAL_ORIGINS, APIKeyAuth, BodyLimit, HostCheck, RequestID
 from .stores.responses import ResponseStore
 from .stores.settings import SettingsStore
 from .worker_client import WorkerClient
@@ -67,8 +67,10 @@ def create_app(cfg: Config, worker: WorkerClient | None = None) -> Starlette:
         Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
     ]
     middleware = [
-        Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"],
-                   expose_headers=["x-request-id"]),
+        # Browsers: localhost pages, plus configured origins ("*" opts in to every page).
+        Middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_origin_regex=LOCAL_ORIGINS,
+                   allow_methods=["*"], allow_headers=["*"], expose_headers=["x-request-id"]),
+        Middleware(HostCheck, bound=cfg.host, allowed=cfg.allowed_hosts),
         Middleware(RequestID),
         Middleware(APIKeyAuth, keys=cfg.api_keys),
         Middleware(BodyLimit, max_bytes=int(cfg.max_request_size_mb * 1024 * 1024)),

@@ -46,6 +46,10 @@ class Config:
     tool_parser: str = "auto"  # or families: hermes, glm, deepseek, gemma, llama, marker, tool, mistral, function, namespaced
     reasoning_field: str = "reasoning_content"  # chat field for thinking text ("reasoning" for some clients)
     discover_hf_cache: bool = True  # serve MLX models found in the Hugging Face cache too
+    # Browser origins allowed besides localhost ("*": any web page may call the API).
+    cors_origins: list[str] = field(default_factory=list)
+    # Host headers accepted besides the bound address and localhost ("*": any; DNS-rebinding guard).
+    allowed_hosts: list[str] = field(default_factory=list)
     hf_endpoint: str = ""  # hub URL for search/download ('' : HF_ENDPOINT or huggingface.co)
     distributed_backend: str = ""  # shard the models over ranks started by mlx.launch: ring, mpi, nccl, jaccl
     distributed_hostfile: str = ""  # mlx.launch hosts file; '' : distributed_ranks local processes
@@ -66,7 +70,8 @@ class Config:
 
 
 _LIST_FIELDS = {"image_dirs": "image_dir", "api_keys": "api_key", "models": "model", "pinned_models": "pin", "embedding_models": "embedding_model",
-                "turn_stop_patterns": "turn_stop", "cloud_models": "cloud_model"}
+                "turn_stop_patterns": "turn_stop", "cloud_models": "cloud_model", "cors_origins": "cors_origin",
+                "allowed_hosts": "allowed_host"}
 
 
 def on_off(value) -> bool:
@@ -135,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-fetch-timeout", type=float, help="seconds to fetch one image URL")
     p.add_argument("--image-allow-private", type=on_off,
                    help="on/off: allow image URLs on loopback, private and link-local addresses")
+    p.add_argument("--cors-origin", action="append", dest="cors_origins",
+                   help="browser origin allowed to call the API besides localhost (repeatable; '*' for any)")
+    p.add_argument("--allowed-host", action="append", dest="allowed_hosts",
+                   help="Host header accepted besides the bound address and localhost (repeatable; '*' for any)")
     p.add_argument("--log-level")
     p.add_argument("--turn-stop", action="append", dest="turn_stop_patterns",
                    help="text that ends a turn for every request, e.g. '<|im_start|>' (repeatable)")

@@ -55,6 +55,10 @@ def openai_error(status: int, message: str, code: str | None = None, param: str 
 
 
 async def api_error_handler(request: Request, exc: APIError) -> JSONResponse:
+    worker = getattr(request.app.state, "worker", None)
+    if 400 <= exc.status < 500 and worker is not None:  # rejected requests by kind, for /health and its log
+        key = exc.code or str(exc.status)
+        worker.rejected[key] = worker.rejected.get(key, 0) + 1
     status, body = exc.render(request.url.path)
     return JSONResponse(body, status_code=status, headers=exc.headers)
 

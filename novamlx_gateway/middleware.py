@@ -1,4 +1,4 @@
-"""Middleware as plain ASGI classes: request ids, API keys, body size limit."""
+"""Middleware as plain ASGI classes: request ids, API keys, body size limit, Host check."""
 from __future__ import annotations
 
 import hmac
@@ -97,3 +97,29 @@ class BodyLimit:
             return message
 
         await self.app(scope, counted_receive, send)
+
+
+LOCAL_ORIGINS = r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?"
+_LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
+
+
+class HostCheck:
+    """Refuse Host headers that name neither this server nor localhost: a web page whose DNS name
+    is rebound to 127.0.0.1 must not reach a local server through the user's browser. A server
+    bound to all interfaces accepts any host unless allowed_hosts is set."""
+
+    def __init__(self, app, bound: str, allowed: list[str]):
+        self.app = app
+        self.any = "*" in allowed or (bound in ("0.0.0.0", "::", "") and not allowed)
+        self.allowed = _LOCAL_HOSTS | {bound.lower()} | {h.lower() for h in allowed}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or self.any:
+            return await self.app(scope, receive, send)
+        host = dict(scope["headers"]).get(b"host", b"").decode("latin-1").lower()
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        if host and name not in self.allowed:
+            return await _send_error(send, APIError(421, f"Host {host!r} is not served here (allowed: localhost, "
+                                                         "the bound address and --allowed-host).", "invalid_host"),
+                                     path=scope.get("path", ""))
+        await self.app(scope, receive, send)

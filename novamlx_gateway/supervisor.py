@@ -84,6 +84,7 @@ class Supervisor:
         self._tasks: list[asyncio.Task] = []
         self._first_start: asyncio.Future | None = None
         self._channel = None  # (reader, transport, fd, path) of the FIFO from a sharded group's rank 0
+        self.annotate: Callable[[], dict] = lambda: {}  # the gateway's own counters, added to each log record
 
     def argv(self) -> list[str]:
         a = [sys.executable, "-m", "novamlx_worker", "--dequantize", self.cfg.dequantize,
@@ -229,6 +230,7 @@ class Supervisor:
                 self.health_log.replace(self.health_log.with_suffix(".jsonl.1"))
             record = msgspec.to_builtins(ev)
             record["restarts"] = self.state.restarts
+            record.update(self.annotate())
             with open(self.health_log, "a") as fh:
                 fh.write(json.dumps(record) + "\n")
         except OSError as e:

@@ -44,6 +44,8 @@ class WorkerClient:
         self.boot_commands = lambda: []  # sent to each new worker before any request (the catalog's)
         self.settings = None  # the per-model settings store: aliases and the default model
         self.sent_count = 0
+        self.rejected: dict[str, int] = {}  # 4xx answers by error code (the gateway's, never the worker's)
+        self.supervisor.annotate = lambda: {"rejected": dict(self.rejected), "poison_requests": self.crashes_by_request}
         self.crashes_by_request = 0  # worker crashes pinned on one request (failed, not replayed)
 
     @property

@@ -51,6 +51,8 @@ async def _json_body(request: Request):
         return msgspec.json.decode(await request.body())
     except msgspec.DecodeError as e:
         raise APIError(400, f"Invalid JSON: {e}", "invalid_json") from None
+    except RecursionError:
+        raise APIError(400, "The JSON body is nested too deeply.", "invalid_json") from None
 
 
 async def _settings(request: Request, **changes) -> dict:

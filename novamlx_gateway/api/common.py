@@ -34,6 +34,8 @@ async def parse_body(request: Request, kind: type):
     except msgspec.DecodeError as e:
         raise APIError(400, f"We could not parse the JSON body of your request: {e}. Send a valid JSON object.",
                        "invalid_json")
+    except RecursionError:
+        raise APIError(400, "The JSON body is nested too deeply.", "invalid_json") from None
 
 
 PRIORITIES = {"low": -1, "normal": 0, "high": 1}

@@ -6,19 +6,23 @@ request names "default" (or none on routes that allow it)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
 from ..errors import APIError
 
+log = logging.getLogger("novamlx.settings")
+
 # name -> (type(s), lower bound, upper bound)
+BIG = 2**31 - 1  # no window or token count is larger
 FIELDS: dict[str, tuple] = {
-    "max_context_window": (int, 1, None), "max_tokens": (int, 1, None),
-    "temperature": ((int, float), 0, 2), "top_p": ((int, float), 0, 1), "top_k": (int, 0, None),
+    "max_context_window": (int, 1, BIG), "max_tokens": (int, 1, BIG),
+    "temperature": ((int, float), 0, 2), "top_p": ((int, float), 0, 1),
     "min_p": ((int, float), 0, 1), "frequency_penalty": ((int, float), -2, 2), "presence_penalty": ((int, float), -2, 2),
-    "repetition_penalty": ((int, float), 0.01, 10), "seed": (int, None, None), "ttl_seconds": (int, 0, None),
+    "repetition_penalty": ((int, float), 0.01, 10), "seed": (int, -(2**63), 2**64 - 1), "ttl_seconds": (int, 0, BIG),
     "model_alias": (str, None, None), "is_pinned": (bool, None, None), "is_default": (bool, None, None),
-    "kv_bits": (int, 2, 8), "kv_group_size": (int, 32, 128), "thinking_budget": (int, 0, None),
+    "kv_bits": (int, 2, 8), "kv_group_size": (int, 32, 128), "thinking_budget": (int, 0, BIG), "top_k": (int, 0, BIG),
     "display_name": (str, None, None), "description": (str, None, None),
 }
 SAMPLING_DEFAULTS = ("temperature", "top_p", "top_k", "min_p", "frequency_penalty", "presence_penalty",
@@ -51,9 +55,23 @@ class SettingsStore:
     def __init__(self, path: Path):
         self.path = Path(path)
         try:
-            self.data: dict[str, dict] = json.loads(self.path.read_text()) if self.path.exists() else {}
-        except (OSError, json.JSONDecodeError):
-            self.data = {}
+            data = json.loads(self.path.read_text()) if self.path.exists() else {}
+        except (OSError, json.JSONDecodeError) as e:
+            log.warning("cannot read %s (%s); starting with no per-model settings", self.path, e)
+            data = {}
+        self.data: dict[str, dict] = {}
+        for model_id, values in (data.items() if isinstance(data, dict) else []):
+            self.data[model_id] = self._checked(model_id, values)
+
+    def _checked(self, model_id: str, values) -> dict:
+        """A file written by hand or by an older version: each bad value is skipped with a warning."""
+        out = {}
+        for key, value in (values.items() if isinstance(values, dict) else []):
+            try:
+                out.update(validate({key: value}))
+            except APIError as e:
+                log.warning("model_settings.json: skipping %s.%s: %s", model_id, key, e.message)
+        return {k: v for k, v in out.items() if v is not None}
 
     def get(self, model_id: str) -> dict:
         return dict(self.data.get(model_id, {}))

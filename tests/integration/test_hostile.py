@@ -149,3 +149,36 @@ def test_poison_request_is_not_replayed(tiny_long, tmp_path):
         assert again.usage.completion_tokens >= 1 and s.health()["worker"]["restarts"] == 1
     finally:
         s.stop()
+
+
+def test_cors_only_for_local_origins_and_host_checked(server):
+    url = server.base_url + "/v1/models"
+    pre = {"access-control-request-method": "POST", "access-control-request-headers": "authorization"}
+    local = httpx.options(url, headers={"origin": "http://localhost:3000", **pre})
+    assert local.headers.get("access-control-allow-origin") == "http://localhost:3000"
+    evil = httpx.options(url, headers={"origin": "https://evil.example", **pre})
+    assert "access-control-allow-origin" not in evil.headers
+    got = httpx.get(url, headers={**server.headers, "origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in got.headers
+    rebound = httpx.get(url, headers={**server.headers, "host": "evil.example:6590"})
+    assert rebound.status_code == 421 and rebound.json()["error"]["code"] == "invalid_host"
+    assert httpx.get(url, headers={**server.headers, "host": "localhost:1"}).status_code == 200
+
+
+def test_cors_origin_opt_in(tiny_model, tmp_path):
+    s = Server(["--model", str(tiny_model), "--embedding-model", "none", "--cors-origin", "https://app.example"],
+               tmp_path, keys=()).wait_ready()
+    try:
+        r = httpx.get(s.base_url + "/v1/models", headers={"origin": "https://app.example"})
+        assert r.headers.get("access-control-allow-origin") == "https://app.example"
+    finally:
+        s.stop()
+
+
+def test_health_counts_rejected_requests_by_kind(server):
+    before = server.health()["requests"]["rejected_by_kind"].get("invalid_json", 0)
+    r = httpx.post(server.base_url + "/v1/chat/completions", headers={**server.headers, "content-type": "application/json"},
+                   content=b'{"model": "tiny-llama", "messages": [], "tools": [' + b'{"a": ' * 100000 + b"1"
+                   + b"}" * 100000 + b"]}")
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    assert server.health()["requests"]["rejected_by_kind"]["invalid_json"] == before + 1
