@@ -47,28 +47,44 @@ def _private(addr: str) -> bool:
     return ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_multicast or ip.is_unspecified
 
 
-async def _check_host(url: str, cfg: Config) -> None:
+async def _check_host(url: str, cfg: Config) -> str | None:
+    """The address to connect to, checked (None: private addresses allowed, resolve as usual).
+    The connection goes to this very address, so a DNS answer that changes between the check
+    and the connection (rebinding) cannot move it to loopback."""
     u = urlparse(url)
     if u.scheme not in ("http", "https") or not u.hostname:
         raise _bad(f"Image URL must be http(s): {url[:100]!r}.")
     if cfg.image_allow_private:
-        return
+        return None
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(u.hostname, u.port or (443 if u.scheme == "https" else 80),
                                                              type=socket.SOCK_STREAM)
     except OSError as e:
         raise _bad(f"Image host {u.hostname!r} could not be resolved: {e}.") from None
-    if any(_private(info[4][0]) for info in infos):
+    if not infos or any(_private(info[4][0]) for info in infos):
         raise _bad(f"Image URL {u.hostname!r} points to a private, loopback or link-local address; such URLs are "
                    "refused (set image_allow_private to allow them).")
+    return infos[0][4][0]
+
+
+def _pinned(url: str, addr: str | None) -> tuple[str, dict, dict]:
+    """(URL naming the checked address, headers, request extensions): Host and TLS SNI (and so
+    certificate checks) keep the original name."""
+    if addr is None:
+        return url, {}, {}
+    u = urlparse(url)
+    ip = f"[{addr.split('%')[0]}]" if ":" in addr else addr
+    netloc = f"{ip}:{u.port}" if u.port else ip
+    host = u.netloc.rsplit("@", 1)[-1]
+    return u._replace(netloc=netloc).geturl(), {"host": host}, {"sni_hostname": u.hostname} if u.scheme == "https" else {}
 
 
 async def _fetch_url(url: str, cfg: Config) -> bytes:
     cap = int(cfg.image_max_mb * 1024 * 1024)
     async with httpx.AsyncClient(follow_redirects=False, timeout=cfg.image_fetch_timeout) as client:
         for _ in range(cfg.image_max_redirects + 1):
-            await _check_host(url, cfg)
-            async with client.stream("GET", url, headers={"accept": "image/*"}) as r:
+            target, headers, ext = _pinned(url, await _check_host(url, cfg))
+            async with client.stream("GET", target, headers={"accept": "image/*", **headers}, extensions=ext) as r:
                 if r.is_redirect:
                     url = urljoin(url, r.headers.get("location", ""))
                     continue
