@@ -61,15 +61,6 @@ def _free_port_run(n: int) -> int:
     raise RuntimeError("no run of free ports for the ring backend")
 
 
-def _line_id(line: bytes) -> str | None:
-    try:
-        obj = json.loads(line)
-    except ValueError:
-        return None
-    rid = obj.get("id") if isinstance(obj, dict) else None
-    return rid if isinstance(rid, str) else None
-
-
 class Supervisor:
     def __init__(self, cfg: Config, on_event: Callable[[object], None], on_exit: Callable[[int | None], None],
                  extra_env: dict | None = None):
@@ -209,7 +200,7 @@ class Supervisor:
                 event = codec.decode_event(line)
             except msgspec.DecodeError as e:
                 log.error("bad line from worker: %s: %r", e, line[:200])
-                rid = _line_id(line)
+                rid = codec.line_id(line)
                 if rid:  # its request gets an error instead of waiting for an answer that never comes
                     self.on_event(m.Error(rid, "The model worker sent an answer that could not be read "
                                                f"({e}).", 500, "internal_error"))

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import json
 import os
 import signal
 import sys
@@ -141,7 +140,7 @@ def main(argv=None) -> None:
                 cmd = codec.decode_command(line)
             except Exception as e:  # noqa: BLE001 - junk on the pipe is answered and logged, never fatal
                 log.error("bad command line: %s", e)
-                rid = _request_id(line)
+                rid = codec.line_id(line)
                 if rid:  # never a silent drop: the request that sent it gets an error, not a hang
                     emit(m.Error(rid, f"The worker could not read this request: {e}", 400, "invalid_request"))
                 continue
@@ -162,13 +161,3 @@ def main(argv=None) -> None:
         log.exception("engine thread died")
         os._exit(1)
     os._exit(0)
-
-
-def _request_id(line: bytes) -> str | None:
-    """The id of a command line that did not decode as its type, if it has one."""
-    try:
-        obj = json.loads(line)
-    except ValueError:
-        return None
-    rid = obj.get("id") if isinstance(obj, dict) else None
-    return rid if isinstance(rid, str) else None

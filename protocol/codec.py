@@ -34,3 +34,14 @@ def decode_command(line: bytes | str):
 
 def decode_event(line: bytes | str):
     return _event_decoder.decode(line)
+
+
+def line_id(line: bytes | str) -> str | None:
+    """The request id of a line that did not decode as its type, if it has one: so that its
+    request gets an error instead of waiting for an answer that never comes."""
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return None
+    rid = obj.get("id") if isinstance(obj, dict) else None
+    return rid if isinstance(rid, str) else None
