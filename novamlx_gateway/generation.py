@@ -45,7 +45,7 @@ class Generation:
         self.n = n  # choices per prompt: prompts are counted once in usage
         self.prompt_counts: dict[str, int] = {}
         self.completion_tokens = 0
-        self.cached_tokens: dict[str, int] = {}  # as Finished reports them (Started's are the estimate)
+        self.cached_tokens: dict[str, int] = {}  # Started's estimate, then what Finished reports
         self.created = int(time.time())
 
     @staticmethod

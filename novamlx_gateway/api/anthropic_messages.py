@@ -179,9 +179,12 @@ def _input(call: m.ToolCallDelta) -> dict:
     return value if isinstance(value, dict) else {"value": value}
 
 
+def _tool_id(call: m.ToolCallDelta) -> str:
+    return call.id if call.id.startswith("toolu_") else "toolu_" + call.id.removeprefix("call_")
+
+
 def _tool_use(call: m.ToolCallDelta) -> dict:
-    tid = call.id if call.id.startswith("toolu_") else "toolu_" + call.id.removeprefix("call_")
-    return {"type": "tool_use", "id": tid, "name": call.name, "input": _input(call)}
+    return {"type": "tool_use", "id": _tool_id(call), "name": call.name, "input": _input(call)}
 
 
 def _content(block: Block) -> dict:
@@ -256,14 +259,20 @@ def _events(ev) -> list[bytes]:
     """One block event as Anthropic's content_block_* frames."""
     b = ev.block
     if isinstance(ev, Start):
-        start = {**_content(b), "input": {}} if b.kind == "tool_call" else \
-            {"type": "thinking", "thinking": "", "signature": ""} if b.kind == "thinking" else {"type": "text", "text": ""}
+        if b.kind == "tool_call":
+            start = {"type": "tool_use", "id": _tool_id(b.call), "name": b.call.name, "input": {}}
+        elif b.kind == "thinking":
+            start = {"type": "thinking", "thinking": "", "signature": ""}
+        else:
+            start = {"type": "text", "text": ""}
         return [sse.event("content_block_start", {"type": "content_block_start", "index": b.index, "content_block": start})]
     if isinstance(ev, Piece):
-        delta = {"thinking": {"type": "thinking_delta", "thinking": ev.text},
-                 "text": {"type": "text_delta", "text": ev.text},
-                 "tool_call": {"type": "input_json_delta",
-                               "partial_json": json.dumps(_input(b.call)) if b.call else ""}}[b.kind]
+        if b.kind == "text":
+            delta = {"type": "text_delta", "text": ev.text}
+        elif b.kind == "thinking":
+            delta = {"type": "thinking_delta", "thinking": ev.text}
+        else:
+            delta = {"type": "input_json_delta", "partial_json": json.dumps(_input(b.call))}
         return [sse.event("content_block_delta", {"type": "content_block_delta", "index": b.index, "delta": delta})]
     return [sse.event("content_block_stop", {"type": "content_block_stop", "index": b.index})]
 

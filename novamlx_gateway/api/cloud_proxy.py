@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -150,7 +149,6 @@ class CloudGeneration:
     cmds: list = field(default_factory=list)
     prompt_counts: dict = field(default_factory=dict)
     cached_tokens: dict = field(default_factory=dict)
-    created: int = field(default_factory=lambda: int(time.time()))
 
     def __post_init__(self):
         self.id = f"cloud-{uuid.uuid4().hex[:12]}"

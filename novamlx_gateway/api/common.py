@@ -1,6 +1,7 @@
 """What every route shares before it speaks its own wire: the typed body, the priority."""
 from __future__ import annotations
 
+import json
 import re
 
 import msgspec
@@ -52,3 +53,13 @@ def priority_of(request: Request, value: str | int | None = None) -> int:
     if key in PRIORITIES:
         return PRIORITIES[key]
     raise APIError(400, f"Invalid priority {raw!r}: use low, normal or high.", "invalid_value", "priority")
+
+
+def arguments_text(args, param: str) -> str:
+    """A replayed tool call's arguments as JSON text: a string as sent, an object encoded
+    (clients send either), anything else a 400 naming the field."""
+    if isinstance(args, (dict, list)):
+        return json.dumps(args)
+    if args is not None and not isinstance(args, str):
+        raise APIError(400, f"Invalid '{param}': expected a JSON string.", "invalid_type", param)
+    return args or "{}"

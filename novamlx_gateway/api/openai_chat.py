@@ -1,7 +1,6 @@
 """POST /v1/chat/completions: OpenAI chat wire format <-> protocol."""
 from __future__ import annotations
 
-import json
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
@@ -12,7 +11,7 @@ from .. import images, sse
 from .cloud_proxy import passthrough
 from ..errors import APIError
 from ..generation import Generation
-from .common import parse_body, priority_of
+from .common import arguments_text, parse_body, priority_of
 from .generate_args import CHAT, GenerateArgs, start_generation
 from .openai_schema import ChatMessageIn, ChatRequest, check_stream_options, response_format_of, sampling_fields
 
@@ -45,14 +44,9 @@ def _tool_call(c, i: int, j: int) -> m.ToolCall:
     if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
         raise APIError(400, f"Invalid '{where}': expected {{\"function\": {{\"name\": string, \"arguments\": "
                             "string}}.", "invalid_value", where)
-    args = fn.get("arguments")
-    if isinstance(args, (dict, list)):
-        args = json.dumps(args)
-    elif args is not None and not isinstance(args, str):
-        raise APIError(400, f"Invalid '{where}.function.arguments': expected a JSON string.", "invalid_type",
-                       f"{where}.function.arguments")
+    args = arguments_text(fn.get("arguments"), f"{where}.function.arguments")
     cid = c.get("id")
-    return m.ToolCall(cid if isinstance(cid, str) and cid else f"call_{i}_{j}", fn["name"], args or "{}")
+    return m.ToolCall(cid if isinstance(cid, str) and cid else f"call_{i}_{j}", fn["name"], args)
 
 
 def to_messages(req: ChatRequest) -> list[m.ChatMessage]:

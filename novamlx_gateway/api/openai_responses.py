@@ -8,7 +8,6 @@ response.completed (or response.incomplete / response.failed).
 """
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from typing import Any
@@ -24,7 +23,7 @@ from ..errors import APIError
 from ..generation import Generation
 from .blocks import Block, Blocks, Piece, Start, collect
 from .cloud_proxy import passthrough
-from .common import parse_body, priority_of
+from .common import arguments_text, parse_body, priority_of
 from .generate_args import RESPONSES, GenerateArgs, start_generation
 from .openai_schema import response_format_of
 
@@ -119,14 +118,10 @@ def to_protocol(items: list[dict], instructions: str | None) -> list[m.ChatMessa
             if not isinstance(name, str) or not name or not isinstance(ns, (str, type(None))):
                 raise APIError(400, f"Invalid '{where}.name': a function_call needs a string name.", "invalid_value",
                                f"{where}.name")
-            if isinstance(args, (dict, list)):
-                args = json.dumps(args)
-            elif not isinstance(args, (str, type(None))):
-                raise APIError(400, f"Invalid '{where}.arguments': expected a JSON string.", "invalid_type",
-                               f"{where}.arguments")
+            args = arguments_text(args, f"{where}.arguments")
             name = f"{ns}.{name}" if ns else name
             cid = item.get("call_id") or item.get("id")
-            call = m.ToolCall(cid if isinstance(cid, str) else _new_id("call"), name, args or "{}")
+            call = m.ToolCall(cid if isinstance(cid, str) else _new_id("call"), name, args)
             if out and out[-1].role == "assistant" and out[-1].tool_call_id is None:
                 out[-1].tool_calls = (out[-1].tool_calls or []) + [call]
             else:
