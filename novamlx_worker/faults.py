@@ -6,6 +6,8 @@ gateway's ping watchdog must notice. Either fires only in the first worker the g
 starts (NOVAMLX_WORKER_GENERATION=0), so the replacement serves normally.
 "crash_on_text:MARKER" is a poison request: the worker dies (SIGKILL) while admitting any
 chat whose messages contain MARKER, in every worker, as a request that crashes MLX would.
+"raise_on_text:MARKER" makes such a request raise in the engine at its first token instead:
+the engine must fail that request alone and keep serving the others.
 """
 from __future__ import annotations
 
@@ -22,21 +24,30 @@ class FaultSwitch:
         spec = os.environ.get("NOVAMLX_FAULT", "") if spec is None else spec
         generation = int(os.environ.get("NOVAMLX_WORKER_GENERATION", "0")) if generation is None else generation
         self.kind, self.after, self.marker = None, 0, None
+        self.raising: set[str] = set()  # request ids that raise at their next token (raise_on_text)
         kind, _, arg = (spec or "").partition(":")
-        if kind == "crash_on_text":
-            self.marker = arg
+        if kind in ("crash_on_text", "raise_on_text"):
+            self.kind, self.marker = kind, arg
         elif spec and generation == 0:
             if kind not in ("crash_after_tokens", "hang_after_tokens"):
                 raise ValueError(f"unknown NOVAMLX_FAULT {spec!r}")
             self.kind, self.after = kind, int(arg or 0)
 
-    def check_request(self, messages) -> None:
-        if self.marker and any(self.marker in (msg.content or "") for msg in messages or []):
-            log.warning("fault switch: poison request")
+    def check_request(self, rid: str, messages) -> None:
+        if not self.marker or not any(self.marker in (msg.content or "") for msg in messages or []):
+            return
+        log.warning("fault switch: %s for %s", self.kind, rid)
+        if self.kind == "crash_on_text":
             os.kill(os.getpid(), signal.SIGKILL)
+        self.raising.add(rid)
+
+    def check_token(self, rid: str) -> None:
+        if rid in self.raising:
+            self.raising.discard(rid)
+            raise RuntimeError("fault switch: raise_on_text")
 
     def check(self, tokens_generated: int) -> None:
-        if self.kind is None or tokens_generated < self.after:
+        if self.kind not in ("crash_after_tokens", "hang_after_tokens") or tokens_generated < self.after:
             return
         log.warning("fault switch: %s after %d tokens", self.kind, tokens_generated)
         if self.kind == "crash_after_tokens":

@@ -15,6 +15,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from novamlx_worker.platform import preload_openblas  # noqa: E402
+
+preload_openblas()  # before MLX loads, as the worker does: in-process model tests run ~40x faster on CPU
+
 from tests.fixtures.tiny_models import build_tiny_llama  # noqa: E402
 
 API_KEY = "sk-test-key"

@@ -17,7 +17,6 @@ from protocol import messages as m
 from ..faults import FaultSwitch, scripted_output
 from ..grammar import GrammarError, compile_format, tool_call_grammar
 from ..memory import MemoryEnforcer
-from ..models.embedder import EmbedError
 from ..models.loader import LoadedModel
 from ..models.pool import ModelPool, kv_bytes_per_token, weight_bytes
 from ..sampling import token_logprobs
@@ -26,6 +25,7 @@ from ..text.detok import IncrementalDecoder
 from ..text.stops import StopMatcher
 from ..text.reasoning import ReasoningSplitter
 from ..text.tool_parsers import ToolCallParser, families_for
+from .jobs import Jobs
 from .prefix_cache import PrefixCache
 from .runner import Runner
 from .vision_runner import VisionRunner
@@ -76,7 +76,7 @@ class Engine:
         self.inbox: queue.Queue = queue.Queue()
         self.seqs: dict[str, Sequence] = {}  # every accepted, unfinished sequence
         self.waiting: list[Sequence] = []  # accepted, not in a batch (new or preempted)
-        self.counters = {"queued": 0, "completed": 0, "preempted": 0, "aborted": 0, "peak_active": 0,
+        self.counters = {"queued": 0, "completed": 0, "preempted": 0, "aborted": 0, "peak_active": 0, "failed": 0,
                          "wait_s_total": 0.0, "started": 0, "runner_s": 0.0, "runner_calls": 0, "step_s": 0.0}
         self.by_rid: dict[tuple[str, int], Sequence] = {}
         self.kv_reserved = 0
@@ -87,6 +87,7 @@ class Engine:
         self.steps = 0
         self.peak_batch = 0
         self.fault = FaultSwitch()
+        self.jobs = Jobs(emit)  # embedding and reranking, a batch at a time between decode steps
 
     @property
     def models(self) -> list[str]:
@@ -99,14 +100,21 @@ class Engine:
             if self.lockstep is None:
                 self.memory.poll(self._evict_one)
                 self._expire()
-                self._drain(block=not self.seqs)
+                self._drain(block=not self.seqs and not self.jobs)
             else:
                 self._drain_in_step()
-            self._schedule()
-            if any(r.active for r in self.runners.values()):
-                t = time.perf_counter()
-                self._step()
-                self.counters["step_s"] += time.perf_counter() - t
+            self.step()
+
+    def step(self) -> None:
+        """One turn: admit what fits, one decode step of every model's batch, one piece of
+        embedding work. Commands are taken before (run's drain, or the tests')."""
+        self._schedule()
+        if any(r.active for r in self.runners.values()):
+            t = time.perf_counter()
+            self._step()
+            self.counters["step_s"] += time.perf_counter() - t
+        if self.jobs:
+            self.jobs.advance()
 
     def _drain(self, block: bool) -> None:
         try:
@@ -153,6 +161,8 @@ class Engine:
                 seq = self.seqs.get(cmd.id)
                 if seq is not None:
                     self._finish(seq, "abort")
+                elif self.jobs.abort(cmd.id):
+                    self.counters["aborted"] += 1
             elif isinstance(cmd, m.CountTokens):
                 lm = self._model(cmd.model)
                 if lm.vision is not None:
@@ -260,15 +270,11 @@ class Engine:
         if emb is None:
             raise RequestError(f"The model `{cmd.model}` is not an embedding or reranking model.", 400,
                                "invalid_model", "model")
-        try:
-            if isinstance(cmd, m.Embed):
-                vecs, used = emb.embed(cmd.texts, cmd.tokens, cmd.truncate)
-                self.emit(m.Embeddings(cmd.id, vecs.tolist(), used))
-            else:
-                scores, used, method = emb.rerank(cmd.query, cmd.documents)
-                self.emit(m.Scores(cmd.id, scores, used, method))
-        except EmbedError as e:
-            raise RequestError(str(e), 400, "invalid_value", e.param) from None
+        if isinstance(cmd, m.Embed):
+            self.jobs.add(cmd.id, emb.embed_steps(cmd.texts, cmd.tokens, cmd.truncate),
+                          lambda done: m.Embeddings(cmd.id, done[0].tolist(), done[1]))
+        else:
+            self.jobs.add(cmd.id, emb.rerank_steps(cmd.query, cmd.documents), lambda done: m.Scores(cmd.id, *done))
 
     def model_infos(self) -> list[m.ModelInfo]:
         llms = [m.ModelInfo(e.id, e.kind, e.context_length, e.created, e.path, e.aliases, e.loaded is not None)
@@ -396,7 +402,7 @@ class Engine:
             raise self._over_memory()
         if cmd.id in self.seqs:
             raise RequestError(f"duplicate request id {cmd.id}", 400)
-        self.fault.check_request(cmd.messages)
+        self.fault.check_request(cmd.id, cmd.messages)
         lm = self._model(cmd.model)
         vision = None
         if lm.vision is not None:  # (images reach only VLMs: the gateway refuses them for other models)
@@ -538,56 +544,40 @@ class Engine:
     def _step(self) -> None:
         deltas: list[m.Delta] = []
         finished: list[tuple[Sequence, str, str | None, list | None]] = []
+        failed: list[tuple[Sequence, Exception]] = []
         for model_id, runner in list(self.runners.items()):
             if runner.active == 0:
                 continue
             t = time.perf_counter()
-            outs = runner.step()
+            try:
+                outs = runner.step()
+            except Exception as e:  # noqa: BLE001 - the batch's forward failed: its rows fail, the engine goes on
+                log.exception("decode step of %s failed", model_id)
+                self._reset_runner(model_id, e)
+                continue
             self.counters["runner_s"] += time.perf_counter() - t
             self.counters["runner_calls"] += 1
             want = [(o, self.by_rid[(model_id, o.rid)]) for o in outs if (model_id, o.rid) in self.by_rid]
             logprob_rows = [(o, s) for o, s in want if s.sampling.logprobs]
             scored = iter(token_logprobs([o.logprobs for o, _ in logprob_rows], [o.token for o, _ in logprob_rows],
                                          [s.top_logprobs for _, s in logprob_rows]))
-            tok = runner.loaded.tokenizer
             now = time.monotonic()
             for out, seq in want:
-                seq.out_tokens.append(out.token)
-                seq.first_token_at = seq.first_token_at or now
-                is_eos = out.finish_reason == "stop"
-                lp_entry = None
-                if seq.sampling.logprobs:
-                    lp, alts = next(scored)
-                    if not is_eos:  # the stop token is not part of the answer
-                        lp_entry = [self._logprob_entry(tok, out.token, lp, alts)]
-                text, hit = seq.stops.feed("" if is_eos else seq.decoder.add(out.token))
-                reason = "stop" if hit is not None else out.finish_reason
-                if reason is not None:
-                    if out.finish_reason is not None:  # the batch already dropped it
+                lp = next(scored) if seq.sampling.logprobs else None
+                try:
+                    delta, end = self._on_token(runner, seq, out, lp, now)
+                except Exception as e:  # noqa: BLE001 - one sequence's text processing fails that sequence only
+                    log.exception("request %s failed after a token", seq.id)
+                    if out.finish_reason is not None and seq.rid is not None:  # the batch already dropped it
                         runner.finished(out.rid)
                         self.by_rid.pop((model_id, out.rid), None)
                         seq.rid = None
-                    if hit is None and not is_eos:
-                        text += seq.stops.feed(seq.decoder.flush())[0] + seq.stops.flush()
-                thought = ""
-                if seq.reasoning is not None:
-                    text, thought = seq.reasoning.feed(text)
-                    if reason is not None:
-                        more, more_thought = seq.reasoning.finish()
-                        text, thought = text + more, thought + more_thought
-                calls = None
-                if seq.tools is not None:
-                    final = None if reason is None else reason == "length"  # None: not the end; True: cut
-                    text, calls = self._tool_calls(seq, text, final)
-                    if thought:  # some models call tools from inside their thinking
-                        thought, inner = self._tool_calls(seq, thought, final, inner=True)
-                        calls = (calls or []) + (inner or []) or None
-                    if reason is not None and seq.tool_index and reason == "stop":
-                        reason = "tool_calls"
-                if text or lp_entry or calls or thought:
-                    deltas.append(m.Delta(seq.id, text=text, logprobs=lp_entry, tool_calls=calls, reasoning=thought))
-                if reason is not None:
-                    finished.append((seq, reason, hit, out.cache))
+                    failed.append((seq, e))
+                    continue
+                if delta is not None:
+                    deltas.append(delta)
+                if end is not None:
+                    finished.append(end)
             self.tokens_out += len(want)
             if want:
                 self.steps += 1
@@ -596,7 +586,62 @@ class Engine:
             self.emit(m.Step(deltas))
         for seq, reason, hit, kv in finished:
             self._finish(seq, reason, hit, kv)
+        for seq, e in failed:
+            self._finish(seq, "error", error=e)
         self.fault.check(self.tokens_out)
+
+    def _on_token(self, runner, seq: Sequence, out, lp, now: float):
+        """One new token of one sequence: (its delta or None, its end or None)."""
+        self.fault.check_token(seq.id)
+        seq.out_tokens.append(out.token)
+        seq.first_token_at = seq.first_token_at or now
+        is_eos = out.finish_reason == "stop"
+        lp_entry = None
+        if lp is not None and not is_eos:  # the stop token is not part of the answer
+            lp_entry = [self._logprob_entry(runner.loaded.tokenizer, out.token, *lp)]
+        text, hit = seq.stops.feed("" if is_eos else seq.decoder.add(out.token))
+        reason = "stop" if hit is not None else out.finish_reason
+        if reason is not None:
+            if out.finish_reason is not None:  # the batch already dropped it
+                runner.finished(out.rid)
+                self.by_rid.pop((seq.model_id, out.rid), None)
+                seq.rid = None
+            if hit is None and not is_eos:
+                text += seq.stops.feed(seq.decoder.flush())[0] + seq.stops.flush()
+        thought = ""
+        if seq.reasoning is not None:
+            text, thought = seq.reasoning.feed(text)
+            if reason is not None:
+                more, more_thought = seq.reasoning.finish()
+                text, thought = text + more, thought + more_thought
+        calls = None
+        if seq.tools is not None:
+            final = None if reason is None else reason == "length"  # None: not the end; True: cut
+            text, calls = self._tool_calls(seq, text, final)
+            if thought:  # some models call tools from inside their thinking
+                thought, inner = self._tool_calls(seq, thought, final, inner=True)
+                calls = (calls or []) + (inner or []) or None
+            if reason is not None and seq.tool_index and reason == "stop":
+                reason = "tool_calls"
+        delta = None
+        if text or lp_entry or calls or thought:
+            delta = m.Delta(seq.id, text=text, logprobs=lp_entry, tool_calls=calls, reasoning=thought)
+        return delta, ((seq, reason, hit, out.cache) if reason is not None else None)
+
+    def _reset_runner(self, model_id: str, error: Exception) -> None:
+        """A model's batch failed as a whole: its running rows end with an error, a fresh runner
+        takes the model's waiting requests; other models' batches are untouched."""
+        rows = [s for s in self.seqs.values() if s.model_id == model_id and s.rid is not None]
+        for seq in rows:
+            self.by_rid.pop((model_id, seq.rid), None)
+            seq.rid = None
+            self._finish(seq, "error", error=error)
+        self.runners.pop(model_id, None)
+        try:
+            self._model(model_id)
+        except RequestError:
+            for seq in [s for s in self.waiting if s.model_id == model_id]:
+                self._finish(seq, "error", error=error)
 
     @staticmethod
     def _tool_calls(seq: Sequence, text: str, final: bool | None, inner: bool = False):
@@ -614,14 +659,20 @@ class Engine:
         deltas = [m.ToolCallDelta(first + i, c.id, c.name, c.arguments, c.incomplete) for i, c in enumerate(calls)]
         return content, deltas or None
 
-    def _finish(self, seq: Sequence, reason: str, stop: str | None = None, kv: list | None = None) -> None:
-        """Release everything the sequence holds and report its end."""
+    def _finish(self, seq: Sequence, reason: str, stop: str | None = None, kv: list | None = None,
+                error: Exception | None = None) -> None:
+        """Release everything the sequence holds and report its end (an Error when it failed)."""
         if self.seqs.pop(seq.id, None) is None:
             return
         if any(w is seq for w in self.waiting):
             self.waiting.remove(seq)
         else:
             self._leave_batch(seq, kv)
+        if error is not None:
+            self.counters["failed"] += 1
+            self.emit(m.Error(seq.id, f"The worker could not complete this request: {type(error).__name__}: {error}",
+                              500, "internal_error"))
+            return
         self.counters["aborted" if reason == "abort" else "completed"] += 1
         ttft = (seq.first_token_at - seq.submitted) if seq.first_token_at else 0.0
         self.emit(m.Finished(seq.id, reason, m.Usage(len(seq.prompt), seq.generated, seq.cached_tokens),
@@ -632,6 +683,7 @@ class Engine:
         active = sum(1 for s in list(self.seqs.values()) if s.rid is not None)
         engine = {"active": active, "queue_depth": len(self.waiting), "total_queued": c["queued"],
                   "total_completed": c["completed"], "total_preempted": c["preempted"], "total_aborted": c["aborted"],
+                  "total_failed": c["failed"],
                   "peak_active": c["peak_active"], "avg_wait_s": round(c["wait_s_total"] / max(c["started"], 1), 4),
                   "max_batch": self.max_batch,
                   # where the engine thread's time goes: inside the runners (forwards, waiting on the

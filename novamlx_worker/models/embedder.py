@@ -44,11 +44,13 @@ class Embedder:
     def kind(self) -> str:
         return "rerank" if self.cross_encoder else "embedding"
 
-    def _ids(self, texts: list[str] | None, tokens: list[list[int]] | None, truncate: bool) -> list[list[int]]:
+    def _ids(self, texts: list[str] | None, tokens: list[list[int]] | None, truncate: bool,
+             first: int = 0) -> list[list[int]]:
+        """Checked token ids of a slice of the inputs; `first` is the slice's index in the request."""
         if tokens is None:
             tokens = [self.tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
         out = []
-        for i, ids in enumerate(tokens):
+        for i, ids in enumerate(tokens, first):
             if not ids:
                 raise EmbedError(f"input[{i}] is empty.", "input")
             bad = next((t for t in ids if not 0 <= t < (self.vocab_size or 2**31)), None)
@@ -75,21 +77,30 @@ class Embedder:
                 types[i, : len(x)] = token_types[i]
         return self.model(mx.array(ids), token_type_ids=mx.array(types), attention_mask=mx.array(mask))
 
-    def embed(self, texts: list[str] | None, tokens: list[list[int]] | None, truncate: bool = False):
-        """(vectors [n, dims] float32, tokens used)."""
-        ids = self._ids(texts, tokens, truncate)
+    # The work comes as generators that yield after each batch: the engine thread runs one
+    # piece between two decode steps, so a 20,000-document rerank never stalls the streams
+    # (or the watchdog), and an abandoned request stops at the next piece.
+    def embed_steps(self, texts: list[str] | None, tokens: list[list[int]] | None, truncate: bool = False):
+        """Yields between batches; returns (vectors [n, dims] float32, tokens used)."""
+        inputs = texts if tokens is None else tokens
+        ids: list[list[int]] = []
+        for start in range(0, len(inputs), BATCH):
+            piece = inputs[start: start + BATCH]
+            ids += self._ids(piece if tokens is None else None, piece if tokens is not None else None, truncate, start)
+            yield
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         out = np.zeros((len(ids), self.dims), dtype=np.float32)
         for start in range(0, len(order), BATCH):
             chunk = order[start: start + BATCH]
             vecs = self._forward([ids[i] for i in chunk]).text_embeds.astype(mx.float32)
             out[chunk] = np.array(vecs)
+            yield
         return out, sum(len(x) for x in ids)
 
-    def rerank(self, query: str, documents: list[str]):
-        """(one relevance score per document, tokens used, method)."""
+    def rerank_steps(self, query: str, documents: list[str]):
+        """Yields between batches; returns (one relevance score per document, tokens used, method)."""
         if not self.cross_encoder:
-            vecs, used = self.embed([query, *documents], None, truncate=True)
+            vecs, used = yield from self.embed_steps([query, *documents], None, truncate=True)
             return (vecs[1:] @ vecs[0]).tolist(), used, "bi-encoder"
         scores, used = [], 0
         for start in range(0, len(documents), BATCH):
@@ -100,6 +111,7 @@ class Embedder:
             logits = self.classifier(pooled).astype(mx.float32)
             scores += np.array(logits[:, 0] if logits.shape[-1] == 1 else logits[:, -1]).tolist()
             used += sum(len(e["input_ids"]) for e in enc)
+            yield
         return scores, used, "cross-encoder"
 
 

@@ -21,9 +21,7 @@ def engine(tiny_model):
 def pump(eng, steps=1):
     for _ in range(steps):
         eng._drain(block=False)
-        eng._schedule()
-        if any(r.active for r in eng.runners.values()):
-            eng._step()
+        eng.step()
 
 
 def run_alone(eng, rid, prompt, n):
@@ -99,3 +97,93 @@ def test_kv_cost_counts_slot_padding(engine):
     assert engine._kv_cost(rows) == 4 * 100  # 3 rows take 4 slots, each sized for the 100
     assert engine._kv_cost(rows[:2]) == 2 * 10
     assert engine._kv_cost([Item("x", 0, 0.0, 7, "elsewhere")]) == 7  # no slot batch: its own KV
+
+
+def _finished(eng, rid):
+    return next((e for e in eng.events if isinstance(e, (m.Finished, m.Error)) and e.id == rid), None)
+
+
+def _run_until(eng, rids, limit=2000):
+    for _ in range(limit):
+        if all(_finished_any(eng, r) is not None for r in rids):
+            return
+        pump(eng)
+    raise AssertionError(f"not finished: {[r for r in rids if _finished_any(eng, r) is None]}")
+
+
+def test_a_failing_batch_step_fails_its_rows_and_the_engine_serves_on(engine):
+    """The forward of a model's batch raises: its rows end with an error event, nothing stays
+    reserved, and a fresh runner serves the next requests."""
+    for rid in ("boom-1", "boom-2"):
+        engine.inbox.put(m.Generate(rid, "tiny-llama", m.Sampling(temperature=0, max_tokens=30, ignore_eos=True),
+                                    prompt_tokens=list(range(500, 520))))
+    pump(engine, steps=2)
+    runner = engine.runners["tiny-llama"]
+
+    def broken():
+        raise RuntimeError("device lost")
+
+    runner.step = broken
+    _run_until(engine, ["boom-1", "boom-2"])
+    for rid in ("boom-1", "boom-2"):
+        err = _finished(engine, rid)
+        assert isinstance(err, m.Error) and err.status == 500 and "device lost" in err.message
+    assert engine.runners["tiny-llama"] is not runner
+    assert engine.kv_reserved == 0 and not engine.seqs and engine.caches["tiny-llama"].referenced == 0
+    assert run_alone(engine, "after-boom", list(range(600, 620)), 5)
+
+
+def test_an_exception_in_one_sequence_fails_only_that_sequence(engine):
+    engine.fault.kind, engine.fault.marker = "raise_on_text", "RAISE-HERE"
+    try:
+        msgs = lambda text: [m.ChatMessage("user", text)]  # noqa: E731
+        engine.inbox.put(m.Generate("ok-1", "tiny-llama", m.Sampling(temperature=0, max_tokens=20, ignore_eos=True),
+                                    messages=msgs("hello")))
+        engine.inbox.put(m.Generate("bad-1", "tiny-llama", m.Sampling(temperature=0, max_tokens=20, ignore_eos=True),
+                                    messages=msgs("RAISE-HERE")))
+        engine.inbox.put(m.Generate("ok-2", "tiny-llama", m.Sampling(temperature=0, max_tokens=20, ignore_eos=True),
+                                    messages=msgs("there")))
+        _run_until(engine, ["ok-1", "bad-1", "ok-2"])
+    finally:
+        engine.fault.kind, engine.fault.marker = None, None
+    assert isinstance(_finished(engine, "bad-1"), m.Error)
+    for rid in ("ok-1", "ok-2"):
+        fin = _finished(engine, rid)
+        assert isinstance(fin, m.Finished) and fin.usage.completion_tokens == 20
+    assert engine.kv_reserved == 0 and not engine.seqs
+
+
+def test_long_embedding_work_runs_between_decode_steps(engine):
+    """A 640-input embedding request is cut into batches: a stream decodes while it runs,
+    and an abort drops the rest of the work."""
+    from novamlx_worker.models.embedder import load_embedder
+    from protocol.naming import default_embedding_path
+
+    path = default_embedding_path()
+    if path is None:
+        pytest.skip("the MiniLM wheel is not installed")
+    emb = load_embedder(path, "minilm")
+    engine.embedders["minilm"] = emb
+    texts = [f"document number {i} about nothing in particular" for i in range(640)]
+    engine.inbox.put(m.Embed("emb-long", "minilm", texts))
+    engine.inbox.put(m.Generate("beside", "tiny-llama", m.Sampling(temperature=0, max_tokens=12, ignore_eos=True),
+                                prompt_tokens=list(range(700, 720))))
+    tokens_before, turns = engine.tokens_out, 0
+    while _finished_any(engine, "emb-long") is None and turns < 500:
+        pump(engine)
+        turns += 1
+    assert turns > 10 and engine.tokens_out - tokens_before >= 10  # the stream decoded while the work ran
+    _run_until(engine, ["beside"])
+    vecs = _finished_any(engine, "emb-long")
+    assert len(vecs.vectors) == 640 and len(vecs.vectors[0]) == emb.dims
+    engine.inbox.put(m.Embed("emb-aborted", "minilm", texts))
+    pump(engine, steps=2)
+    engine.inbox.put(m.Abort("emb-aborted"))
+    pump(engine, steps=3)
+    assert not engine.jobs and _finished_any(engine, "emb-aborted") is None
+
+
+def _finished_any(eng, rid):
+    """The request's answer: its Finished, Error, Embeddings or Scores."""
+    return next((e for e in eng.events if getattr(e, "id", None) == rid and not isinstance(e, (m.Step, m.Started))),
+                None)

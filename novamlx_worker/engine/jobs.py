@@ -1,0 +1,52 @@
+"""Embedding and reranking work, cut into pieces that run between decode steps.
+
+A job is a generator (Embedder.embed_steps / rerank_steps) that yields after each batch.
+The engine advances one job by one piece per loop turn, round-robin, so long work never
+holds the thread for more than a batch: streams keep moving and the watchdog sees
+progress. Aborting a job (its client is gone) drops it at the next piece.
+"""
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from typing import Callable, Generator
+
+from protocol import messages as m
+
+from ..models.embedder import EmbedError
+
+log = logging.getLogger("novamlx.engine")
+
+
+class Jobs:
+    def __init__(self, emit: Callable[[object], None]):
+        self.emit = emit
+        self.queue: OrderedDict[str, tuple[Generator, Callable]] = OrderedDict()
+
+    def __bool__(self) -> bool:
+        return bool(self.queue)
+
+    def add(self, rid: str, steps: Generator, reply: Callable[[object], object]) -> None:
+        """`reply` turns the generator's return value into the message for the client."""
+        self.queue[rid] = (steps, reply)
+
+    def abort(self, rid: str) -> bool:
+        return self.queue.pop(rid, None) is not None
+
+    def advance(self) -> None:
+        """One piece of the oldest job; it then goes to the back of the line."""
+        rid, (steps, reply) = self.queue.popitem(last=False)
+        try:
+            next(steps)
+        except StopIteration as done:
+            self.emit(reply(done.value))
+            return
+        except EmbedError as e:
+            self.emit(m.Error(rid, str(e), 400, "invalid_value", e.param))
+            return
+        except Exception as e:  # noqa: BLE001 - one job's failure is its own error, never the engine's end
+            log.exception("embedding job %s failed", rid)
+            self.emit(m.Error(rid, f"The worker could not complete this request: {type(e).__name__}: {e}", 500,
+                              "internal_error"))
+            return
+        self.queue[rid] = (steps, reply)
