@@ -25,7 +25,7 @@ from .admission import Admission
 from .catalog import Catalog
 from .config import Config
 from .errors import HANDLERS
-from .middleware import LOCAL_ORIGINS, APIKeyAuth, BodyLimit, HostCheck, RequestID
+from .middleware import LOCAL_ORIGINS, APIKeyAuth, BodyLimit, CancelOnDisconnect, HostCheck, RequestID
 from .stores.responses import ResponseStore
 from .stores.settings import SettingsStore
 from .worker_client import WorkerClient
@@ -74,6 +74,7 @@ def create_app(cfg: Config, worker: WorkerClient | None = None) -> Starlette:
         Middleware(RequestID),
         Middleware(APIKeyAuth, keys=cfg.api_keys),
         Middleware(BodyLimit, max_bytes=int(cfg.max_request_size_mb * 1024 * 1024)),
+        Middleware(CancelOnDisconnect),
     ]
     app = Starlette(routes=routes, middleware=middleware, exception_handlers=HANDLERS, lifespan=lifespan)
     app.state.worker = worker

@@ -53,10 +53,13 @@ class Generation:
         return uuid.uuid4().hex[:24]
 
     async def _get(self):
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancellation that lands
+        # as the queue hands over an event, and a cancelled (abandoned) request would run on.
         remaining = self.deadline - time.monotonic()
         try:
-            return await asyncio.wait_for(self.queue.get(), max(remaining, 0.001))
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(max(remaining, 0.001)):
+                return await self.queue.get()
+        except TimeoutError:
             self.abort()
             raise APIError(504, f"The request timed out after {self.timeout:.0f} s.", "timeout") from None
 

@@ -1,6 +1,8 @@
-"""Middleware as plain ASGI classes: request ids, API keys, body size limit, Host check."""
+"""Middleware as plain ASGI classes: request ids, API keys, body size limit, Host check,
+work cancelled when its client disconnects."""
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import uuid
@@ -123,3 +125,47 @@ class HostCheck:
                                                          "the bound address and --allowed-host).", "invalid_host"),
                                      path=scope.get("path", ""))
         await self.app(scope, receive, send)
+
+
+class CancelOnDisconnect:
+    """A client that hangs up stops its work: once the body is read, the connection is watched,
+    and a disconnect cancels the handler (whose generations and worker calls then abort), so an
+    abandoned non-streaming request does not hold an admission slot and the worker to the end."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        body_read, gone = asyncio.Event(), asyncio.Event()
+
+        async def app_receive():
+            if body_read.is_set():  # the connection is the watcher's now: report what it sees
+                await gone.wait()
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                gone.set()
+            elif not message.get("more_body", False):
+                body_read.set()
+            return message
+
+        async def watch():
+            await body_read.wait()
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        handler = asyncio.ensure_future(self.app(scope, app_receive, send))
+        watcher, hangup = asyncio.ensure_future(watch()), asyncio.ensure_future(gone.wait())
+        try:
+            await asyncio.wait({handler, hangup}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+            hangup.cancel()
+            while not handler.done():  # again if a cancellation is swallowed on its way
+                handler.cancel()
+                await asyncio.wait({handler}, timeout=0.5)
+        if not handler.cancelled():
+            handler.result()  # the handler's own exception, as if no middleware were here

@@ -153,10 +153,14 @@ class WorkerClient:
         q: asyncio.Queue = asyncio.Queue()
         self.submit(cmd, q)
         try:
-            ev = await asyncio.wait_for(q.get(), timeout)
-        except asyncio.TimeoutError:
-            self.pending.pop(cmd.id, None)
+            async with asyncio.timeout(timeout):  # (see Generation._get: wait_for can drop a cancellation)
+                ev = await q.get()
+        except TimeoutError:
+            self.abort(cmd.id)  # long work (a big rerank) stops too, not only the wait
             raise APIError(504, "The model worker did not answer in time.", "timeout") from None
+        except asyncio.CancelledError:  # the client hung up
+            self.abort(cmd.id)
+            raise
         if isinstance(ev, m.Error):
             raise APIError(ev.status, ev.message, ev.code, ev.param)
         return ev

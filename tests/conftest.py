@@ -71,6 +71,9 @@ class Server:
     def health(self) -> dict:
         return httpx.get(self.base_url + "/health", timeout=5).json()
 
+    def stats(self) -> dict:
+        return httpx.get(self.base_url + "/v1/stats", headers=self.headers, timeout=10).json()
+
     def openai(self, strict: bool = True, **kw):
         """The official SDK; strict validation unless the check is of a wire where OpenAI's own
         bytes and the SDK's strict types disagree (OpenAI's wire wins there)."""

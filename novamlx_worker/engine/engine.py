@@ -683,7 +683,7 @@ class Engine:
         active = sum(1 for s in list(self.seqs.values()) if s.rid is not None)
         engine = {"active": active, "queue_depth": len(self.waiting), "total_queued": c["queued"],
                   "total_completed": c["completed"], "total_preempted": c["preempted"], "total_aborted": c["aborted"],
-                  "total_failed": c["failed"],
+                  "total_failed": c["failed"], "jobs": len(self.jobs.queue),
                   "peak_active": c["peak_active"], "avg_wait_s": round(c["wait_s_total"] / max(c["started"], 1), 4),
                   "max_batch": self.max_batch,
                   # where the engine thread's time goes: inside the runners (forwards, waiting on the

@@ -213,6 +213,33 @@ def test_client_disconnect_aborts(server, tiny_model):
     _wait_idle(server, timeout=5)
 
 
+def test_abandoned_requests_are_aborted(tiny_long, tmp_path):
+    """A client that gives up on a long non-streaming answer (any route) or a big rerank frees its
+    slot and the worker at once."""
+    s = Server(["--model", str(tiny_long)], tmp_path).wait_ready()
+    try:
+        msgs = [{"role": "user", "content": "go"}]
+        bodies = {"/v1/chat/completions": {"messages": msgs, "max_tokens": 3500, "ignore_eos": True},
+                  "/v1/messages": {"messages": msgs, "max_tokens": 3500, "ignore_eos": True},
+                  "/v1/responses": {"input": "go", "max_output_tokens": 3500, "ignore_eos": True}}
+        for route, body in bodies.items():
+            aborted = s.stats()["engine"]["total_aborted"]
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(s.base_url + route, json={"model": "tiny-long", **body}, headers=s.headers, timeout=1.5)
+            _wait_idle(s, timeout=5)
+            assert s.stats()["engine"]["total_aborted"] == aborted + 1, route
+        docs = [f"document {i} on the lighthouse keepers of the northern coast" for i in range(20000)]
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(s.base_url + "/v1/rerank", json={"query": "lighthouse", "documents": docs},
+                       headers=s.headers, timeout=3)
+        deadline = time.time() + 10
+        while time.time() < deadline and s.stats()["engine"]["jobs"]:
+            time.sleep(0.2)
+        assert s.stats()["engine"]["jobs"] == 0 and s.health()["in_flight"] == 0
+    finally:
+        s.stop()
+
+
 def test_sigterm_finishes_in_flight_and_leaves_no_orphan(tiny_long, tmp_path):
     s = Server(["--model", str(tiny_long)], tmp_path).wait_ready()
     worker_pid = s.health()["worker"]["pid"]
