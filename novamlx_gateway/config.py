@@ -23,6 +23,7 @@ class Config:
     max_queue: int = 64
     request_timeout: float = 300.0
     max_request_size_mb: float = 100.0
+    max_prompt_mb: float = 8.0  # prompt text per request (tokenizing costs ~150x its size in memory)
     max_batch: int = 32
     prefill_step: int = 512
     prefill_batch: int = 16
@@ -110,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue", type=int)
     p.add_argument("--request-timeout", type=float)
     p.add_argument("--max-request-size-mb", type=float)
+    p.add_argument("--max-prompt-mb", type=float, help="prompt text per request, all messages together (default 8)")
     p.add_argument("--max-batch", type=int)
     p.add_argument("--prefill-step", type=int)
     p.add_argument("--prefill-batch", type=int, help="prompts prefilled together")

@@ -87,7 +87,13 @@ async def model_settings(request: Request):
     if info is None:
         raise APIError(404, f"No model '{request.path_params['id']}'.", "model_not_found", "id")
     if request.method == "PUT":
-        updated = worker.settings.update(info.id, await _json_body(request))
+        body = await _json_body(request)
+        alias = body.get("model_alias") if isinstance(body, dict) else None
+        taken = worker.resolve_model(alias) if isinstance(alias, str) and alias else None
+        if taken is not None and taken.id != info.id:  # the alias would hide that model from every client
+            raise APIError(409, f"Invalid 'model_alias': {alias!r} already names the model `{taken.id}`.",
+                           "alias_conflict", "model_alias")
+        updated = worker.settings.update(info.id, body)
         await request.app.state.catalog.push_policies()  # ttl, pinning, context window: the worker applies them
         return JSONResponse({"id": info.id, "settings": updated})
     return JSONResponse({"id": info.id, "settings": worker.settings.get(info.id)})

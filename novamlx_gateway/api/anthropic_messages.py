@@ -24,6 +24,7 @@ from .blocks import Block, Blocks, Piece, Start, close_json, collect
 from .cloud_proxy import passthrough
 from .common import parse_body, priority_of
 from .generate_args import MESSAGES, GenerateArgs, start_generation
+from .limits import check_prompt_text, check_tools, message_texts
 
 
 class ContentBlock(msgspec.Struct, kw_only=True):
@@ -315,6 +316,8 @@ async def count_tokens(request: Request):
     worker = request.app.state.worker
     info = model_or_404(worker, req.model)
     chat, tools = to_protocol(req)
+    check_prompt_text(message_texts(chat), request.app.state.config.max_prompt_mb, "messages")
+    check_tools(tools)
     await images.resolve(chat, request.app.state.config, info)
     result = await worker.call(m.CountTokens(f"count_{uuid.uuid4().hex[:16]}", info.id, messages=chat, tools=tools))
     return JSONResponse({"input_tokens": result.tokens})

@@ -19,6 +19,7 @@ from .. import images
 from ..errors import APIError
 from ..generation import Generation, model_or_404
 from .cloud_proxy import CloudGeneration, chat_body
+from .limits import check_prompt_text, check_tools, message_texts
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class Wire:
         return self.fields.get(name, name)
 
 
-CHAT = Wire("chat")
+CHAT = Wire("chat", fields={"template_kwargs": "chat_template_kwargs"})
 COMPLETIONS = Wire("completions", fields={"messages": "prompt"})
 # Anthropic bounds temperature to [0, 1]; agents send max_tokens far past a small model's window.
 MESSAGES = Wire("messages", temperature_max=1.0, window_ceiling=True,
@@ -48,6 +49,9 @@ RESPONSES = Wire("responses", window_ceiling=True,
 MAX_TOKENS_CAP = 2**31 - 1
 SEED_RANGE = (-(2**63), 2**64 - 1)  # OpenAI documents a 64-bit integer seed
 EFFORT_BUDGET = {"minimal": 256, "low": 1024, "medium": 4096, "high": 16384}
+# Chat-template variables the server itself passes: a client's value would clash with (or replace) them.
+RESERVED_TEMPLATE_KWARGS = {"messages", "conversation", "tools", "documents", "add_generation_prompt", "tokenize",
+                            "return_dict", "continue_final_message", "chat_template", "tokenizer"}
 
 
 @dataclass
@@ -93,8 +97,16 @@ def _range(wire: Wire, name: str, value, lo, hi) -> None:
         raise _bad(wire, name, f"{value} is not within [{lo}, {hi}].")
 
 
-def validate(a: GenerateArgs, wire: Wire, max_n: int) -> None:
+def validate(a: GenerateArgs, wire: Wire, max_n: int, max_prompt_mb: float = 8.0) -> None:
     """Every bound, in the route's words; raises before any model work."""
+    texts = message_texts(a.messages) if a.prompts is None else (p.get("prompt") for p in a.prompts)
+    check_prompt_text(texts, max_prompt_mb, wire.field("messages"))
+    check_tools(a.tools)
+    clash = sorted(RESERVED_TEMPLATE_KWARGS & set(a.template_kwargs or {}))
+    if clash:
+        raise _bad(wire, "template_kwargs", f"{', '.join(clash)} cannot be set here: the server passes "
+                                            f"{'it' if len(clash) == 1 else 'them'} to the chat template itself "
+                                            "(send tools and messages as the request's own fields).")
     _range(wire, "temperature", a.temperature, 0, wire.temperature_max)
     _range(wire, "top_p", a.top_p, 0, 1)
     _range(wire, "min_p", a.min_p, 0, 1)
@@ -174,7 +186,7 @@ async def start_generation(request: Request, a: GenerateArgs, wire: Wire,
     """Resolve, validate, build and start: every error so far comes before the first byte."""
     state = request.app.state
     cfg = state.config
-    validate(a, wire, cfg.max_n)
+    validate(a, wire, cfg.max_n, cfg.max_prompt_mb)
     cloud = state.cloud.get(a.model)
     if cloud is not None:  # a remote model: its chat completions, read back as our events
         gen = CloudGeneration(cloud, chat_body(cloud, a), cfg.request_timeout)

@@ -15,9 +15,8 @@ from protocol import messages as m
 from ..errors import APIError
 from ..generation import model_or_404
 from .common import parse_body
+from .limits import MAX_EMBEDDING_INPUTS, check_count, check_prompt_text
 from .openai_schema import texts_or_tokens
-
-MAX_INPUTS = 2048
 
 
 class EmbeddingsRequest(msgspec.Struct, kw_only=True):
@@ -29,12 +28,13 @@ class EmbeddingsRequest(msgspec.Struct, kw_only=True):
     truncate: bool = False
 
 
-def _inputs(value) -> dict:
+def _inputs(value, max_prompt_mb: float) -> dict:
     if value == []:
         raise APIError(400, "Invalid 'input': an empty array. Send at least one string or token array.", "invalid_value", "input")
     kind, items = texts_or_tokens(value, "input")
-    if len(items) > MAX_INPUTS:
-        raise APIError(400, f"Invalid 'input': at most {MAX_INPUTS} inputs per request.", "invalid_value", "input")
+    check_count(items, MAX_EMBEDDING_INPUTS, "input", "inputs")
+    if kind == "texts":
+        check_prompt_text(items, max_prompt_mb, "input")
     if kind == "texts" and any(x == "" for x in items):
         raise APIError(400, "Invalid 'input': strings must not be empty.", "invalid_value", "input")
     return {kind: items}
@@ -60,7 +60,7 @@ async def embeddings(request: Request):
         raise APIError(400, f"Invalid 'encoding_format': {req.encoding_format!r}; use 'float' or 'base64'.",
                        "invalid_value", "encoding_format")
     result = await worker.call(m.Embed(f"emb_{uuid.uuid4().hex[:16]}", info.id, truncate=req.truncate,
-                                       **_inputs(req.input)), timeout=request.app.state.config.request_timeout)
+                                       **_inputs(req.input, request.app.state.config.max_prompt_mb)), timeout=request.app.state.config.request_timeout)
     vectors = result.vectors
     if req.dimensions is not None:
         full = len(vectors[0])

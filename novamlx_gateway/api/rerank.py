@@ -18,6 +18,7 @@ from protocol import messages as m
 from ..errors import APIError
 from ..generation import model_or_404
 from .common import parse_body
+from .limits import MAX_DOCUMENTS, check_count, check_prompt_text
 
 
 class RerankRequest(msgspec.Struct, kw_only=True):
@@ -52,7 +53,9 @@ async def rerank(request: Request):
     name = req.model or next((i.id for i in worker.models if i.kind == "rerank"), None) or \
         next((i.id for i in worker.models if i.kind == "embedding"), "")
     info = model_or_404(worker, name, ("rerank", "embedding"))
+    check_count(req.documents, MAX_DOCUMENTS, "documents", "documents")
     texts = _texts(req.documents)
+    check_prompt_text([req.query, *texts], request.app.state.config.max_prompt_mb, "documents")
     res = await worker.call(m.Rerank(f"rr_{uuid.uuid4().hex[:16]}", info.id, req.query, texts),
                             timeout=request.app.state.config.request_timeout)
     scores = res.scores

@@ -56,6 +56,20 @@ CASES = [
     ("/v1/embeddings", {"model": EMB, "input": [[101, 30522, 102]]}, {400}),
     ("/v1/embeddings", {"model": EMB, "input": [[101, 100000, 102]]}, {400}),
     ("/v1/embeddings", {"model": EMB, "input": [[101, -1, 102]]}, {400}),
+    # per-request caps, before any model work
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x" * (9 * 1024**2)}]}, {413}),
+    ("/v1/messages/count_tokens", {"messages": [{"role": "user", "content": "x" * (9 * 1024**2)}]}, {413}),
+    ("/v1/responses", {"input": "x" * (9 * 1024**2)}, {413}),
+    ("/v1/embeddings", {"model": EMB, "input": ["x" * (3 * 1024**2)] * 3}, {413}),
+    ("/v1/embeddings", {"model": EMB, "input": ["x"] * 2049}, {400}),
+    ("/v1/rerank", {"model": EMB, "query": "q", "documents": ["d"] * 10001}, {400}),
+    ("/v1/chat/completions", {"messages": HI, "max_tokens": 3, "tools": [
+        {"type": "function", "function": {"name": f"f{i}"}} for i in range(129)]}, {400}),
+    ("/v1/chat/completions", {"messages": HI, "max_tokens": 3, "tools": [
+        {"type": "function", "function": {"name": "f", "description": "d" * (3 * 1024**2)}}]}, {413}),
+    ("/v1/chat/completions", {"messages": HI, "max_tokens": 3, "chat_template_kwargs": {"tools": []}}, {400}),
+    ("/v1/chat/completions", {"messages": HI, "max_tokens": 3,
+                              "chat_template_kwargs": {"add_generation_prompt": False}}, {400}),
 ]
 
 
@@ -73,8 +87,7 @@ def test_hostile_request_answered_without_restart(server, path, body, ok):
 
 
 def test_admin_paths_that_are_no_model(tiny_model, tmp_path):
-    s = Server(["--model", str(tiny_model), "--admin-key", "adm", "--embedding-model", "none"], tmp_path / "d",
-               keys=()).wait_ready()
+    s = Server(["--model", str(tiny_model), "--admin-key", "adm"], tmp_path / "d", keys=()).wait_ready()
     base = f"http://127.0.0.1:{s.admin_port}/admin"
     hdr = {"x-admin-key": "adm"}
     (tmp_path / "plain.txt").write_text("not a model")
@@ -83,6 +96,10 @@ def test_admin_paths_that_are_no_model(tiny_model, tmp_path):
         for spec in ("/dev/zero", str(tmp_path / "plain.txt"), str(tmp_path / "empty"), "../../..", "/etc"):
             r = httpx.post(base + "/models/load", headers=hdr, json={"model": spec}, timeout=30)
             assert r.status_code == 404, (spec, r.text)
+        # an alias that already names another model (here the embedding model) would hide it
+        r = httpx.put(base + "/models/tiny-llama/settings", headers=hdr, json={"model_alias": EMB})
+        assert r.status_code == 409 and r.json()["error"]["param"] == "model_alias"
+        assert httpx.put(base + "/models/tiny-llama/settings", headers=hdr, json={"model_alias": "t"}).status_code == 200
         assert s.health()["worker"]["restarts"] == 0
     finally:
         s.stop()
