@@ -62,7 +62,20 @@ def main(argv: list[str] | None = None) -> None:
         else:
             log.info("admin API off: no admin key configured (--admin-key or NOVAMLX_ADMIN_KEY; an API key never opens it)")
         log.info("serving on http://%s:%s", cfg.host, cfg.port)
+
+        async def end_cut_streams():
+            """A second before Hypercorn's grace runs out it would drop the open connections:
+            end what still runs with an error event first, so clients learn why."""
+            await stop.wait()
+            await asyncio.sleep(max(cfg.shutdown_grace - 1.0, 0.0))
+            n = app.state.worker.fail_all(f"The server is shutting down; this request was cut off after the "
+                                          f"{cfg.shutdown_grace:.0f} s grace period. Retry it.")
+            if n:
+                log.warning("shutdown: %d request(s) still running at the grace deadline ended with an error", n)
+
+        cutter = asyncio.ensure_future(end_cut_streams())
         await asyncio.gather(*servers)
+        cutter.cancel()
 
     asyncio.run(run())
 

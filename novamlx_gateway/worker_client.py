@@ -177,6 +177,15 @@ class WorkerClient:
                 pass
         return msgspec.to_builtins(self.health) if self.health else None
 
+    def fail_all(self, message: str, status: int = 503, code: str = "server_shutting_down") -> int:
+        """End every request in flight with an error event (the worker stops their work): on
+        shutdown, a stream still running at the deadline ends in its wire's error, not a cut."""
+        rids = list(self.pending)
+        for rid in rids:
+            self.pending[rid].queue.put_nowait(m.Error(rid, message, status, code))
+            self.abort(rid)
+        return len(rids)
+
     def abort(self, rid: str) -> None:
         if self.pending.pop(rid, None) is not None and self.state.ready:
             self.supervisor.send(m.Abort(rid))

@@ -264,3 +264,36 @@ def test_sigterm_finishes_in_flight_and_leaves_no_orphan(tiny_long, tmp_path):
         time.sleep(0.2)
     assert not psutil.pid_exists(worker_pid) or psutil.Process(worker_pid).status() == psutil.STATUS_ZOMBIE
     s.stop()
+
+
+def test_sigterm_past_the_grace_ends_streams_with_an_error_event(tiny_long, tmp_path):
+    """A stream still running when the shutdown grace runs out ends with its wire's error event
+    (OpenAI: an error chunk; Anthropic: event: error), never a bare cut; the gateway exits 0."""
+    s = Server(["--model", str(tiny_long), "--shutdown-grace", "3", "--embedding-model", "none"], tmp_path).wait_ready()
+    bodies = {"/v1/chat/completions": {**LONG, "stream": True, "ignore_eos": True},
+              "/v1/messages": {**LONG, "stream": True, "ignore_eos": True}}
+    for b in bodies.values():
+        b.pop("extra_body")
+    seen: dict[str, list[str]] = {}
+
+    def read(route):
+        lines = seen.setdefault(route, [])
+        with httpx.stream("POST", s.base_url + route, json=bodies[route], headers=s.headers, timeout=60) as r:
+            for line in r.iter_lines():
+                lines.append(line)
+
+    import threading
+
+    threads = [threading.Thread(target=read, args=(route,)) for route in bodies]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    s.proc.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join(30)
+    chat = [json.loads(x[6:]) for x in seen["/v1/chat/completions"] if x.startswith("data: {")]
+    assert "shutting down" in chat[-1]["error"]["message"]
+    msgs = seen["/v1/messages"]
+    assert "event: error" in msgs and "shutting down" in msgs[msgs.index("event: error") + 1]
+    assert s.proc.wait(30) == 0
+    s.stop()
