@@ -228,7 +228,7 @@ def test_abandoned_requests_are_aborted(tiny_long, tmp_path):
                 httpx.post(s.base_url + route, json={"model": "tiny-long", **body}, headers=s.headers, timeout=1.5)
             _wait_idle(s, timeout=5)
             assert s.stats()["engine"]["total_aborted"] == aborted + 1, route
-        docs = [f"document {i} on the lighthouse keepers of the northern coast" for i in range(20000)]
+        docs = [f"document {i} on the lighthouse keepers of the northern coast" for i in range(10000)]
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(s.base_url + "/v1/rerank", json={"query": "lighthouse", "documents": docs},
                        headers=s.headers, timeout=3)
@@ -297,3 +297,40 @@ def test_sigterm_past_the_grace_ends_streams_with_an_error_event(tiny_long, tmp_
     assert "event: error" in msgs and "shutting down" in msgs[msgs.index("event: error") + 1]
     assert s.proc.wait(30) == 0
     s.stop()
+
+
+def test_big_rerank_does_not_stall_streams_or_trip_the_watchdog(tiny_long, tmp_path):
+    """A 3,000-document rerank (seconds of work) runs a batch at a time between decode steps: a
+    stream keeps getting tokens, the ping watchdog (2 s here) sees a live worker."""
+    import threading
+
+    s = Server(["--model", str(tiny_long), "--ping-timeout", "2"], tmp_path).wait_ready()
+    try:
+        arrivals: list[float] = []
+        body = {**LONG, "stream": True, "ignore_eos": True, "max_tokens": 3000}
+        body.pop("extra_body")
+
+        def stream():
+            with httpx.stream("POST", s.base_url + "/v1/chat/completions", json=body, headers=s.headers,
+                              timeout=120) as r:
+                for line in r.iter_lines():
+                    if line.startswith("data: {"):
+                        arrivals.append(time.monotonic())
+
+        t = threading.Thread(target=stream)
+        t.start()
+        while not arrivals:
+            time.sleep(0.05)
+        docs = [f"document {i}: notes on tides, harbours and the keepers of lighthouses" for i in range(3000)]
+        t0 = time.monotonic()
+        r = httpx.post(s.base_url + "/v1/rerank", json={"query": "lighthouse", "documents": docs, "top_n": 3},
+                       headers=s.headers, timeout=120)
+        t1 = time.monotonic()
+        assert r.status_code == 200 and len(r.json()["results"]) == 3
+        during = [a for a in arrivals if t0 <= a <= t1]
+        gaps = [b - a for a, b in zip(during, during[1:])]
+        assert len(during) > 10 and max(gaps) < 1.5, (t1 - t0, len(during), max(gaps, default=None))
+        assert s.health()["worker"]["restarts"] == 0
+        t.join(120)
+    finally:
+        s.stop()
