@@ -70,3 +70,25 @@ def test_load_and_unload_through_admin(tiny_model, tiny_long, tmp_path):
         assert httpx.post(base + "/models/load", headers=hdr, json={}).status_code == 400
     finally:
         s.stop()
+
+
+def test_out_of_range_settings_refused_by_the_api_and_skipped_from_the_file(tiny_model, tmp_path):
+    """seed 2e70 or a 2e70 context window once hung or crashed the worker: the API refuses them,
+    and written into model_settings.json by hand they are skipped at start with a warning."""
+    (tmp_path / "model_settings.json").write_text(json.dumps(
+        {"tiny-llama": {"seed": 2 * 10**70, "max_context_window": 2 * 10**70, "temperature": "hot", "max_tokens": 3}}))
+    s = Server(["--model", str(tiny_model), "--admin-key", "adm", "--embedding-model", "none"], tmp_path).wait_ready()
+    base = f"http://127.0.0.1:{s.admin_port}/admin"
+    try:
+        for bad in ({"seed": 2 * 10**70}, {"max_context_window": 2 * 10**70}):
+            r = httpx.put(base + "/models/tiny-llama/settings", headers={"x-admin-key": "adm"}, json=bad)
+            assert r.status_code == 400 and r.json()["error"]["param"] == next(iter(bad))
+        log = s.log_path.read_text()
+        for key in ("seed", "max_context_window", "temperature"):
+            assert f"skipping tiny-llama.{key}" in log
+        r = s.openai().chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "hi"}],
+                                               extra_body={"ignore_eos": True})
+        assert r.usage.completion_tokens == 3  # the good value in the same file still applies
+        assert s.health()["worker"]["restarts"] == 0
+    finally:
+        s.stop()
