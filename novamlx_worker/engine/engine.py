@@ -21,11 +21,10 @@ from ..models.loader import LoadedModel
 from ..models.pool import ModelPool, kv_bytes_per_token, weight_bytes
 from ..sampling import token_logprobs
 from ..text.chat import encode_messages
-from ..text.detok import IncrementalDecoder
-from ..text.stops import StopMatcher
 from ..text.reasoning import ReasoningSplitter
 from ..text.tool_parsers import ToolCallParser, families_for
 from .jobs import Jobs
+from .output import Output, logprob_entry
 from .prefix_cache import PrefixCache
 from .runner import Runner
 from .vision_runner import VisionRunner
@@ -427,15 +426,14 @@ class Engine:
                                "Please reduce the length of the prompt or the completion.",
                                400, "context_length_exceeded", "messages" if cmd.messages is not None else "prompt")
         max_tokens = min(s.max_tokens, room) if s.max_tokens else min(room, self.default_max_tokens)
-        seq = Sequence(cmd.id, lm.id, ids, s, max_tokens, IncrementalDecoder(lm.tokenizer.decode_visible),
-                       StopMatcher(s.stop + self.turn_stops),
-                       priority=cmd.priority, vision=vision)
-        seq.kv_bytes = (len(ids) + max_tokens) * kv_bytes_per_token(lm)
-        if cmd.parse_tools:
-            seq.tools = ToolCallParser(families_for(lm.tokenizer.chat_template, self.tool_parser))
+        tools = ToolCallParser(families_for(lm.tokenizer.chat_template, self.tool_parser)) if cmd.parse_tools else None
+        reasoning = None
         if cmd.messages is not None and not s.response_format:
             opened = lm.tokenizer.decode(ids[-3:]).rstrip().endswith("<think>")  # the template opened it
-            seq.reasoning = ReasoningSplitter(implicit_open=opened)
+            reasoning = ReasoningSplitter(implicit_open=opened)
+        output = Output(cmd.id, lm.tokenizer, s.stop + self.turn_stops, reasoning, tools)
+        seq = Sequence(cmd.id, lm.id, ids, s, max_tokens, output, priority=cmd.priority, vision=vision)
+        seq.kv_bytes = (len(ids) + max_tokens) * kv_bytes_per_token(lm)
         try:
             if cmd.force_tool:
                 seq.grammar = tool_call_grammar(cmd.tools, cmd.force_tool)
@@ -532,13 +530,8 @@ class Engine:
         scored = token_logprobs(rows, seq.prompt[1:], [seq.top_logprobs] * len(rows))
         tok = lm.tokenizer
         first = m.TokenLogprob(tok.token_text(seq.prompt[0]), None, list(tok.token_bytes(seq.prompt[0])))
-        rest = [self._logprob_entry(tok, t, lp, alts) for t, (lp, alts) in zip(seq.prompt[1:], scored)]
+        rest = [logprob_entry(tok, t, lp, alts) for t, (lp, alts) in zip(seq.prompt[1:], scored)]
         return m.Delta(seq.id, text=text, logprobs=[first, *rest], echo=True)
-
-    @staticmethod
-    def _logprob_entry(tok, token: int, logprob: float, alts) -> m.TokenLogprob:
-        top = [m.TopLogprob(tok.token_text(t), v, list(tok.token_bytes(t))) for t, v in alts]
-        return m.TokenLogprob(tok.token_text(token), logprob, list(tok.token_bytes(token)), top)
 
     # ---- one step ----
     def _step(self) -> None:
@@ -595,38 +588,12 @@ class Engine:
         self.fault.check_token(seq.id)
         seq.out_tokens.append(out.token)
         seq.first_token_at = seq.first_token_at or now
-        is_eos = out.finish_reason == "stop"
-        lp_entry = None
-        if lp is not None and not is_eos:  # the stop token is not part of the answer
-            lp_entry = [self._logprob_entry(runner.loaded.tokenizer, out.token, *lp)]
-        text, hit = seq.stops.feed("" if is_eos else seq.decoder.add(out.token))
-        reason = "stop" if hit is not None else out.finish_reason
-        if reason is not None:
-            if out.finish_reason is not None:  # the batch already dropped it
-                runner.finished(out.rid)
-                self.by_rid.pop((seq.model_id, out.rid), None)
-                seq.rid = None
-            if hit is None and not is_eos:
-                text += seq.stops.feed(seq.decoder.flush())[0] + seq.stops.flush()
-        thought = ""
-        if seq.reasoning is not None:
-            text, thought = seq.reasoning.feed(text)
-            if reason is not None:
-                more, more_thought = seq.reasoning.finish()
-                text, thought = text + more, thought + more_thought
-        calls = None
-        if seq.tools is not None:
-            final = None if reason is None else reason == "length"  # None: not the end; True: cut
-            text, calls = self._tool_calls(seq, text, final)
-            if thought:  # some models call tools from inside their thinking
-                thought, inner = self._tool_calls(seq, thought, final, inner=True)
-                calls = (calls or []) + (inner or []) or None
-            if reason is not None and seq.tool_index and reason == "stop":
-                reason = "tool_calls"
-        delta = None
-        if text or lp_entry or calls or thought:
-            delta = m.Delta(seq.id, text=text, logprobs=lp_entry, tool_calls=calls, reasoning=thought)
-        return delta, ((seq, reason, hit, out.cache) if reason is not None else None)
+        step = seq.output.feed([out.token], out.finish_reason, None if lp is None else [lp])
+        if step.reason is not None and out.finish_reason is not None:  # the batch already dropped it
+            runner.finished(out.rid)
+            self.by_rid.pop((seq.model_id, out.rid), None)
+            seq.rid = None
+        return step.delta, ((seq, step.reason, step.stop, out.cache) if step.reason is not None else None)
 
     def _reset_runner(self, model_id: str, error: Exception) -> None:
         """A model's batch failed as a whole: its running rows end with an error, a fresh runner
@@ -642,22 +609,6 @@ class Engine:
         except RequestError:
             for seq in [s for s in self.waiting if s.model_id == model_id]:
                 self._finish(seq, "error", error=error)
-
-    @staticmethod
-    def _tool_calls(seq: Sequence, text: str, final: bool | None, inner: bool = False):
-        """Content (or thinking) and finished tool calls out of this step's text. final: None
-        mid-answer, False at its end, True at an end cut by max_tokens."""
-        parser = seq.tools
-        if inner:
-            parser = seq.tools_in_thinking = seq.tools_in_thinking or ToolCallParser(seq.tools.families)
-        content, calls = parser.feed(text)
-        if final is not None:
-            more, tail = parser.finish(cut=final)
-            content, calls = content + more, calls + tail
-        first = seq.tool_index
-        seq.tool_index += len(calls)
-        deltas = [m.ToolCallDelta(first + i, c.id, c.name, c.arguments, c.incomplete) for i, c in enumerate(calls)]
-        return content, deltas or None
 
     def _finish(self, seq: Sequence, reason: str, stop: str | None = None, kv: list | None = None,
                 error: Exception | None = None) -> None:

@@ -29,10 +29,11 @@ def processors_for(seq: Sequence, loaded: LoadedModel, vocab_size: int) -> list:
     else:
         procs = make_penalties(seq.sampling, seq.prompt, seq.out_tokens)
     budget = seq.sampling.thinking_budget
-    if budget is not None and seq.reasoning is not None:
+    reasoning = seq.output.reasoning
+    if budget is not None and reasoning is not None:
         close = loaded.tokenizer.encode("</think>", add_special=False)
         procs.append(think_budget(max(budget - seq.generated, 0), close,
-                                  lambda: seq.reasoning.state in ("start", "thinking")))
+                                  lambda: reasoning.state in ("start", "thinking")))
     if seq.grammar is not None:  # last: the mask has the final word
         procs.append(GrammarProcessor(seq.grammar, loaded.tokenizer, vocab_size, seq.out_tokens))
     return procs

@@ -6,8 +6,7 @@ from dataclasses import dataclass, field
 
 from protocol.messages import Sampling
 
-from ..text.detok import IncrementalDecoder
-from ..text.stops import StopMatcher
+from .output import Output
 
 
 @dataclass(eq=False)
@@ -17,8 +16,7 @@ class Sequence:
     prompt: list[int]
     sampling: Sampling
     max_tokens: int
-    decoder: IncrementalDecoder
-    stops: StopMatcher
+    output: Output  # tokens -> what the client sees
     priority: int = 0
     rid: int | None = None  # the runner's id while it is running
     out_tokens: list[int] = field(default_factory=list)  # generated token ids
@@ -27,11 +25,7 @@ class Sequence:
     cached_tokens: int = 0  # prompt tokens served from the prefix cache
     sampler: object = None  # kept across preemption so a seeded stream continues
     preemptions: int = 0
-    tools: object = None  # a ToolCallParser when the request has tools
-    tools_in_thinking: object = None  # a second one over the reasoning text
-    tool_index: int = 0  # tool calls emitted so far (their OpenAI indices)
     grammar: str | None = None  # compiled llguidance grammar for structured output
-    reasoning: object = None  # a ReasoningSplitter for chat answers
     vision: object = None  # models.vision.VisionInputs for a vision-language model
     script: list[int] | None = None  # test-only forced output (see faults.scripted_output)
     submitted: float = field(default_factory=time.monotonic)
