@@ -44,6 +44,21 @@ _ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 4
                     529: "overloaded_error"}
 
 
+# The worker's error kinds (protocol.messages.ERROR_KINDS) and the gateway's own, as HTTP
+# statuses; the kind is also the wire's error code. Anything else is the client's fault: 400.
+KIND_STATUS = {"model_not_found": 404, "model_busy": 409, "out_of_memory": 503, "model_load_failed": 500,
+               "internal_error": 500, "worker_crashed": 503, "worker_crashed_on_request": 500,
+               "server_shutting_down": 503, "upstream_error": 502, "upstream_unreachable": 502}
+
+
+def worker_error(ev, rename: dict | None = None) -> APIError:
+    """A protocol Error event as this gateway's APIError; `rename` maps protocol field names to
+    the route's own (Responses: messages -> input)."""
+    status = KIND_STATUS.get(ev.kind, 400)
+    field = (rename or {}).get(ev.field, ev.field) if ev.field else None
+    return APIError(status, ev.message, ev.kind, field, headers={"retry-after": "1"} if status == 503 else None)
+
+
 def is_anthropic(path: str) -> bool:
     return path.startswith("/v1/messages") or path.startswith("/anthropic/")
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from protocol import messages as m
 
 from .admission import Admission
-from .errors import APIError
+from .errors import APIError, worker_error
 from .worker_client import WorkerClient
 
 
@@ -136,9 +136,7 @@ class Generation:
 
     def error(self, ev: m.Error) -> APIError:
         """A worker error in the route's words (its field names)."""
-        param = self.rename.get(ev.param, ev.param) if ev.param else None
-        return APIError(ev.status, ev.message, ev.code, param,
-                        headers={"retry-after": "1"} if ev.status == 503 else None)
+        return worker_error(ev, self.rename)
 
     def usage(self) -> dict:
         """OpenAI usage: each prompt counted once however many choices it has."""

@@ -203,7 +203,7 @@ class Supervisor:
                 rid = codec.line_id(line)
                 if rid:  # its request gets an error instead of waiting for an answer that never comes
                     self.on_event(m.Error(rid, "The model worker sent an answer that could not be read "
-                                               f"({e}).", 500, "internal_error"))
+                                               f"({e}).", "internal_error"))
                 continue
             if isinstance(event, m.Pong):
                 fut = self._pongs.pop(event.nonce, None)

@@ -75,7 +75,7 @@ class WorkerClient:
             if p.produced or not isinstance(p.cmd, m.Generate):
                 self.pending.pop(rid, None)
                 p.queue.put_nowait(m.Error(rid, f"The model worker crashed (exit code {code}) while generating; "
-                                                "the request was not completed. Please retry.", 503, "worker_crashed"))
+                                                "the request was not completed. Please retry.", "worker_crashed"))
                 continue
             p.crashes += p.started
             if p is poison or p.crashes > 1:
@@ -83,7 +83,7 @@ class WorkerClient:
                 log.error("request %s was in flight when the worker crashed: failed, not replayed", rid)
                 p.queue.put_nowait(m.Error(rid, f"The model worker crashed (exit code {code}) while handling this "
                                                 "request; it is not retried, so that it cannot crash the worker "
-                                                "again.", 500, "worker_crashed_on_request"))
+                                                "again.", "worker_crashed_on_request"))
             p.sent, p.started = 0, False
         self.crashes_by_request += 1 if poison is not None else 0
 
@@ -148,7 +148,7 @@ class WorkerClient:
 
     async def call(self, cmd, timeout: float = 30.0):
         """A command answered by one Result (settings, count_tokens); errors become APIError."""
-        from .errors import APIError
+        from .errors import APIError, worker_error
 
         q: asyncio.Queue = asyncio.Queue()
         self.submit(cmd, q)
@@ -162,7 +162,7 @@ class WorkerClient:
             self.abort(cmd.id)
             raise
         if isinstance(ev, m.Error):
-            raise APIError(ev.status, ev.message, ev.code, ev.param)
+            raise worker_error(ev)
         return ev
 
     async def stats(self) -> dict | None:
@@ -177,12 +177,12 @@ class WorkerClient:
                 pass
         return msgspec.to_builtins(self.health) if self.health else None
 
-    def fail_all(self, message: str, status: int = 503, code: str = "server_shutting_down") -> int:
+    def fail_all(self, message: str, kind: str = "server_shutting_down") -> int:
         """End every request in flight with an error event (the worker stops their work): on
         shutdown, a stream still running at the deadline ends in its wire's error, not a cut."""
         rids = list(self.pending)
         for rid in rids:
-            self.pending[rid].queue.put_nowait(m.Error(rid, message, status, code))
+            self.pending[rid].queue.put_nowait(m.Error(rid, message, kind))
             self.abort(rid)
         return len(rids)
 

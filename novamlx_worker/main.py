@@ -120,7 +120,7 @@ def main(argv=None) -> None:
         families_for(None, args.tool_parser)  # an unknown parser name fails here, at start-up
     except Exception as e:  # noqa: BLE001 - report any load failure to the gateway, then exit
         log.exception("start-up failed")
-        emit(m.Error("", f"worker start-up failed: {e}", 500, "model_load_failed"))
+        emit(m.Error("", f"worker start-up failed: {e}", "model_load_failed"))
         sys.exit(3)
     log.info("loaded %s (openblas: %s)", ", ".join(pool.entries), blas or "no")
     engine = Engine(pool, emit, memory, max_batch=args.max_batch, prefill_step=args.prefill_step,
@@ -142,7 +142,7 @@ def main(argv=None) -> None:
                 log.error("bad command line: %s", e)
                 rid = codec.line_id(line)
                 if rid:  # never a silent drop: the request that sent it gets an error, not a hang
-                    emit(m.Error(rid, f"The worker could not read this request: {e}", 400, "invalid_request"))
+                    emit(m.Error(rid, f"The worker could not read this request: {e}", "invalid_request"))
                 continue
             if isinstance(cmd, m.Stats):  # answered here, not behind the engine's current step
                 emit(m.Result(cmd.id, data=msgspec.to_builtins(snapshot(engine))))

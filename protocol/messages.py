@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import msgspec
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4  # 4: Error carries a kind and a field, no HTTP status
 
 
 class Sampling(msgspec.Struct, omit_defaults=True):
@@ -244,13 +244,22 @@ class Finished(msgspec.Struct, tag="finished", omit_defaults=True):
     stop: str | None = None
 
 
+# How a request failed; the gateway picks each kind's HTTP status and words per wire format.
+ERROR_KINDS = (
+    "invalid_value", "invalid_request", "invalid_messages", "invalid_image", "invalid_model", "invalid_tool_choice",
+    "invalid_response_format", "context_length_exceeded", "kv_budget_exceeded",  # the request itself
+    "model_not_found", "model_busy",  # the model it names
+    "out_of_memory", "model_load_failed", "internal_error",  # the worker
+)
+
+
 class Error(msgspec.Struct, tag="error", omit_defaults=True):
-    """A request failed. status follows HTTP; code follows OpenAI's error codes."""
+    """A request failed. `kind` is one of ERROR_KINDS; `field` names the request field at
+    fault by its protocol name (messages, prompt, max_tokens, model, ...): no HTTP here."""
     id: str
     message: str
-    status: int = 500
-    code: str | None = None
-    param: str | None = None
+    kind: str = "internal_error"
+    field: str | None = None
 
 
 class Result(msgspec.Struct, tag="result", omit_defaults=True):

@@ -23,7 +23,7 @@ from starlette.responses import Response, StreamingResponse
 
 from protocol import messages as m
 
-from ..errors import APIError
+from ..errors import APIError, worker_error
 
 
 @dataclass(frozen=True)
@@ -183,7 +183,7 @@ class CloudGeneration:
                 except ValueError:
                     continue
                 if chunk.get("error"):
-                    yield 0, m.Error(self.id, f"The cloud endpoint failed: {chunk['error'].get('message')}", 502,
+                    yield 0, m.Error(self.id, f"The cloud endpoint failed: {chunk['error'].get('message')}",
                                      "upstream_error")
                     return
                 usage = chunk.get("usage") or usage
@@ -201,7 +201,7 @@ class CloudGeneration:
                         c["arguments"] += fn.get("arguments") or ""
                     reason = ch.get("finish_reason") or reason
         except httpx.HTTPError as e:
-            yield 0, m.Error(self.id, f"The cloud endpoint for `{self.cm.id}` broke off ({type(e).__name__}).", 502,
+            yield 0, m.Error(self.id, f"The cloud endpoint for `{self.cm.id}` broke off ({type(e).__name__}).",
                              "upstream_unreachable")
             return
         finally:
@@ -216,7 +216,7 @@ class CloudGeneration:
                             m.Usage(u.get("prompt_tokens", 0), u.get("completion_tokens", 0), cached))
 
     def error(self, ev: m.Error) -> APIError:
-        return APIError(ev.status, ev.message, ev.code, ev.param)
+        return worker_error(ev)
 
     async def aclose(self) -> None:
         if self._upstream is not None:

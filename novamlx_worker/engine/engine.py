@@ -23,6 +23,7 @@ from ..sampling import token_logprobs
 from ..text.chat import encode_messages
 from ..text.reasoning import ReasoningSplitter
 from ..text.tool_parsers import ToolCallParser, families_for
+from .errors import RequestError, internal
 from .jobs import Jobs
 from .output import Output, logprob_entry
 from .prefix_cache import PrefixCache
@@ -39,12 +40,6 @@ SHARE_EVERY = int(os.environ.get("NOVAMLX_SHARE_EVERY", "8"))
 
 # Memory the process needs besides weights and KV (Python, MLX scratch, activations).
 OVERHEAD_BYTES = 512 * 1024**2
-
-
-class RequestError(Exception):
-    def __init__(self, message: str, status: int = 400, code: str | None = None, param: str | None = None):
-        super().__init__(message)
-        self.status, self.code, self.param = status, code, param
 
 
 class Engine:
@@ -176,14 +171,14 @@ class Engine:
                     try:
                         self.memory.set_limit(cmd.max_process_memory)
                     except ValueError as e:
-                        raise RequestError(str(e), 400, "invalid_value", "max_process_memory") from None
+                        raise RequestError(str(e), "invalid_value", "max_process_memory") from None
                     self.memory.poll(self._evict_one, force=True)
                 self.emit(m.Result(cmd.id, data=self.memory_state()))
             elif isinstance(cmd, m.LoadModel):
                 try:
                     entry = self.pool.add(cmd.spec, cmd.pin)
                 except FileNotFoundError as e:
-                    raise RequestError(str(e), 404, "model_not_found", "model") from None
+                    raise RequestError(str(e), "model_not_found", "model") from None
                 self._model(entry.id)
                 self.emit(m.Models(self.model_infos()))
                 self.emit(m.Result(cmd.id, data={"id": entry.id, "loaded": True}))
@@ -217,22 +212,21 @@ class Engine:
             elif isinstance(cmd, m.Shutdown):
                 self.stopping = True
         except RequestError as e:
-            self.emit(m.Error(cmd.id, str(e), e.status, e.code, e.param))
+            self.emit(e.event(cmd.id))
         except Exception as e:  # noqa: BLE001 - one command's failure is its own error, never the engine's end
             log.exception("command %s failed", type(cmd).__name__)
             rid = getattr(cmd, "id", None)
             if isinstance(rid, str):
-                self.emit(m.Error(rid, f"The worker could not complete this request: {type(e).__name__}: {e}", 500,
-                                  "internal_error"))
+                self.emit(internal(rid, e))
 
     # ---- embeddings and reranking (run between decode steps, on this thread) ----
     def _idle_entry(self, name: str):
         entry = self.pool.find(name)
         if entry is None:
-            raise RequestError(f"No model `{name}`.", 404, "model_not_found", "model")
+            raise RequestError(f"No model `{name}`.", "model_not_found", "model")
         if any(s.model_id == entry.id for s in self.seqs.values()):
-            raise RequestError(f"Model `{entry.id}` is serving requests; retry when they finish.", 409,
-                               "model_busy", "model")
+            raise RequestError(f"Model `{entry.id}` is serving requests; retry when they finish.", "model_busy",
+                               "model")
         return entry
 
     def _register(self, found: m.Found) -> str | None:
@@ -261,13 +255,13 @@ class Engine:
                 emb = self.embedders[name] = load_embedder(self.embedder_paths.pop(name).path, name)
             except Exception as e:  # noqa: BLE001 - a broken folder fails this request, not the worker
                 log.exception("loading %s failed", name)
-                raise RequestError(f"Loading model `{name}` failed: {e}", 500, "model_load_failed") from None
+                raise RequestError(f"Loading model `{name}` failed: {e}", "model_load_failed") from None
         return emb
 
     def _embed(self, cmd) -> None:
         emb = self._embedder(cmd.model)
         if emb is None:
-            raise RequestError(f"The model `{cmd.model}` is not an embedding or reranking model.", 400,
+            raise RequestError(f"The model `{cmd.model}` is not an embedding or reranking model.",
                                "invalid_model", "model")
         if isinstance(cmd, m.Embed):
             self.jobs.add(cmd.id, emb.embed_steps(cmd.texts, cmd.tokens, cmd.truncate),
@@ -335,7 +329,7 @@ class Engine:
     def _model(self, name: str) -> LoadedModel:
         entry = self.pool.find(name)
         if entry is None:
-            raise RequestError(f"The model `{name}` does not exist.", 404, "model_not_found", "model")
+            raise RequestError(f"The model `{name}` does not exist.", "model_not_found", "model")
         if entry.loaded is None and self.memory.refusing:
             raise self._over_memory()
         was_loaded = entry.loaded is not None
@@ -343,7 +337,7 @@ class Engine:
             lm = self.pool.get(entry.id)
         except Exception as e:  # noqa: BLE001 - a failed (re)load is this request's error, not the worker's death
             log.exception("loading %s failed", entry.id)
-            raise RequestError(f"Loading model `{entry.id}` failed: {e}", 500, "model_load_failed") from None
+            raise RequestError(f"Loading model `{entry.id}` failed: {e}", "model_load_failed") from None
         if not was_loaded:
             self.emit(m.Models(self.model_infos()))
         if entry.id not in self.runners and lm.vision is not None:
@@ -362,7 +356,7 @@ class Engine:
     def _over_memory(self) -> RequestError:
         st = self.memory.state()
         return RequestError(f"The server is out of memory: the process uses {st['used_bytes'] / 1024**3:.2f} GB of its "
-                            f"{st['limit_bytes'] / 1024**3:.2f} GB limit ({st['mode']}). Retry later.", 503, "out_of_memory")
+                            f"{st['limit_bytes'] / 1024**3:.2f} GB limit ({st['mode']}). Retry later.", "out_of_memory")
 
     @staticmethod
     def _prompt_ids(lm: LoadedModel, messages, prompt, prompt_tokens, tools=None, template_kwargs=None) -> list[int]:
@@ -371,11 +365,11 @@ class Engine:
             try:
                 return encode_messages(tok, messages, tools, template_kwargs)
             except Exception as e:  # a template that rejects the conversation (jinja raise_exception)
-                raise RequestError(f"The chat template rejected the messages: {e}", 400, "invalid_messages", "messages")
+                raise RequestError(f"The chat template rejected the messages: {e}", "invalid_messages", "messages")
         if prompt_tokens is not None:
             bad = [t for t in prompt_tokens if not 0 <= t < tok.vocab_size]
             if bad:
-                raise RequestError(f"Token id {bad[0]} is outside the vocabulary (0..{tok.vocab_size - 1}).", 400, None, "prompt")
+                raise RequestError(f"Token id {bad[0]} is outside the vocabulary (0..{tok.vocab_size - 1}).", "invalid_value", "prompt")
             return list(prompt_tokens)
         return tok.encode(prompt or "")
 
@@ -384,7 +378,7 @@ class Engine:
         from ..models.vision import images_of, prepare, render_prompt
 
         if getattr(cmd, "prompt_tokens", None) is not None:
-            raise RequestError("Token-id prompts are not supported for vision-language models.", 400, None, "prompt")
+            raise RequestError("Token-id prompts are not supported for vision-language models.", "invalid_value", "prompt")
         try:
             if cmd.messages is not None:
                 kw = dict(getattr(cmd, "template_kwargs", None) or {}, **({"tools": cmd.tools} if cmd.tools else {}))
@@ -393,28 +387,28 @@ class Engine:
                 prompt, images = cmd.prompt or "", []
             return prepare(lm.model, lm.vision, prompt, images)
         except (OSError, ValueError, TypeError, KeyError) as e:
-            raise RequestError(f"The images or prompt could not be processed for `{lm.id}`: {e}", 400,
-                               "invalid_image", "messages") from None
+            raise RequestError(f"The images or prompt could not be processed for `{lm.id}`: {e}", "invalid_image",
+                               "messages") from None
 
     def _accept(self, cmd: m.Generate) -> None:
         if self.memory.refusing:
             raise self._over_memory()
         if cmd.id in self.seqs:
-            raise RequestError(f"duplicate request id {cmd.id}", 400)
+            raise RequestError(f"duplicate request id {cmd.id}", "invalid_request")
         self.fault.check_request(cmd.id, cmd.messages)
         lm = self._model(cmd.model)
         vision = None
         if lm.vision is not None:  # (images reach only VLMs: the gateway refuses them for other models)
             if cmd.echo and cmd.sampling.logprobs:
-                raise RequestError("echo with logprobs is not available for vision-language models.", 400,
-                                   "invalid_value", "echo")
+                raise RequestError("echo with logprobs is not available for vision-language models.", "invalid_value",
+                                   "echo")
             vision = self._vision_inputs(lm, cmd)
             ids = vision.input_ids[0].tolist()
         else:
             ids = self._prompt_ids(lm, cmd.messages, cmd.prompt, cmd.prompt_tokens, cmd.tools, cmd.template_kwargs)
         if not ids:
             if lm.tokenizer.bos_id is None:
-                raise RequestError("The prompt is empty.", 400, None, "prompt")
+                raise RequestError("The prompt is empty.", "invalid_value", "prompt")
             ids = [lm.tokenizer.bos_id]
         window = self._window(lm)
         room = window - len(ids)
@@ -424,7 +418,7 @@ class Engine:
                      "in the completion)." if s.max_tokens else f" However, your prompt has {len(ids)} tokens.")
             raise RequestError(f"This model's maximum context length is {window} tokens.{asked} "
                                "Please reduce the length of the prompt or the completion.",
-                               400, "context_length_exceeded", "messages" if cmd.messages is not None else "prompt")
+                               "context_length_exceeded", "messages" if cmd.messages is not None else "prompt")
         max_tokens = min(s.max_tokens, room) if s.max_tokens else min(room, self.default_max_tokens)
         tools = ToolCallParser(families_for(lm.tokenizer.chat_template, self.tool_parser)) if cmd.parse_tools else None
         reasoning = None
@@ -441,7 +435,7 @@ class Engine:
                 seq.grammar = compile_format(s.response_format)
         except GrammarError as e:
             param = "tool_choice" if cmd.force_tool else "response_format"
-            raise RequestError(str(e), 400, f"invalid_{param}", param) from None
+            raise RequestError(str(e), f"invalid_{param}", param) from None
         script = scripted_output(cmd.messages)
         if script is not None:
             eos = lm.tokenizer.eos_ids[-1:] or [0]
@@ -451,7 +445,7 @@ class Engine:
             raise RequestError(
                 f"This request needs {seq.kv_bytes / 1024**2:.1f} MB of KV cache ({len(ids)} prompt + {max_tokens} "
                 f"completion tokens), more than the {budget / 1024**2:.1f} MB this server can ever give one request "
-                f"under its memory limit. Lower max_tokens or shorten the prompt.", 400, "kv_budget_exceeded", "max_tokens")
+                f"under its memory limit. Lower max_tokens or shorten the prompt.", "kv_budget_exceeded", "max_tokens")
         pc = self.caches.get(lm.id)  # what the prefix cache holds now: the client's usage reports it up front
         self.emit(m.Started(cmd.id, prompt_tokens=len(ids), cached_tokens=pc.peek(ids) if pc is not None else 0))
         if cmd.echo:
@@ -621,8 +615,7 @@ class Engine:
             self._leave_batch(seq, kv)
         if error is not None:
             self.counters["failed"] += 1
-            self.emit(m.Error(seq.id, f"The worker could not complete this request: {type(error).__name__}: {error}",
-                              500, "internal_error"))
+            self.emit(internal(seq.id, error))
             return
         self.counters["aborted" if reason == "abort" else "completed"] += 1
         ttft = (seq.first_token_at - seq.submitted) if seq.first_token_at else 0.0

@@ -14,6 +14,7 @@ from typing import Callable, Generator
 from protocol import messages as m
 
 from ..models.embedder import EmbedError
+from .errors import internal
 
 log = logging.getLogger("novamlx.engine")
 
@@ -42,11 +43,10 @@ class Jobs:
             self.emit(reply(done.value))
             return
         except EmbedError as e:
-            self.emit(m.Error(rid, str(e), 400, "invalid_value", e.param))
+            self.emit(m.Error(rid, str(e), "invalid_value", e.param))
             return
         except Exception as e:  # noqa: BLE001 - one job's failure is its own error, never the engine's end
             log.exception("embedding job %s failed", rid)
-            self.emit(m.Error(rid, f"The worker could not complete this request: {type(e).__name__}: {e}", 500,
-                              "internal_error"))
+            self.emit(internal(rid, e))
             return
         self.queue[rid] = (steps, reply)
