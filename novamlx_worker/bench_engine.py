@@ -50,12 +50,11 @@ def main(argv=None) -> None:
 
     def run(batch: int, seed: int) -> float:
         for i, toks in enumerate(prompts(batch, args.prompt_len, vocab, seed)):
-            eng._handle(m.Generate(f"b{batch}-{seed}-{i}", model_id, m.Sampling(
+            eng.handle(m.Generate(f"b{batch}-{seed}-{i}", model_id, m.Sampling(
                 max_tokens=args.tokens, temperature=0, ignore_eos=True), prompt_tokens=toks))
         t = time.perf_counter()
         while eng.seqs:
-            eng._schedule()
-            eng._step()
+            eng.step()
             sink.clear()
         return batch * args.tokens / (time.perf_counter() - t)
 

@@ -25,7 +25,7 @@ def snapshot(engine, last: dict | None = None) -> m.Health:
     return m.Health(
         pid=os.getpid(), rss_bytes=psutil.Process().memory_info().rss,
         mlx_active_bytes=mx.get_active_memory(), mlx_peak_bytes=mx.get_peak_memory(),
-        mlx_cache_bytes=mx.get_cache_memory(), models=list(engine.models),
+        mlx_cache_bytes=mx.get_cache_memory(), models=engine.models.loaded(),
         running=len(engine.seqs) - queued, queued=queued, tokens_per_s=round(rate, 2),
         memory=engine.memory.state(), kv_reserved_bytes=engine.kv_reserved, **engine.stats(),
         engine_heartbeat_age_s=round(now - engine.heartbeat, 3), time=time.time(),

@@ -130,7 +130,7 @@ def main(argv=None) -> None:
                     ssd=SSDTier(args.ssd_cache_dir, int(args.ssd_cache_gb * 1024**3))
                     if args.ssd_cache_dir and lockstep is None else None,  # ranks would each see their own disk
                     embedders=embedders, tool_parser=args.tool_parser, turn_stops=args.turn_stop, lockstep=lockstep)
-    emit(m.Hello(PROTOCOL_VERSION, os.getpid(), engine.model_infos(), ["chat", "completions", "logprobs", "echo"]))
+    emit(m.Hello(PROTOCOL_VERSION, os.getpid(), engine.models.infos(), ["chat", "completions", "logprobs", "echo"]))
 
     def reader():
         for line in sys.stdin.buffer:

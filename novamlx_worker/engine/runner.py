@@ -101,6 +101,17 @@ class Runner:
         self._next_rid = 0
         self.active = 0
 
+    # the decode-path surface the engine uses besides add/remove/finished/step
+    @property
+    def stream(self):
+        return self.batch.stream
+
+    def kv_cost(self, reserved: list[int]) -> int:
+        return self.batch.kv_cost(reserved)
+
+    def info(self) -> dict:
+        return self.batch.info()
+
     def add(self, seq: Sequence, cache: list | None = None) -> int:
         """Insert a sequence; with a cache, only the tokens after it are prefilled."""
         self._next_rid += 1

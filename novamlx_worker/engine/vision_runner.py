@@ -34,6 +34,17 @@ class VisionRunner:
     def active(self) -> int:
         return len(self.queue) + (self.current is not None)
 
+    @property
+    def stream(self):
+        return mx.default_stream(mx.default_device())
+
+    @staticmethod
+    def kv_cost(reserved: list[int]) -> int:
+        return sum(reserved)
+
+    def info(self) -> dict:
+        return {"path": "vision", "queued": len(self.queue), "running": int(self.current is not None)}
+
     def add(self, seq: Sequence, cache=None) -> int:
         self._next_rid += 1
         if seq.sampler is None:

@@ -319,8 +319,10 @@ def test_big_rerank_does_not_stall_streams_or_trip_the_watchdog(tiny_long, tmp_p
 
         t = threading.Thread(target=stream)
         t.start()
-        while not arrivals:
+        deadline = time.time() + 30
+        while not arrivals and time.time() < deadline:
             time.sleep(0.05)
+        assert arrivals, "the stream did not start"
         docs = [f"document {i}: notes on tides, harbours and the keepers of lighthouses" for i in range(3000)]
         t0 = time.monotonic()
         r = httpx.post(s.base_url + "/v1/rerank", json={"query": "lighthouse", "documents": docs, "top_n": 3},

@@ -1,6 +1,7 @@
 """The engine with a real tiny model, driven step by step (no gateway)."""
 import pytest
 
+from novamlx_worker.engine import budget
 from novamlx_worker.engine.engine import Engine
 from novamlx_worker.memory import MemoryEnforcer
 from novamlx_worker.models.pool import ModelPool
@@ -14,13 +15,14 @@ def engine(tiny_model):
     pool.get("tiny-llama")
     eng = Engine(pool, events.append, MemoryEnforcer("90%"), max_batch=16, block_size=16)
     eng.events = events
-    eng._model("tiny-llama")
+    eng.models.get("tiny-llama")
     return eng
 
 
 def pump(eng, steps=1):
     for _ in range(steps):
-        eng._drain(block=False)
+        while not eng.inbox.empty():
+            eng.handle(eng.inbox.get_nowait())
         eng.step()
 
 
@@ -94,9 +96,9 @@ def test_kv_cost_counts_slot_padding(engine):
     from novamlx_worker.engine.scheduler import Item
 
     rows = [Item(f"r{i}", 0, 0.0, kv, "tiny-llama") for i, kv in enumerate((10, 10, 100))]
-    assert engine._kv_cost(rows) == 4 * 100  # 3 rows take 4 slots, each sized for the 100
-    assert engine._kv_cost(rows[:2]) == 2 * 10
-    assert engine._kv_cost([Item("x", 0, 0.0, 7, "elsewhere")]) == 7  # no slot batch: its own KV
+    assert budget.kv_cost(rows, engine.runners) == 4 * 100  # 3 rows take 4 slots, each sized for the 100
+    assert budget.kv_cost(rows[:2], engine.runners) == 2 * 10
+    assert budget.kv_cost([Item("x", 0, 0.0, 7, "elsewhere")], engine.runners) == 7  # no slot batch: its own KV
 
 
 def _finished(eng, rid):
@@ -163,7 +165,7 @@ def test_long_embedding_work_runs_between_decode_steps(engine):
     if path is None:
         pytest.skip("the MiniLM wheel is not installed")
     emb = load_embedder(path, "minilm")
-    engine.embedders["minilm"] = emb
+    engine.models.embedders["minilm"] = emb
     texts = [f"document number {i} about nothing in particular" for i in range(640)]
     engine.inbox.put(m.Embed("emb-long", "minilm", texts))
     engine.inbox.put(m.Generate("beside", "tiny-llama", m.Sampling(temperature=0, max_tokens=12, ignore_eos=True),

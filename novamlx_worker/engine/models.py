@@ -1,0 +1,184 @@
+"""Every model the worker serves, one place: generators (weights in the pool, a decode path
+and a prefix cache per loaded model) and embedders (loaded on first use).
+
+Loads, registrations, unloads, evictions and ttl expiry happen here; the engine says which
+models are busy (a busy model is never unloaded) and hears about changes through `on_change`.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+from protocol import messages as m
+
+from ..models.loader import LoadedModel
+from ..models.pool import ModelPool
+from .errors import RequestError
+from .prefix_cache import PrefixCache
+from .runner import Runner
+from .ssd_cache import SSDTier
+from .vision_runner import VisionRunner
+
+log = logging.getLogger("novamlx.engine")
+
+
+class Models:
+    def __init__(self, pool: ModelPool, embedders: list, on_change: Callable[[], None], max_batch: int,
+                 prefill_step: int, prefill_batch: int, block_size: int, prefix_cache_bytes: int,
+                 ssd: SSDTier | None):
+        self.pool = pool
+        self.on_change = on_change  # the list of servable models changed: tell the gateway
+        self.runners: dict[str, Runner | VisionRunner] = {}
+        self.caches: dict[str, PrefixCache] = {}
+        self.embedders = {e.id: e for e in embedders}
+        self.embedder_paths: dict[str, m.Found] = {}  # registered from disk, loaded on first use
+        self.max_batch, self.prefill_step, self.prefill_batch = max_batch, prefill_step, prefill_batch
+        self.block_size, self.prefix_cache_bytes, self.ssd = block_size, prefix_cache_bytes, ssd
+        self.next_expiry_check = 0.0
+
+    def loaded(self) -> list[str]:
+        return [lm.id for lm in self.pool.loaded()]
+
+    def infos(self) -> list[m.ModelInfo]:
+        llms = [m.ModelInfo(e.id, e.kind, e.context_length, e.created, e.path, e.aliases, e.loaded is not None)
+                for e in self.pool.entries.values()]
+        embedders = [m.ModelInfo(e.id, e.kind, e.max_len, e.created, e.path, e.aliases) for e in self.embedders.values()]
+        on_disk = [m.ModelInfo(i, f.kind, 0, 0, f.path, [], False) for i, f in self.embedder_paths.items()]
+        return llms + embedders + on_disk
+
+    # ---- generators ----
+    def get(self, name: str, refuse_load: Callable[[], RequestError | None] = lambda: None) -> LoadedModel:
+        """The loaded model (loading it first) with its decode path and prefix cache ready.
+        refuse_load: why a model not in memory may not be loaded now (None: it may)."""
+        entry = self.pool.find(name)
+        if entry is None:
+            raise RequestError(f"The model `{name}` does not exist.", "model_not_found", "model")
+        was_loaded = entry.loaded is not None
+        if not was_loaded and (refused := refuse_load()) is not None:
+            raise refused
+        try:
+            lm = self.pool.get(entry.id)
+        except Exception as e:  # noqa: BLE001 - a failed (re)load is this request's error, not the worker's death
+            log.exception("loading %s failed", entry.id)
+            raise RequestError(f"Loading model `{entry.id}` failed: {e}", "model_load_failed") from None
+        if not was_loaded:
+            self.on_change()
+        if entry.id not in self.runners:
+            self.runners[entry.id] = self._runner(lm)
+        return lm
+
+    def _runner(self, lm: LoadedModel):
+        if lm.vision is not None:
+            return VisionRunner(lm, self.prefill_step)
+        runner = Runner(lm, max_batch=self.max_batch, prefill_step=self.prefill_step, prefill_batch=self.prefill_batch)
+        if runner.cacheable and self.prefix_cache_bytes > 0 and lm.id not in self.caches:
+            self.caches[lm.id] = PrefixCache(lm.id, self.block_size, self.prefix_cache_bytes, self.ssd)
+        return runner
+
+    def reset_runner(self, model_id: str) -> None:
+        """A fresh decode path for a model whose batch failed (its prefix cache stays)."""
+        self.runners.pop(model_id, None)
+        self.get(model_id)
+
+    def window(self, lm: LoadedModel) -> int:
+        entry = self.pool.entries.get(lm.id)
+        return min(lm.context_length, entry.max_context) if entry and entry.max_context else lm.context_length
+
+    def idle_entry(self, name: str, busy: set[str]):
+        entry = self.pool.find(name)
+        if entry is None:
+            raise RequestError(f"No model `{name}`.", "model_not_found", "model")
+        if entry.id in busy:
+            raise RequestError(f"Model `{entry.id}` is serving requests; retry when they finish.", "model_busy",
+                               "model")
+        return entry
+
+    def drop(self, model_id: str) -> None:
+        """Unload a model's weights, decode path and prefix cache (its blocks go to the SSD tier)."""
+        self.runners.pop(model_id, None)
+        cache = self.caches.pop(model_id, None)
+        if cache is not None:
+            cache.clear()
+        self.pool.evict(model_id)
+        self.on_change()
+
+    def evict_one(self, busy: set[str]) -> bool:
+        victim = self.pool.lru_evictable(busy)
+        if victim is None:
+            return False
+        self.drop(victim)
+        return True
+
+    def expire(self, busy: set[str]) -> None:
+        """Unload models idle past their ttl_seconds (checked once a second)."""
+        now = time.monotonic()
+        if now < self.next_expiry_check:
+            return
+        self.next_expiry_check = now + 1.0
+        for model_id in self.pool.expired(busy, now):
+            log.info("unloading %s: idle past its ttl", model_id)
+            self.drop(model_id)
+
+    # ---- admin commands ----
+    def register(self, found: m.Found) -> str | None:
+        """A model found on disk becomes servable (loaded on first use). Returns its id."""
+        from protocol.naming import model_id_for
+
+        model_id = model_id_for(found.path)
+        if found.kind in ("embedding", "rerank"):
+            if model_id not in self.embedders:
+                self.embedder_paths[model_id] = found
+            return model_id
+        if found.kind not in ("llm", "vlm"):
+            return None
+        try:
+            return self.pool.add(found.path).id
+        except FileNotFoundError as e:
+            log.warning("cannot register %s: %s", found.path, e)
+            return None
+
+    def load(self, spec: str, pin: bool) -> str:
+        try:
+            entry = self.pool.add(spec, pin)
+        except FileNotFoundError as e:
+            raise RequestError(str(e), "model_not_found", "model") from None
+        self.get(entry.id)
+        return entry.id
+
+    def unload(self, name: str, busy: set[str]) -> str:
+        entry = self.idle_entry(name, busy)
+        if entry.loaded is not None:
+            self.drop(entry.id)
+        return entry.id
+
+    def forget(self, name: str, busy: set[str]) -> None:
+        if name in self.embedders or name in self.embedder_paths:
+            self.embedders.pop(name, None)
+            self.embedder_paths.pop(name, None)
+        else:
+            entry = self.idle_entry(name, busy)
+            if entry.loaded is not None:
+                self.drop(entry.id)
+            self.pool.forget(entry.id)
+        self.on_change()
+
+    def apply(self, policies: dict[str, m.Policy]) -> None:
+        for e in self.pool.entries.values():
+            p = policies.get(e.id) or m.Policy()
+            e.ttl, e.policy_pinned, e.max_context = float(p.ttl_seconds), p.pinned, p.max_context_window
+
+    # ---- embedders ----
+    def embedder(self, name: str):
+        emb = self.embedders.get(name)
+        if emb is None and name in self.embedder_paths:
+            from ..models.embedder import load_embedder
+
+            try:
+                emb = self.embedders[name] = load_embedder(self.embedder_paths.pop(name).path, name)
+            except Exception as e:  # noqa: BLE001 - a broken folder fails this request, not the worker
+                log.exception("loading %s failed", name)
+                raise RequestError(f"Loading model `{name}` failed: {e}", "model_load_failed") from None
+        if emb is None:
+            raise RequestError(f"The model `{name}` is not an embedding or reranking model.", "invalid_model", "model")
+        return emb
