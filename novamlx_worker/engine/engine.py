@@ -9,7 +9,6 @@ jobs.py (embedding work), stats.py (numbers for the health push).
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import time
 from typing import Callable
@@ -25,16 +24,13 @@ from . import budget, intake
 from .errors import RequestError, internal
 from .jobs import Jobs
 from .models import Models
-from .output import logprob_entry
-from .scheduler import Item, plan
+from .output import echo_delta
+from .scheduler import Scheduler
 from .sequence import Sequence
 from .ssd_cache import SSDTier
 from .stats import engine_stats
 
 log = logging.getLogger("novamlx.engine")
-
-# Sharded mode: decode iterations between two command exchanges among the ranks.
-SHARE_EVERY = int(os.environ.get("NOVAMLX_SHARE_EVERY", "8"))
 
 
 class Engine:
@@ -49,22 +45,17 @@ class Engine:
                              prefill_step, prefill_batch, block_size, prefix_cache_bytes, ssd)
         self.ssd = ssd
         self.lockstep = lockstep  # a sharded model's ranks: rank 0 decides, the others follow (lockstep.py)
-        self.iterations = 0
-        self.next_memory_gather = 0.0
         self.max_batch = max_batch
         self.default_max_tokens = default_max_tokens
         self.kv_budget_cap = kv_budget_cap
         self.tool_parser = tool_parser
         self.turn_stops = list(turn_stops or [])  # text patterns that end a turn, for every request
-        # Off by default: on the H100 run gathering 5 ms halved 128-stream throughput (2,185 -> 1,133 tok/s).
-        self.gather_s = float(os.environ.get("NOVAMLX_GATHER_MS", "0")) / 1000
         self.inbox: queue.Queue = queue.Queue()
         self.seqs: dict[str, Sequence] = {}  # every accepted, unfinished sequence
-        self.waiting: list[Sequence] = []  # accepted, not in a batch (new or preempted)
-        self.by_rid: dict[tuple[str, int], Sequence] = {}  # running ones by (model, row id)
-        self.kv_reserved = 0
         self.counters = {"queued": 0, "completed": 0, "preempted": 0, "aborted": 0, "peak_active": 0, "failed": 0,
                          "wait_s_total": 0.0, "started": 0, "runner_s": 0.0, "runner_calls": 0, "step_s": 0.0}
+        self.scheduler = Scheduler(self.models, max_batch, prefill_batch, self.kv_budget,
+                                   lambda items: budget.kv_cost(items, self.runners), self.counters)
         self.stopping = False
         self.heartbeat = time.monotonic()
         self.tokens_out = 0  # generated tokens since start, for the health push
@@ -73,11 +64,17 @@ class Engine:
         self.peak_batch = 0
         self.fault = FaultSwitch()
         self.jobs = Jobs(emit)  # embedding and reranking, a batch at a time between decode steps
-        self.handlers = {m.Generate: self._accept, m.Abort: self._abort, m.CountTokens: self._count,
-                         m.Embed: self._embed, m.Rerank: self._embed, m.Settings: self._settings,
-                         m.LoadModel: self._load, m.UnloadModel: self._unload, m.Register: self._register,
-                         m.Forget: self._forget, m.Policies: self._policies,
-                         m.Ping: lambda cmd: self.emit(m.Pong(cmd.nonce)), m.Shutdown: self._shutdown}
+        answer = lambda fn: lambda cmd: self.emit(m.Result(cmd.id, data=fn(cmd)))  # noqa: E731 - one Result
+        self.handlers = {
+            m.Generate: self._accept, m.Abort: self._abort, m.Embed: self._embed, m.Rerank: self._embed,
+            m.CountTokens: lambda cmd: self.emit(m.Result(cmd.id, tokens=intake.count_tokens(self._model(cmd.model), cmd))),
+            m.Settings: answer(self._settings),
+            m.LoadModel: answer(lambda cmd: self.models.load(cmd.spec, cmd.pin, self._refuse_load)),
+            m.UnloadModel: answer(lambda cmd: self.models.unload(cmd.model, self._busy())),
+            m.Register: answer(lambda cmd: self.models.register_all(cmd.models)),
+            m.Forget: answer(lambda cmd: self.models.forget(cmd.model, self._busy())),
+            m.Policies: answer(lambda cmd: self.models.apply(cmd.models)),
+            m.Ping: lambda cmd: self.emit(m.Pong(cmd.nonce)), m.Shutdown: self._shutdown}
 
     @property
     def runners(self) -> dict:
@@ -95,14 +92,16 @@ class Engine:
                 self.memory.poll(lambda: self.models.evict_one(self._busy()))
                 self.models.expire(self._busy())
                 self._drain(block=not self.seqs and not self.jobs)
-            else:
-                self._drain_in_step()
+            else:  # sharded: every rank handles the commands rank 0 took
+                for cmd in self.lockstep.commands(self.inbox, bool(self.seqs),
+                                                  [r.stream for r in self.runners.values()]):
+                    self.handle(cmd)
             self.step()
 
     def step(self) -> None:
         """One turn: admit what fits, one decode step of every model's batch, one piece of
         embedding work. Commands are taken before (run's drain, or the tests')."""
-        self._schedule()
+        self.scheduler.schedule()
         if any(r.active for r in self.runners.values()):
             t = time.perf_counter()
             self._step()
@@ -122,31 +121,6 @@ class Engine:
             except queue.Empty:
                 return
 
-    def _drain_in_step(self) -> None:
-        """Sharded: rank 0 takes commands from the pipe and every rank handles the same ones.
-        While sequences decode, commands are shared every SHARE_EVERY iterations only: sharing
-        waits for the queued forward, so doing it each step would undo the overlap of one step's
-        Python with the next step's compute (on 2 H100s: 63 tok/s instead of 148 at one stream).
-        Every rank skips the same iterations: their state is the same.
-        (Memory eviction and TTL unloads are off here: they would need a decision all ranks share.)"""
-        self.iterations += 1
-        if self.seqs and self.iterations % SHARE_EVERY:
-            return
-        cmds = []
-        if self.lockstep.rank == 0:
-            try:
-                cmds.append(self.inbox.get(timeout=0.5) if not self.seqs else self.inbox.get_nowait())
-                while True:
-                    cmds.append(self.inbox.get_nowait())
-            except queue.Empty:
-                pass
-            now = time.monotonic()
-            if now >= self.next_memory_gather:
-                self.lockstep.want_memory, self.next_memory_gather = True, now + 1.0
-        streams = [r.stream for r in self.models.runners.values()]
-        for cmd in self.lockstep.share(cmds, streams):
-            self.handle(cmd)
-
     # ---- commands ----
     def handle(self, cmd) -> None:
         """One command; a failure is that command's error event, never the engine's end."""
@@ -163,14 +137,18 @@ class Engine:
     def _busy(self) -> set[str]:
         return {s.model_id for s in self.seqs.values()}
 
+    def _refuse_load(self) -> RequestError | None:
+        return budget.over_memory(self.memory) if self.memory.refusing else None
+
     def _model(self, name: str) -> LoadedModel:
-        return self.models.get(name, lambda: budget.over_memory(self.memory) if self.memory.refusing else None)
+        return self.models.get(name, self._refuse_load)
 
     def kv_budget(self) -> int:
         return budget.kv_budget(self.memory, self.models.pool, self.kv_budget_cap)
 
     def memory_state(self) -> dict:
-        return {**self.memory.state(), "kv_budget_bytes": self.kv_budget(), "kv_reserved_bytes": self.kv_reserved,
+        return {**self.memory.state(), "kv_budget_bytes": self.kv_budget(),
+                "kv_reserved_bytes": self.scheduler.kv_reserved,
                 "models_loaded": self.models.loaded()}
 
     def _abort(self, cmd: m.Abort) -> None:
@@ -180,9 +158,6 @@ class Engine:
         elif self.jobs.abort(cmd.id):
             self.counters["aborted"] += 1
 
-    def _count(self, cmd: m.CountTokens) -> None:
-        self.emit(m.Result(cmd.id, tokens=intake.count_tokens(self._model(cmd.model), cmd)))
-
     def _embed(self, cmd) -> None:
         emb = self.models.embedder(cmd.model)
         if isinstance(cmd, m.Embed):
@@ -191,37 +166,14 @@ class Engine:
         else:
             self.jobs.add(cmd.id, emb.rerank_steps(cmd.query, cmd.documents), lambda done: m.Scores(cmd.id, *done))
 
-    def _settings(self, cmd: m.Settings) -> None:
+    def _settings(self, cmd: m.Settings) -> dict:
         if cmd.max_process_memory is not None:
             try:
                 self.memory.set_limit(cmd.max_process_memory)
             except ValueError as e:
                 raise RequestError(str(e), "invalid_value", "max_process_memory") from None
             self.memory.poll(lambda: self.models.evict_one(self._busy()), force=True)
-        self.emit(m.Result(cmd.id, data=self.memory_state()))
-
-    def _load(self, cmd: m.LoadModel) -> None:
-        if self.memory.refusing:
-            raise budget.over_memory(self.memory)
-        model_id = self.models.load(cmd.spec, cmd.pin)
-        self.emit(m.Models(self.models.infos()))
-        self.emit(m.Result(cmd.id, data={"id": model_id, "loaded": True}))
-
-    def _unload(self, cmd: m.UnloadModel) -> None:
-        self.emit(m.Result(cmd.id, data={"id": self.models.unload(cmd.model, self._busy()), "loaded": False}))
-
-    def _register(self, cmd: m.Register) -> None:
-        ids = [self.models.register(f) for f in cmd.models]
-        self.emit(m.Models(self.models.infos()))
-        self.emit(m.Result(cmd.id, data={"registered": [i for i in ids if i]}))
-
-    def _forget(self, cmd: m.Forget) -> None:
-        self.models.forget(cmd.model, self._busy())
-        self.emit(m.Result(cmd.id, data={"id": cmd.model, "forgotten": True}))
-
-    def _policies(self, cmd: m.Policies) -> None:
-        self.models.apply(cmd.models)
-        self.emit(m.Result(cmd.id, data={"applied": sorted(cmd.models)}))
+        return self.memory_state()
 
     def _shutdown(self, cmd: m.Shutdown) -> None:
         self.stopping = True
@@ -239,83 +191,11 @@ class Engine:
         pc = self.caches.get(lm.id)  # what the prefix cache holds now: the client's usage reports it up front
         self.emit(m.Started(cmd.id, prompt_tokens=len(seq.prompt), cached_tokens=pc.peek(seq.prompt) if pc is not None else 0))
         if cmd.echo:
-            self.emit(m.Step([self._echo_delta(lm, seq)]))
+            rows = self.runners[lm.id].prompt_logprobs(seq.prompt) if seq.sampling.logprobs else None
+            self.emit(m.Step([echo_delta(lm.tokenizer, seq, rows)]))
         self.seqs[seq.id] = seq
-        self.waiting.append(seq)
+        self.scheduler.waiting.append(seq)
         self.counters["queued"] += 1
-
-    # ---- scheduling ----
-    def _schedule(self) -> None:
-        if not self.waiting:
-            return
-        running = [s for s in self.seqs.values() if s.rid is not None]
-        if running and self.gather_s > 0 and len(self.waiting) < self.prefill_batch:
-            # While others decode, let a burst of arrivals gather for a few ms so their prompts are
-            # prefilled together: fewer, larger prefill batches (and fewer new shapes to compile).
-            newest = max(s.submitted for s in self.waiting)
-            if time.monotonic() - newest < self.gather_s:
-                return
-        item = lambda s: Item(s.id, s.priority, s.submitted, s.kv_bytes, s.model_id)  # noqa: E731
-        decided = plan([item(s) for s in self.waiting], [item(s) for s in running], self.max_batch,
-                       self.kv_budget(), lambda items: budget.kv_cost(items, self.runners))
-        for rid in decided.preempt:
-            self._preempt(self.seqs[rid])
-        for rid in decided.admit:
-            self._start(self.seqs[rid])
-
-    def _start(self, seq: Sequence) -> None:
-        """Into the batch, reusing the longest cached prefix of everything it has seen."""
-        self.waiting.remove(seq)
-        runner = self.runners[seq.model_id]
-        pc = self.caches.get(seq.model_id)
-        kv = None
-        if pc is not None:
-            seq.blocks = pc.match(seq.tokens)
-            if seq.blocks:
-                pc.acquire(seq.blocks)
-                kv = pc.build(seq.blocks)
-                if seq.preemptions == 0:
-                    seq.cached_tokens = len(seq.blocks) * pc.block_size
-        seq.rid = runner.add(seq, kv)
-        self.by_rid[(seq.model_id, seq.rid)] = seq
-        self.kv_reserved += seq.kv_bytes
-        if seq.preemptions == 0:
-            self.counters["started"] += 1
-            self.counters["wait_s_total"] += time.monotonic() - seq.submitted
-        active = sum(1 for s in self.seqs.values() if s.rid is not None)
-        self.counters["peak_active"] = max(self.counters["peak_active"], active)
-
-    def _leave_batch(self, seq: Sequence, kv: list | None = None) -> None:
-        """Out of the batch: its KV goes to the prefix cache, its reservations are released."""
-        if seq.rid is not None:
-            removed = self.runners[seq.model_id].remove(seq.rid)
-            kv = kv or removed
-            self.by_rid.pop((seq.model_id, seq.rid), None)
-            seq.rid = None
-        self.kv_reserved -= seq.kv_bytes
-        pc = self.caches.get(seq.model_id)
-        if pc is not None:
-            if kv and seq.generated > 0:  # only decode-stage KV is whole and unpadded
-                pc.store(seq.tokens, kv)
-            pc.release(seq.blocks)
-        seq.blocks = []
-
-    def _preempt(self, seq: Sequence) -> None:
-        self._leave_batch(seq)
-        seq.preemptions += 1
-        self.counters["preempted"] += 1
-        self.waiting.append(seq)
-
-    def _echo_delta(self, lm: LoadedModel, seq: Sequence) -> m.Delta:
-        text = lm.tokenizer.decode(seq.prompt)
-        if not seq.sampling.logprobs:
-            return m.Delta(seq.id, text=text, echo=True)
-        rows = self.runners[lm.id].prompt_logprobs(seq.prompt)
-        scored = token_logprobs(rows, seq.prompt[1:], [seq.top_logprobs] * len(rows))
-        tok = lm.tokenizer
-        first = m.TokenLogprob(tok.token_text(seq.prompt[0]), None, list(tok.token_bytes(seq.prompt[0])))
-        rest = [logprob_entry(tok, t, lp, alts) for t, (lp, alts) in zip(seq.prompt[1:], scored)]
-        return m.Delta(seq.id, text=text, logprobs=[first, *rest], echo=True)
 
     # ---- one step ----
     def _step(self) -> None:
@@ -334,7 +214,8 @@ class Engine:
                 continue
             self.counters["runner_s"] += time.perf_counter() - t
             self.counters["runner_calls"] += 1
-            want = [(o, self.by_rid[(model_id, o.rid)]) for o in outs if (model_id, o.rid) in self.by_rid]
+            by_rid = self.scheduler.by_rid
+            want = [(o, by_rid[(model_id, o.rid)]) for o in outs if (model_id, o.rid) in by_rid]
             logprob_rows = [(o, s) for o, s in want if s.sampling.logprobs]
             scored = iter(token_logprobs([o.logprobs for o, _ in logprob_rows], [o.token for o, _ in logprob_rows],
                                          [s.top_logprobs for _, s in logprob_rows]))
@@ -347,8 +228,7 @@ class Engine:
                     log.exception("request %s failed after a token", seq.id)
                     if out.finish_reason is not None and seq.rid is not None:  # the batch already dropped it
                         runner.finished(out.rid)
-                        self.by_rid.pop((model_id, out.rid), None)
-                        seq.rid = None
+                        self.scheduler.dropped(seq)
                     failed.append((seq, e))
                     continue
                 if delta is not None:
@@ -375,22 +255,19 @@ class Engine:
         step = seq.output.feed([out.token], out.finish_reason, None if lp is None else [lp])
         if step.reason is not None and out.finish_reason is not None:  # the batch already dropped it
             runner.finished(out.rid)
-            self.by_rid.pop((seq.model_id, out.rid), None)
-            seq.rid = None
+            self.scheduler.dropped(seq)
         return step.delta, ((seq, step.reason, step.stop, out.cache) if step.reason is not None else None)
 
     def _reset_runner(self, model_id: str, error: Exception) -> None:
         """A model's batch failed as a whole: its running rows end with an error, a fresh runner
         takes the model's waiting requests; other models' batches are untouched."""
-        rows = [s for s in self.seqs.values() if s.model_id == model_id and s.rid is not None]
-        for seq in rows:
-            self.by_rid.pop((model_id, seq.rid), None)
-            seq.rid = None
+        for seq in [s for s in self.scheduler.running() if s.model_id == model_id]:
+            self.scheduler.dropped(seq)
             self._finish(seq, "error", error=error)
         try:
             self.models.reset_runner(model_id)
         except RequestError:
-            for seq in [s for s in self.waiting if s.model_id == model_id]:
+            for seq in [s for s in self.scheduler.waiting if s.model_id == model_id]:
                 self._finish(seq, "error", error=error)
 
     def _finish(self, seq: Sequence, reason: str, stop: str | None = None, kv: list | None = None,
@@ -398,10 +275,7 @@ class Engine:
         """Release everything the sequence holds and report its end (an Error when it failed)."""
         if self.seqs.pop(seq.id, None) is None:
             return
-        if any(w is seq for w in self.waiting):
-            self.waiting.remove(seq)
-        else:
-            self._leave_batch(seq, kv)
+        self.scheduler.remove(seq, kv)
         if error is not None:
             self.counters["failed"] += 1
             self.emit(internal(seq.id, error))

@@ -10,7 +10,10 @@ through mlx.distributed collectives (ring, MPI or NCCL, whatever the group runs 
 """
 from __future__ import annotations
 
+import os
+import queue
 import random
+import time
 
 import mlx.core as mx
 import msgspec
@@ -21,12 +24,41 @@ from protocol import codec
 from protocol import messages as m
 
 
+# Decode iterations between two command exchanges among the ranks.
+SHARE_EVERY = int(os.environ.get("NOVAMLX_SHARE_EVERY", "8"))
+
+
 class Lockstep:
     def __init__(self, group):
         self.group = group
         self.rank, self.size = group.rank(), group.size()
         self.rank_memory: list[int] = [0] * self.size  # RSS of each rank, refreshed about once a second
         self.want_memory = False
+        self.iterations = 0
+        self.next_memory_gather = 0.0
+
+    def commands(self, inbox: queue.Queue, decoding: bool, streams=()) -> list:
+        """The commands every rank handles this iteration: rank 0 takes them from the pipe.
+        While sequences decode, commands are shared every SHARE_EVERY iterations only: sharing
+        waits for the queued forward, so doing it each step would undo the overlap of one step's
+        Python with the next step's compute (on 2 H100s: 63 tok/s instead of 148 at one stream).
+        Every rank skips the same iterations: their state is the same.
+        (Memory eviction and TTL unloads are off here: they would need a decision all ranks share.)"""
+        self.iterations += 1
+        if decoding and self.iterations % SHARE_EVERY:
+            return []
+        cmds = []
+        if self.rank == 0:
+            try:
+                cmds.append(inbox.get(timeout=0.5) if not decoding else inbox.get_nowait())
+                while True:
+                    cmds.append(inbox.get_nowait())
+            except queue.Empty:
+                pass
+            now = time.monotonic()
+            if now >= self.next_memory_gather:
+                self.want_memory, self.next_memory_gather = True, now + 1.0
+        return self.share(cmds, streams)
 
     def _sum(self, a: mx.array) -> mx.array:
         # On the default device: NCCL groups reduce GPU arrays, ring and MPI CPU ones.

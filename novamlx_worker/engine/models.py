@@ -120,7 +120,12 @@ class Models:
             log.info("unloading %s: idle past its ttl", model_id)
             self.drop(model_id)
 
-    # ---- admin commands ----
+    # ---- admin commands: each returns its Result's data ----
+    def register_all(self, found: list[m.Found]) -> dict:
+        ids = [self.register(f) for f in found]
+        self.on_change()
+        return {"registered": [i for i in ids if i]}
+
     def register(self, found: m.Found) -> str | None:
         """A model found on disk becomes servable (loaded on first use). Returns its id."""
         from protocol.naming import model_id_for
@@ -138,21 +143,22 @@ class Models:
             log.warning("cannot register %s: %s", found.path, e)
             return None
 
-    def load(self, spec: str, pin: bool) -> str:
+    def load(self, spec: str, pin: bool, refuse_load=lambda: None) -> dict:
         try:
             entry = self.pool.add(spec, pin)
         except FileNotFoundError as e:
             raise RequestError(str(e), "model_not_found", "model") from None
-        self.get(entry.id)
-        return entry.id
+        self.get(entry.id, refuse_load)
+        self.on_change()
+        return {"id": entry.id, "loaded": True}
 
-    def unload(self, name: str, busy: set[str]) -> str:
+    def unload(self, name: str, busy: set[str]) -> dict:
         entry = self.idle_entry(name, busy)
         if entry.loaded is not None:
             self.drop(entry.id)
-        return entry.id
+        return {"id": entry.id, "loaded": False}
 
-    def forget(self, name: str, busy: set[str]) -> None:
+    def forget(self, name: str, busy: set[str]) -> dict:
         if name in self.embedders or name in self.embedder_paths:
             self.embedders.pop(name, None)
             self.embedder_paths.pop(name, None)
@@ -162,11 +168,13 @@ class Models:
                 self.drop(entry.id)
             self.pool.forget(entry.id)
         self.on_change()
+        return {"id": name, "forgotten": True}
 
-    def apply(self, policies: dict[str, m.Policy]) -> None:
+    def apply(self, policies: dict[str, m.Policy]) -> dict:
         for e in self.pool.entries.values():
             p = policies.get(e.id) or m.Policy()
             e.ttl, e.policy_pinned, e.max_context = float(p.ttl_seconds), p.pinned, p.max_context_window
+        return {"applied": sorted(policies)}
 
     # ---- embedders ----
     def embedder(self, name: str):

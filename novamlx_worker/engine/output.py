@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from protocol import messages as m
 
+from ..sampling import token_logprobs
 from ..text.detok import IncrementalDecoder
 from ..text.reasoning import ReasoningSplitter
 from ..text.stops import StopMatcher
@@ -19,6 +20,18 @@ from ..text.tool_parsers import ToolCallParser
 def logprob_entry(tok, token: int, logprob: float, alts) -> m.TokenLogprob:
     top = [m.TopLogprob(tok.token_text(t), v, list(tok.token_bytes(t))) for t, v in alts]
     return m.TokenLogprob(tok.token_text(token), logprob, list(tok.token_bytes(token)), top)
+
+
+def echo_delta(tok, seq, rows: list | None) -> m.Delta:
+    """The prompt given back (echo), with its logprobs when `rows` (one per prompt token after
+    the first, from the model's prompt forward) are given."""
+    text = tok.decode(seq.prompt)
+    if rows is None:
+        return m.Delta(seq.id, text=text, echo=True)
+    scored = token_logprobs(rows, seq.prompt[1:], [seq.top_logprobs] * len(rows))
+    first = m.TokenLogprob(tok.token_text(seq.prompt[0]), None, list(tok.token_bytes(seq.prompt[0])))
+    rest = [logprob_entry(tok, t, lp, alts) for t, (lp, alts) in zip(seq.prompt[1:], scored)]
+    return m.Delta(seq.id, text=text, logprobs=[first, *rest], echo=True)
 
 
 @dataclass

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 def engine_stats(engine) -> dict:
     c = dict(engine.counters)
-    active = sum(1 for s in list(engine.seqs.values()) if s.rid is not None)
+    active = len(engine.scheduler.by_rid)
     models = engine.models
-    out = {"active": active, "queue_depth": len(engine.waiting), "total_queued": c["queued"],
+    out = {"active": active, "queue_depth": len(engine.scheduler.waiting), "total_queued": c["queued"],
            "total_completed": c["completed"], "total_preempted": c["preempted"], "total_aborted": c["aborted"],
            "total_failed": c["failed"], "jobs": len(engine.jobs.queue),
            "peak_active": c["peak_active"], "avg_wait_s": round(c["wait_s_total"] / max(c["started"], 1), 4),

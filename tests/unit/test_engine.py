@@ -50,7 +50,7 @@ def test_thousand_aborted_requests_leave_nothing_referenced(engine):
     pc = engine.caches["tiny-llama"]
     assert engine.counters["aborted"] == 1000
     assert pc.referenced == 0 and pc.stats.hits > 0  # the shared prefix was reused, then let go
-    assert engine.kv_reserved == 0 and not engine.seqs and not engine.waiting
+    assert engine.scheduler.kv_reserved == 0 and not engine.seqs and not engine.scheduler.waiting
     assert engine.runners["tiny-llama"].active == 0
 
 
@@ -131,7 +131,7 @@ def test_a_failing_batch_step_fails_its_rows_and_the_engine_serves_on(engine):
         err = _finished(engine, rid)
         assert isinstance(err, m.Error) and err.kind == "internal_error" and "device lost" in err.message
     assert engine.runners["tiny-llama"] is not runner
-    assert engine.kv_reserved == 0 and not engine.seqs and engine.caches["tiny-llama"].referenced == 0
+    assert engine.scheduler.kv_reserved == 0 and not engine.seqs and engine.caches["tiny-llama"].referenced == 0
     assert run_alone(engine, "after-boom", list(range(600, 620)), 5)
 
 
@@ -152,7 +152,7 @@ def test_an_exception_in_one_sequence_fails_only_that_sequence(engine):
     for rid in ("ok-1", "ok-2"):
         fin = _finished(engine, rid)
         assert isinstance(fin, m.Finished) and fin.usage.completion_tokens == 20
-    assert engine.kv_reserved == 0 and not engine.seqs
+    assert engine.scheduler.kv_reserved == 0 and not engine.seqs
 
 
 def test_long_embedding_work_runs_between_decode_steps(engine):
