@@ -19,13 +19,14 @@ on an H100 those copies and per-row ops cost more than the forward itself. Here:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import mlx.core as mx
 from mlx_lm.models.cache import KVCache
 
 from ..models.shape import activation_dtype, attention_shape
 from . import ragged
+from .path import TokenOut, finish_for
 
 CAPACITY_STEP = 256
 
@@ -91,22 +92,6 @@ class Prefill:
     cache: list  # per-layer KVCache (B rows, right-padded)
     todo: list[list[int]]  # per row, tokens still to feed
     lengths: list[int]  # per row, real tokens in the cache when done
-
-
-@dataclass(eq=False)
-class TokenOut:
-    """One token of one sequence, from whichever path decoded it."""
-    rid: int
-    token: int
-    finish_reason: str | None  # "stop" (a stop token), "length", or None
-    cache: list | None  # per-layer KV of a sequence that just finished
-    lp: mx.array | None = field(repr=False, default=None)  # its logprob row, or the step's rows (then `row`)
-    row: int | None = None
-
-    @property
-    def logprobs(self) -> mx.array:
-        """The full normalized row, read only when a request asks."""
-        return self.lp if self.row is None else self.lp[self.row]
 
 
 class Batch:
@@ -396,11 +381,11 @@ class Batch:
             token = values[s]
             r.n += 1
             r.known += 1
-            finish = "stop" if token in r.stop_ids else ("length" if r.n >= r.max_tokens else None)
+            finish = finish_for(token, r.n, r.max_tokens, r.stop_ids)
             cache = None
             if finish is not None:
                 self.slots[s] = None
                 self.fresh.pop(s, None)
                 cache = self._extract(s, min(r.length, r.known))
-            out.append(TokenOut(r.rid, token, finish, cache, lp, s))
+            out.append(TokenOut(r.rid, [token], finish, cache, lp, s))
         return out

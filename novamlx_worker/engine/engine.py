@@ -223,7 +223,7 @@ class Engine:
             for out, seq in want:
                 lp = next(scored) if seq.sampling.logprobs else None
                 try:
-                    delta, end = self._on_token(runner, seq, out, lp, now)
+                    delta, end = self._on_tokens(runner, seq, out, lp, now)
                 except Exception as e:  # noqa: BLE001 - one sequence's text processing fails that sequence only
                     log.exception("request %s failed after a token", seq.id)
                     if out.finish_reason is not None and seq.rid is not None:  # the batch already dropped it
@@ -235,7 +235,7 @@ class Engine:
                     deltas.append(delta)
                 if end is not None:
                     finished.append(end)
-            self.tokens_out += len(want)
+            self.tokens_out += sum(len(o.tokens) for o, _ in want)
             if want:
                 self.steps += 1
                 self.peak_batch = max(self.peak_batch, len(want))
@@ -247,12 +247,13 @@ class Engine:
             self._finish(seq, "error", error=e)
         self.fault.check(self.tokens_out)
 
-    def _on_token(self, runner, seq: Sequence, out, lp, now: float):
-        """One new token of one sequence: (its delta or None, its end or None)."""
+    def _on_tokens(self, runner, seq: Sequence, out, lp, now: float):
+        """One step's tokens of one sequence: (its delta or None, its end or None)."""
         self.fault.check_token(seq.id)
-        seq.out_tokens.append(out.token)
         seq.first_token_at = seq.first_token_at or now
-        step = seq.output.feed([out.token], out.finish_reason, None if lp is None else [lp])
+        lps = None if lp is None else [None] * (len(out.tokens) - 1) + [lp]  # rows come for the last token only
+        step = seq.output.feed(out.tokens, out.finish_reason, lps)
+        seq.out_tokens.extend(out.tokens[:step.used])
         if step.reason is not None and out.finish_reason is not None:  # the batch already dropped it
             runner.finished(out.rid)
             self.scheduler.dropped(seq)

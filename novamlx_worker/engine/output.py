@@ -64,7 +64,7 @@ class Output:
             eos = finish == "stop" and i == len(tokens) - 1
             piece, hit = self.stops.feed("" if eos else self.decoder.add(token))
             text += piece
-            if logprobs is not None and not eos:
+            if logprobs is not None and logprobs[i] is not None and not eos:
                 shown.append(logprob_entry(self.tokenizer, token, *logprobs[i]))
             if hit is not None:
                 tokens = tokens[: i + 1]

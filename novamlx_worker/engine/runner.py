@@ -11,13 +11,14 @@ that made them).
 from __future__ import annotations
 
 import mlx.core as mx
-from mlx_lm.generate import BatchGenerator, StopSequences
 from mlx_lm.models.cache import KVCache, make_prompt_cache
 
 from ..models.loader import LoadedModel
 from ..grammar import GrammarProcessor
 from ..sampling import force_tokens, make_penalties, make_sampler, think_budget
-from .batch import Batch, Row, TokenOut
+from .batch import Batch, Row
+from .mlxlm_batch import MlxLmBatch
+from .path import TokenOut
 from .sequence import Sequence
 from .solo import Solo
 
@@ -37,46 +38,6 @@ def processors_for(seq: Sequence, loaded: LoadedModel, vocab_size: int) -> list:
     if seq.grammar is not None:  # last: the mask has the final word
         procs.append(GrammarProcessor(seq.grammar, loaded.tokenizer, vocab_size, seq.out_tokens))
     return procs
-
-
-class MlxLmBatch:
-    """mlx-lm's BatchGenerator behind Batch's interface, for caches Batch cannot hold."""
-
-    def __init__(self, model, max_batch: int, prefill_step: int, prefill_batch: int):
-        self.gen = BatchGenerator(model, max_tokens=1 << 30, completion_batch_size=max_batch,
-                                  prefill_batch_size=prefill_batch, prefill_step_size=prefill_step)
-        self.stream = self.gen.stream
-        self.uid_of: dict[int, int] = {}  # runner id -> batch uid
-        self.rid_of: dict[int, int] = {}  # batch uid -> runner id
-
-    def add(self, row: Row, tokens: list[int], cache: list | None) -> None:
-        stops = StopSequences([[t] for t in row.stop_ids])
-        (uid,) = self.gen.insert([tokens], max_tokens=[row.max_tokens], caches=[cache] if cache else None,
-                                 samplers=[row.sampler], logits_processors=[row.processors], stop_sequences=[stops])
-        self.uid_of[row.rid], self.rid_of[uid] = uid, row.rid
-
-    def remove(self, rid: int) -> list | None:
-        uid = self.uid_of.pop(rid)
-        self.rid_of.pop(uid, None)
-        cache = self.gen.remove([uid], return_prompt_caches=True).get(uid, (None,))[0]
-        return cache if cache and cache[0] is not None and getattr(cache[0], "offset", 0) > 0 else None
-
-    def finished(self, rid: int) -> None:
-        self.rid_of.pop(self.uid_of.pop(rid, -1), None)
-
-    def release(self) -> None:
-        pass  # BatchGenerator frees its caches as rows leave
-
-    @staticmethod
-    def kv_cost(reserved: list[int]) -> int:
-        return sum(reserved)
-
-    def info(self) -> dict:
-        return {"path": "mlx-lm BatchGenerator", "live": len(self.uid_of)}
-
-    def step(self) -> list[TokenOut]:
-        return [TokenOut(self.rid_of[r.uid], r.token, r.finish_reason, r.prompt_cache, r.logprobs)
-                for r in self.gen.next_generated() if r.uid in self.rid_of]
 
 
 class Runner:
@@ -150,7 +111,7 @@ class Runner:
             self._insert(solo.rid, seq, tokens, cache)
             return
         token, lp, finish = pending
-        self.carry.append(TokenOut(solo.rid, token, finish, cache if finish else None, lp))
+        self.carry.append(TokenOut(solo.rid, [token], finish, cache if finish else None, lp))
         if finish is None:
             self.handoff = (solo.rid, seq, cache)
 
@@ -190,7 +151,7 @@ class Runner:
                 got = self.solo.step()
             if got is not None:
                 token, lp, finish = got
-                out.append(TokenOut(self.solo.rid, token, finish, self.solo.cache if finish else None, lp))
+                out.append(TokenOut(self.solo.rid, [token], finish, self.solo.cache if finish else None, lp))
             return out
         return out + self.batch.step()
 

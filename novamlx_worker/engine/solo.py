@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import mlx.core as mx
 
+from .path import finish_for
+
 
 class Solo:
     def __init__(self, model, rid: int, tokens: list[int], cache: list, sampler, processors, max_tokens: int,
@@ -55,7 +57,7 @@ class Solo:
         mx.async_eval(self.y, self.lp)
         token = y.item()
         self.n += 1
-        finish = "stop" if token in self.stop_ids else ("length" if self.n >= self.max_tokens else None)
+        finish = finish_for(token, self.n, self.max_tokens, self.stop_ids)
         return token, lp, finish
 
     def handover(self):
@@ -70,5 +72,5 @@ class Solo:
             return [self.last], self.cache, None
         token = self.y.item()
         self.n += 1
-        finish = "stop" if token in self.stop_ids else ("length" if self.n >= self.max_tokens else None)
+        finish = finish_for(token, self.n, self.max_tokens, self.stop_ids)
         return [token], self.cache, (token, self.lp, finish)

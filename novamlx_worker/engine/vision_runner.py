@@ -12,7 +12,7 @@ import mlx.core as mx
 
 from ..models.loader import LoadedModel
 from ..sampling import make_sampler
-from .batch import TokenOut
+from .path import TokenOut, finish_for
 from .runner import processors_for
 from .sequence import Sequence
 
@@ -113,8 +113,8 @@ class VisionRunner:
             return []
         token = int(token.item() if isinstance(token, mx.array) else token)
         row = logprobs.reshape(-1) if isinstance(logprobs, mx.array) else logprobs
-        stop = token in self.eos_ids and not seq.sampling.ignore_eos
-        finish = "stop" if stop else ("length" if seq.generated + 1 >= seq.max_tokens else None)
+        stops = set() if seq.sampling.ignore_eos else self.eos_ids
+        finish = finish_for(token, seq.generated + 1, seq.max_tokens, stops)
         if finish:
             self._end(last=token)
-        return [TokenOut(rid, token, finish, None, row)]
+        return [TokenOut(rid, [token], finish, None, row)]
