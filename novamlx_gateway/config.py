@@ -39,6 +39,8 @@ class Config:
     kv_budget_mb: float = 0.0  # 0: whatever the memory limit leaves after the weights
     block_size: int = 64
     prefix_cache_mb: float = 2048.0
+    kv_bits: int = 0  # KV cache quantization for every model without its own kv_bits setting: 0 off, 2/3/4/6/8
+    kv_group_size: int = 64  # 32, 64 or 128
     ssd_cache: bool = True
     ssd_cache_gb: float = 100.0
     shutdown_grace: float = 30.0
@@ -125,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kv-budget-mb", type=float, help="cap on KV cache reservations (default: memory limit minus weights)")
     p.add_argument("--block-size", type=int, help="prefix cache block size in tokens")
     p.add_argument("--prefix-cache-mb", type=float, help="in-memory prefix cache budget; 0 turns it off")
+    p.add_argument("--kv-bits", type=int, choices=[0, 2, 3, 4, 6, 8],
+                   help="quantize the KV cache (default 0: off); per model: the kv_bits setting")
+    p.add_argument("--kv-group-size", type=int, choices=[32, 64, 128], help="KV quantization group size (default 64)")
     p.add_argument("--ssd-cache", type=on_off, help="on/off")
     p.add_argument("--ssd-cache-gb", type=float, help="SSD tier size cap")
     p.add_argument("--shutdown-grace", type=float, help="seconds in-flight requests get to finish on SIGTERM")

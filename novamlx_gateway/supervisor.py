@@ -86,7 +86,8 @@ class Supervisor:
              "--default-max-tokens", str(self.cfg.default_max_tokens), "--kv-budget-mb", str(self.cfg.kv_budget_mb),
              "--tool-parser", self.cfg.tool_parser]
         a += ["--block-size", str(self.cfg.block_size), "--prefix-cache-mb", str(self.cfg.prefix_cache_mb),
-              "--ssd-cache-gb", str(self.cfg.ssd_cache_gb)]
+              "--ssd-cache-gb", str(self.cfg.ssd_cache_gb), "--kv-bits", str(self.cfg.kv_bits),
+              "--kv-group-size", str(self.cfg.kv_group_size)]
         if self.cfg.ssd_cache:
             a += ["--ssd-cache-dir", str(self.cfg.data_path / "cache" / "kv"),
                   "--vision-cache-dir", str(self.cfg.data_path / "cache" / "vision")]

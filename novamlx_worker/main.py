@@ -34,6 +34,8 @@ def parse_args(argv=None):
     p.add_argument("--max-process-memory", default="auto", help="auto, a percent (80%%) or a size (24GB)")
     p.add_argument("--default-max-tokens", type=int, default=4096)
     p.add_argument("--kv-budget-mb", type=float, default=0.0)
+    p.add_argument("--kv-bits", type=int, default=0, help="KV cache quantization: 0 (off), 2, 3, 4, 6, 8")
+    p.add_argument("--kv-group-size", type=int, default=64, help="32, 64 or 128")
     p.add_argument("--turn-stop", action="append", default=[], help="text that ends a turn for every request")
     p.add_argument("--tool-parser", default="auto", help="auto (from the chat template) or families: hermes,mistral,...")
     p.add_argument("--block-size", type=int, default=64)
@@ -118,6 +120,9 @@ def main(argv=None) -> None:
         from .text.tool_parsers import families_for
 
         families_for(None, args.tool_parser)  # an unknown parser name fails here, at start-up
+        from .engine.kv import checked
+
+        checked(args.kv_bits, args.kv_group_size)  # so does a KV format MLX cannot quantize to
     except Exception as e:  # noqa: BLE001 - report any load failure to the gateway, then exit
         log.exception("start-up failed")
         emit(m.Error("", f"worker start-up failed: {e}", "model_load_failed"))
@@ -126,6 +131,7 @@ def main(argv=None) -> None:
     engine = Engine(pool, emit, memory, max_batch=args.max_batch, prefill_step=args.prefill_step,
                     prefill_batch=args.prefill_batch,
                     default_max_tokens=args.default_max_tokens, kv_budget_cap=int(args.kv_budget_mb * 1024**2),
+                    kv=(args.kv_bits, args.kv_group_size),
                     block_size=args.block_size, prefix_cache_bytes=int(args.prefix_cache_mb * 1024**2),
                     ssd=SSDTier(args.ssd_cache_dir, int(args.ssd_cache_gb * 1024**3))
                     if args.ssd_cache_dir and lockstep is None else None,  # ranks would each see their own disk

@@ -143,6 +143,8 @@ class Policy(msgspec.Struct, omit_defaults=True):
     ttl_seconds: int = 0  # unload after this long idle; 0: never
     pinned: bool = False
     max_context_window: int = 0  # 0: the model's own
+    kv_bits: int | None = None  # KV cache quantization: 0 off, 2-8 bits; None: the worker's default
+    kv_group_size: int = 64
 
 
 class Policies(msgspec.Struct, tag="policies"):

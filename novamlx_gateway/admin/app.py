@@ -5,7 +5,6 @@ import hmac
 import uuid
 
 import anyio
-import msgspec
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -18,6 +17,8 @@ from ..config import Config, on_off
 from ..errors import HANDLERS, APIError
 from ..hub import download as dl
 from ..middleware import RequestID, _send_error
+from .common import json_body, worker_settings
+from .turboquant import turboquant
 
 
 class AdminAuth:
@@ -46,29 +47,15 @@ def admin_keys(cfg: Config) -> list[str]:
     return [cfg.admin_key] if cfg.admin_key else []
 
 
-async def _json_body(request: Request):
-    try:
-        return msgspec.json.decode(await request.body())
-    except msgspec.DecodeError as e:
-        raise APIError(400, f"Invalid JSON: {e}", "invalid_json") from None
-    except RecursionError:
-        raise APIError(400, "The JSON body is nested too deeply.", "invalid_json") from None
-
-
-async def _settings(request: Request, **changes) -> dict:
-    result = await request.app.state.worker.call(m.Settings(f"admin-{uuid.uuid4().hex[:12]}", **changes))
-    return result.data
-
-
 async def memory(request: Request):
     if request.method == "PUT":
-        body = await _json_body(request)
+        body = await json_body(request)
         limit = body.get("max_process_memory") if isinstance(body, dict) else None
         if not isinstance(limit, str):
             raise APIError(400, "Send {\"max_process_memory\": \"auto\" | \"80%\" | \"24GB\"}.", "invalid_value",
                            "max_process_memory")
-        return JSONResponse(await _settings(request, max_process_memory=limit))
-    return JSONResponse(await _settings(request))
+        return JSONResponse(await worker_settings(request, max_process_memory=limit))
+    return JSONResponse(await worker_settings(request))
 
 
 async def list_models(request: Request):
@@ -87,7 +74,7 @@ async def model_settings(request: Request):
     if info is None:
         raise APIError(404, f"No model '{request.path_params['id']}'.", "model_not_found", "id")
     if request.method == "PUT":
-        body = await _json_body(request)
+        body = await json_body(request)
         alias = body.get("model_alias") if isinstance(body, dict) else None
         taken = worker.resolve_model(alias) if isinstance(alias, str) and alias else None
         if taken is not None and taken.id != info.id:  # the alias would hide that model from every client
@@ -100,7 +87,7 @@ async def model_settings(request: Request):
 
 
 async def _model_body(request: Request) -> dict:
-    body = await _json_body(request)
+    body = await json_body(request)
     if not isinstance(body, dict) or not isinstance(body.get("model"), str) or not body["model"]:
         raise APIError(400, "Send {\"model\": \"<id, folder, .gguf file or hub id on disk>\"}.", "invalid_value", "model")
     return body
@@ -152,7 +139,7 @@ async def search(request: Request):
 
 
 async def start_download(request: Request):
-    body = await _json_body(request)
+    body = await json_body(request)
     repo = body.get("repo_id") or body.get("model") if isinstance(body, dict) else None
     if not isinstance(repo, str) or not repo:
         raise APIError(400, "Send {\"repo_id\": \"owner/name\"} (optional: revision, allow_patterns).",
@@ -182,6 +169,7 @@ def create_admin_app(cfg: Config, worker, catalog) -> Starlette | None:
     if not keys:
         return None
     app = Starlette(routes=[Route("/admin/api/memory", memory, methods=["GET", "PUT"]),
+                            Route("/admin/api/turboquant", turboquant, methods=["GET", "PUT"]),
                             Route("/admin/models", list_models, methods=["GET"]),
                             Route("/admin/models/load", load_model, methods=["POST"]),
                             Route("/admin/models/unload", unload_model, methods=["POST"]),

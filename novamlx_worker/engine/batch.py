@@ -26,6 +26,7 @@ from mlx_lm.models.cache import KVCache
 
 from ..models.shape import activation_dtype, attention_shape
 from . import ragged
+from .kv import KVFormat
 from .path import TokenOut, finish_for
 
 CAPACITY_STEP = 256
@@ -42,32 +43,51 @@ def slot_count(rows: int, max_batch: int, least: int = 1) -> int:
 class SlotKV:
     """A layer's KV for every slot; quacks like mlx-lm's caches inside the model's forward.
     `offset` is each row's write column (and RoPE position). Without the kernel, attention sees
-    only the first `used` columns (the longest row's), with a mask for the shorter rows."""
+    only the first `used` columns (the longest row's), with a mask for the shorter rows.
+    keys and values are lists of parts (kv.py): one array, or packed words, scales, biases."""
 
-    def __init__(self, keys: mx.array, values: mx.array, step: "StepIndex"):
-        self.keys, self.values, self.step = keys, values, step
+    def __init__(self, keys: list[mx.array], values: list[mx.array], step: "StepIndex", fmt: KVFormat):
+        self.keys, self.values, self.step, self.fmt = keys, values, step, fmt
         self.offset, self.ragged, self.lens = step.offset, step.ragged, step.lens
 
+    def _put(self, parts: list[mx.array], new: mx.array) -> list[mx.array]:
+        return [mx.put_along_axis(p, self.step.write_at(p.shape), n, axis=2) for p, n in zip(parts, self.fmt.parts(new))]
+
     def update_and_fetch(self, keys: mx.array, values: mx.array):
-        self.keys = mx.put_along_axis(self.keys, self.step.write_at, keys, axis=2)
-        self.values = mx.put_along_axis(self.values, self.step.write_at, values, axis=2)
+        self.keys, self.values = self._put(self.keys, keys), self._put(self.values, values)
         if self.ragged:
-            return self.keys, self.values  # the kernel reads columns [0, lens) of each row itself
-        return self.keys[:, :, :self.step.used], self.values[:, :, :self.step.used]
+            return self.keys[0], self.values[0]  # the kernel reads columns [0, lens) of each row itself
+        k = [p[:, :, :self.step.used] for p in self.keys]
+        v = [p[:, :, :self.step.used] for p in self.values]
+        return (tuple(k), tuple(v)) if self.fmt.quantized else (k[0], v[0])
 
     def make_mask(self, n: int, return_array: bool = False, **_):
         return self.step.mask
 
 
+class QuantizedSlotKV(SlotKV):
+    """Quantized slots: mlx-lm's attention sees `bits` and takes the quantized path."""
+
+    def __init__(self, keys, values, step, fmt: KVFormat):
+        super().__init__(keys, values, step, fmt)
+        self.bits, self.group_size = fmt.bits, fmt.group_size
+
+
 class StepIndex:
     """What every layer of one decode step shares, built once: write positions, lengths, mask."""
 
-    def __init__(self, offset: mx.array, kv_shape: tuple, ragged: bool, used: int):
-        slots, heads, _, dim = kv_shape
+    def __init__(self, offset: mx.array, ragged: bool, used: int):
         self.offset, self.ragged, self.used = offset, ragged, used
-        self.write_at = mx.broadcast_to(offset[:, None, None, None], (slots, heads, 1, dim))
+        self._at: dict[tuple, mx.array] = {}
         self.lens = offset + 1
         self.mask = None if ragged else (mx.arange(used)[None, :] < self.lens[:, None])[:, None, None, :]
+
+    def write_at(self, shape: tuple) -> mx.array:
+        """The step's write column of every slot, shaped for one part (slots, heads, 1, last)."""
+        key = (shape[0], shape[1], shape[3])
+        if key not in self._at:
+            self._at[key] = mx.broadcast_to(self.offset[:, None, None, None], (shape[0], shape[1], 1, shape[3]))
+        return self._at[key]
 
 
 @dataclass(eq=False)
@@ -94,15 +114,22 @@ class Prefill:
     lengths: list[int]  # per row, real tokens in the cache when done
 
 
+def _row_of(x, i: int):
+    """Row i of a cache's keys or values: an array, or a quantized cache's (packed, scales, biases)."""
+    return tuple(p[i:i + 1] for p in x) if isinstance(x, (tuple, list)) else x[i:i + 1]
+
+
 class Batch:
-    def __init__(self, model, max_batch: int, prefill_step: int, prefill_batch: int, min_slots: int = 1):
+    def __init__(self, model, max_batch: int, prefill_step: int, prefill_batch: int, min_slots: int = 1,
+                 kv: KVFormat = KVFormat()):
         self.model = model
         self.max_batch, self.prefill_step, self.prefill_batch = max_batch, prefill_step, prefill_batch
         self.min_slots = min(min_slots, max_batch)
-        self.use_kernel = ragged.install(model)
+        self.kv = kv
+        self.use_kernel = ragged.install(model) if not kv.quantized else False  # the kernel reads plain KV
         self.stream = mx.new_stream(mx.default_device())
-        self.keys: list[mx.array] = []
-        self.values: list[mx.array] = []
+        self.keys: list[list[mx.array]] = []  # per layer, its parts (kv.py)
+        self.values: list[list[mx.array]] = []
         self.slots: list[Row | None] = []
         self.waiting: list[tuple[Row, list[int], list | None]] = []  # (row, tokens, cache) not started
         self.prefill: Prefill | None = None
@@ -151,15 +178,16 @@ class Batch:
         """For /health: what the slot buffers hold now (read from another thread: snapshots only)."""
         keys, values, slots = list(self.keys), list(self.values), list(self.slots)
         return {"path": "slots", "slots": len(slots), "live": sum(r is not None for r in slots),
-                "capacity": keys[0].shape[2] if keys else 0, "kv_bytes": sum(a.nbytes for a in keys + values),
+                "capacity": keys[0][0].shape[2] if keys else 0,
+                "kv_bytes": sum(a.nbytes for parts in keys + values for a in parts), "kv_bits": self.kv.bits,
                 "prefilling": len(self.prefill.rows) if self.prefill else 0, "waiting": len(self.waiting),
                 "ragged_kernel": self.use_kernel}
 
     def _extract(self, slot: int, length: int) -> list | None:
-        if length <= 0:
+        if length <= 0 or self.kv.quantized:  # TODO(#18): quantized rows into the prefix cache, stored quantized
             return None
         caches = []
-        for k, v in zip(self.keys, self.values):
+        for (k,), (v,) in zip(self.keys, self.values):
             c = KVCache()
             c.keys, c.values = mx.contiguous(k[slot:slot + 1, :, :length]), mx.contiguous(v[slot:slot + 1, :, :length])
             c.offset = length
@@ -202,7 +230,8 @@ class Batch:
         self.prefill = None
         for i, (row, last, length) in enumerate(zip(p.rows, p.lasts, p.lengths)):
             if row is not None:
-                self._place(row, last, [(c.keys[i:i + 1], c.values[i:i + 1]) for c in p.cache] if length else None, length)
+                self._place(row, last, [(_row_of(c.keys, i), _row_of(c.values, i)) for c in p.cache] if length else None,
+                            length)
 
     def _place(self, row: Row, last: int, kv: list | None, length: int) -> None:
         """Put a prefilled row into a free slot."""
@@ -212,8 +241,8 @@ class Batch:
         slot = self.slots.index(None)
         if kv:
             for i, (k, v) in enumerate(kv):
-                self.keys[i][slot:slot + 1, :, :length] = k[:, :, :length]
-                self.values[i][slot:slot + 1, :, :length] = v[:, :, :length]
+                for dst, src in zip(self.keys[i] + self.values[i], self.kv.parts(k) + self.kv.parts(v)):
+                    dst[slot:slot + 1, :, :length] = src[:, :, :length]
         row.length = length
         self.slots[slot] = row
         self.fresh[slot] = last
@@ -223,45 +252,48 @@ class Batch:
         return slot_count(n, self.max_batch, self.min_slots)
 
     def _capacity(self) -> int:
-        return self.keys[0].shape[2] if self.keys else 0
+        return self.keys[0][0].shape[2] if self.keys else 0
 
-    def _resize(self, slots: int, capacity: int, like: mx.array | None = None) -> None:
-        """New buffers of (slots, capacity), rows kept in their slots (or compacted when shrinking)."""
+    def _resize(self, slots: int, capacity: int, like=None) -> None:
+        """New buffers of (slots, capacity), rows kept in their slots (or compacted when shrinking).
+        `like`: the first row's own keys (an array, or quantized parts), which say what a slot holds."""
         capacity = -(-capacity // CAPACITY_STEP) * CAPACITY_STEP
         if self.keys:
-            _, heads, _, dim = self.keys[0].shape
-            dtype = self.keys[0].dtype
-        elif like is not None:  # the first row's own KV says what a slot holds
-            _, heads, _, dim = like.shape
-            dtype = like.dtype
+            heads, shapes = self.keys[0][0].shape[1], [(p.shape[3], p.dtype) for p in self.keys[0]]
         else:
-            _, heads, dim = attention_shape(self.model)
-            dtype = activation_dtype(self.model)
+            if isinstance(like, (tuple, list)):  # quantized parts: the scales say heads, groups and dtype
+                _, heads, _, groups = like[1].shape
+                dim, dtype = groups * self.kv.group_size, like[1].dtype
+            elif like is not None:
+                _, heads, _, dim = like.shape
+                dtype = like.dtype
+            else:
+                _, heads, dim = attention_shape(self.model)
+                dtype = activation_dtype(self.model)
+            shapes = self.kv.part_shapes(dim, dtype)
         keep = [i for i, r in enumerate(self.slots) if r is not None]
         if slots < len(self.slots):  # compact: live rows to the front
             order = keep + [i for i, r in enumerate(self.slots) if r is None]
             self._reorder(order[:slots])
             keep = list(range(len(keep)))
-        new_k, new_v = [], []
-        for layer in range(len(self.model.layers)):
-            k = mx.zeros((slots, heads, capacity, dim), dtype)
-            v = mx.zeros((slots, heads, capacity, dim), dtype)
-            if self.keys:
-                old = self.keys[layer].shape
-                n, c = min(old[0], slots), min(old[2], capacity)
-                k[:n, :, :c] = self.keys[layer][:n, :, :c]
-                v[:n, :, :c] = self.values[layer][:n, :, :c]
-            new_k.append(k)
-            new_v.append(v)
-        self.keys, self.values = new_k, new_v
+        def grown(old: list[mx.array] | None) -> list[mx.array]:
+            parts = [mx.zeros((slots, heads, capacity, last), dt) for last, dt in shapes]
+            for new, prev in zip(parts, old or []):
+                n, c = min(prev.shape[0], slots), min(prev.shape[2], capacity)
+                new[:n, :, :c] = prev[:n, :, :c]
+            return parts
+
+        layers = range(len(self.model.layers))
+        self.keys = [grown(self.keys[i] if self.keys else None) for i in layers]
+        self.values = [grown(self.values[i] if self.values else None) for i in layers]
         mx.eval(self.keys, self.values)
         self.slots = (self.slots + [None] * slots)[:slots]
 
     def _reorder(self, order: list[int]) -> None:
         """Move slot order[j] to slot j (the queued step's rows follow)."""
         idx = mx.array(order)
-        self.keys = [k[idx] for k in self.keys]
-        self.values = [v[idx] for v in self.values]
+        self.keys = [[p[idx] for p in parts] for parts in self.keys]
+        self.values = [[p[idx] for p in parts] for parts in self.values]
         self.slots = [self.slots[i] for i in order]
         self.fresh = {order.index(s): t for s, t in self.fresh.items() if s in order}
         if self.inflight is not None:
@@ -364,8 +396,9 @@ class Batch:
         return mx.put_along_axis(tokens, mx.concatenate(idx), mx.concatenate(picks), axis=0)
 
     def _forward(self, y: mx.array, offset: mx.array, keys: list, values: list, used: int):
-        step = StepIndex(offset, keys[0].shape, self.use_kernel, used)
-        caches = [SlotKV(k, v, step) for k, v in zip(keys, values)]
+        step = StepIndex(offset, self.use_kernel, used)
+        slot_kv = QuantizedSlotKV if self.kv.quantized else SlotKV
+        caches = [slot_kv(k, v, step, self.kv) for k, v in zip(keys, values)]
         logits = self.model(y[:, None], cache=caches)[:, -1, :]
         return logits, [c.keys for c in caches], [c.values for c in caches]
 

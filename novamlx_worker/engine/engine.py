@@ -38,11 +38,11 @@ class Engine:
                  max_batch: int = 32, prefill_step: int = 512, prefill_batch: int = 16, default_max_tokens: int = 4096,
                  kv_budget_cap: int = 0, block_size: int = 64, prefix_cache_bytes: int = 2 * 1024**3,
                  ssd: SSDTier | None = None, embedders: list | None = None, tool_parser: str = "auto",
-                 turn_stops: list[str] | None = None, lockstep=None):
+                 turn_stops: list[str] | None = None, lockstep=None, kv: tuple[int, int] = (0, 64)):
         self.emit = emit
         self.memory = memory
         self.models = Models(pool, embedders or [], lambda: emit(m.Models(self.models.infos())), max_batch,
-                             prefill_step, prefill_batch, block_size, prefix_cache_bytes, ssd)
+                             prefill_step, prefill_batch, block_size, prefix_cache_bytes, ssd, kv)
         self.ssd = ssd
         self.lockstep = lockstep  # a sharded model's ranks: rank 0 decides, the others follow (lockstep.py)
         self.max_batch = max_batch
@@ -73,7 +73,7 @@ class Engine:
             m.UnloadModel: answer(lambda cmd: self.models.unload(cmd.model, self._busy())),
             m.Register: answer(lambda cmd: self.models.register_all(cmd.models)),
             m.Forget: answer(lambda cmd: self.models.forget(cmd.model, self._busy())),
-            m.Policies: answer(lambda cmd: self.models.apply(cmd.models)),
+            m.Policies: answer(lambda cmd: self.models.apply(cmd.models, self._busy())),
             m.Ping: lambda cmd: self.emit(m.Pong(cmd.nonce)), m.Shutdown: self._shutdown}
 
     @property
@@ -149,7 +149,7 @@ class Engine:
     def memory_state(self) -> dict:
         return {**self.memory.state(), "kv_budget_bytes": self.kv_budget(),
                 "kv_reserved_bytes": self.scheduler.kv_reserved,
-                "models_loaded": self.models.loaded()}
+                "models_loaded": self.models.loaded(), "kv": self.models.kv_report()}
 
     def _abort(self, cmd: m.Abort) -> None:
         seq = self.seqs.get(cmd.id)
@@ -185,8 +185,9 @@ class Engine:
             raise RequestError(f"duplicate request id {cmd.id}", "invalid_request")
         self.fault.check_request(cmd.id, cmd.messages)
         lm = self._model(cmd.model)
+        kv = self.models.kv_format(lm.id)
         limits = intake.Limits(self.models.window(lm), self.default_max_tokens, self.kv_budget(),
-                               kv_bytes_per_token(lm))
+                               kv_bytes_per_token(lm, kv.bits, kv.group_size))
         seq = intake.build(cmd, lm, limits, self.turn_stops, self.tool_parser)
         pc = self.caches.get(lm.id)  # what the prefix cache holds now: the client's usage reports it up front
         self.emit(m.Started(cmd.id, prompt_tokens=len(seq.prompt), cached_tokens=pc.peek(seq.prompt) if pc is not None else 0))

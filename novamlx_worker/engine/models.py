@@ -13,8 +13,10 @@ from typing import Callable
 from protocol import messages as m
 
 from ..models.loader import LoadedModel
-from ..models.pool import ModelPool
+from ..models.pool import ModelPool, kv_bytes_per_token
+from ..models.shape import attention_shape
 from .errors import RequestError
+from .kv import KVFormat
 from .prefix_cache import PrefixCache
 from .runner import Runner
 from .ssd_cache import SSDTier
@@ -26,8 +28,9 @@ log = logging.getLogger("novamlx.engine")
 class Models:
     def __init__(self, pool: ModelPool, embedders: list, on_change: Callable[[], None], max_batch: int,
                  prefill_step: int, prefill_batch: int, block_size: int, prefix_cache_bytes: int,
-                 ssd: SSDTier | None):
+                 ssd: SSDTier | None, kv: tuple[int, int] = (0, 64)):
         self.pool = pool
+        self.default_kv = kv  # (kv_bits, kv_group_size) for models without their own setting
         self.on_change = on_change  # the list of servable models changed: tell the gateway
         self.runners: dict[str, Runner | VisionRunner] = {}
         self.caches: dict[str, PrefixCache] = {}
@@ -71,10 +74,33 @@ class Models:
     def _runner(self, lm: LoadedModel):
         if lm.vision is not None:
             return VisionRunner(lm, self.prefill_step)
-        runner = Runner(lm, max_batch=self.max_batch, prefill_step=self.prefill_step, prefill_batch=self.prefill_batch)
-        if runner.cacheable and self.prefix_cache_bytes > 0 and lm.id not in self.caches:
+        kv = self.kv_format(lm.id)
+        if kv.quantized and attention_shape(lm.model)[2] % kv.group_size:
+            log.warning("%s: head dim %d is not a multiple of kv_group_size %d; its KV cache stays unquantized",
+                        lm.id, attention_shape(lm.model)[2], kv.group_size)
+            kv = KVFormat()
+        runner = Runner(lm, max_batch=self.max_batch, prefill_step=self.prefill_step, prefill_batch=self.prefill_batch,
+                        kv=kv)
+        # TODO(#18): quantized rows in the prefix cache (blocks stored quantized); off for them until then.
+        if runner.cacheable and not kv.quantized and self.prefix_cache_bytes > 0 and lm.id not in self.caches:
             self.caches[lm.id] = PrefixCache(lm.id, self.block_size, self.prefix_cache_bytes, self.ssd)
         return runner
+
+    def kv_format(self, model_id: str) -> KVFormat:
+        e = self.pool.entries[model_id]
+        return KVFormat(*self.default_kv) if e.kv_bits is None else KVFormat(e.kv_bits, e.kv_group_size)
+
+    def kv_report(self) -> dict:
+        """Per loaded model: its KV format now and what a token costs plain, for the admin's
+        turboquant view and recommendation."""
+        out = {}
+        for lm in self.pool.loaded():
+            kv = self.kv_format(lm.id)
+            out[lm.id] = {"kv_bits": kv.bits, "kv_group_size": kv.group_size, "context_length": self.window(lm),
+                          "plain_bytes_per_token": kv_bytes_per_token(lm),
+                          "bytes_per_token": kv_bytes_per_token(lm, kv.bits, kv.group_size),
+                          "head_dim": attention_shape(lm.model)[2] if lm.vision is None else None}
+        return out
 
     def reset_runner(self, model_id: str) -> None:
         """A fresh decode path for a model whose batch failed (its prefix cache stays)."""
@@ -170,10 +196,17 @@ class Models:
         self.on_change()
         return {"id": name, "forgotten": True}
 
-    def apply(self, policies: dict[str, m.Policy]) -> dict:
+    def apply(self, policies: dict[str, m.Policy], busy: set[str]) -> dict:
         for e in self.pool.entries.values():
             p = policies.get(e.id) or m.Policy()
             e.ttl, e.policy_pinned, e.max_context = float(p.ttl_seconds), p.pinned, p.max_context_window
+            before = self.kv_format(e.id)
+            e.kv_bits, e.kv_group_size = p.kv_bits, p.kv_group_size
+            if self.kv_format(e.id) != before:
+                if e.id not in busy:  # a new KV format: a fresh decode path (and cache) at next use
+                    self.runners.pop(e.id, None)
+                    if (cache := self.caches.pop(e.id, None)) is not None:
+                        cache.clear()
         return {"applied": sorted(policies)}
 
     # ---- embedders ----

@@ -17,6 +17,7 @@ from ..models.loader import LoadedModel
 from ..grammar import GrammarProcessor
 from ..sampling import force_tokens, make_penalties, make_sampler, think_budget
 from .batch import Batch, Row
+from .kv import KVFormat
 from .mlxlm_batch import MlxLmBatch
 from .path import TokenOut
 from .sequence import Sequence
@@ -41,16 +42,18 @@ def processors_for(seq: Sequence, loaded: LoadedModel, vocab_size: int) -> list:
 
 
 class Runner:
-    def __init__(self, loaded: LoadedModel, max_batch: int = 32, prefill_batch: int = 8,
-                 prefill_step: int = 512, solo: bool = True):
+    def __init__(self, loaded: LoadedModel, max_batch: int = 32, prefill_batch: int = 16,
+                 prefill_step: int = 512, kv: KVFormat = KVFormat()):
         self.loaded = loaded
+        self.kv = kv  # quantized KV applies to plain-KV models (the slot batch and solo path)
         self.eos_ids = set(loaded.tokenizer.stop_ids)  # EOS and turn-opening control tokens
         self.prefill_step = prefill_step
         # Plain KV caches are what prefix caching, slots and the solo path need (not windows or SSM state).
         self.cacheable = all(type(c) is KVCache for c in make_prompt_cache(loaded.model))
-        kind = Batch if self.cacheable else MlxLmBatch
-        self.batch = kind(loaded.model, max_batch, prefill_step, prefill_batch)
-        self.solo_enabled = solo and self.cacheable
+        if self.cacheable:
+            self.batch = Batch(loaded.model, max_batch, prefill_step, prefill_batch, kv=kv)
+        else:
+            self.batch = MlxLmBatch(loaded.model, max_batch, prefill_step, prefill_batch)
         self.vocab_size = loaded.model.args.vocab_size
         self.solo: Solo | None = None
         self.solo_seq: Sequence | None = None
@@ -80,10 +83,10 @@ class Runner:
         if seq.sampler is None:
             seq.sampler = make_sampler(seq.sampling)
         tokens = seq.tokens[cache[0].offset:] if cache else seq.tokens
-        if self.active == 0 and self.solo_enabled:
+        if self.active == 0 and self.cacheable:
             self.solo = Solo(self.loaded.model, rid, tokens, cache or make_prompt_cache(self.loaded.model),
                              seq.sampler, self._processors(seq),
-                             seq.max_tokens - seq.generated, self._stop_ids(seq), self.prefill_step)
+                             seq.max_tokens - seq.generated, self._stop_ids(seq), self.prefill_step, self.kv)
             self.solo_seq = seq
         else:
             if self.solo is not None:

@@ -8,14 +8,17 @@ with `mx.async_eval` while this one is read. A second sequence moves it into the
 from __future__ import annotations
 
 import mlx.core as mx
+from mlx_lm.generate import maybe_quantize_kv_cache
 
+from .kv import KVFormat
 from .path import finish_for
 
 
 class Solo:
     def __init__(self, model, rid: int, tokens: list[int], cache: list, sampler, processors, max_tokens: int,
-                 stop_ids: set[int], prefill_step: int):
+                 stop_ids: set[int], prefill_step: int, kv: KVFormat = KVFormat()):
         self.model = model
+        self.kv = kv
         self.rid = rid
         self.cache = cache
         self.sampler = sampler
@@ -29,9 +32,11 @@ class Solo:
         self.context = None  # tokens for logits processors (last prompt token, then generated)
         self.n = 0
 
-    @property
-    def prefilling(self) -> bool:
-        return bool(self.pending)
+    def _quantize(self) -> None:
+        """Quantized KV: the cache is converted after each forward, where mlx-lm's generate_step
+        does it (quantized_kv_start 0), so the tokens equal its quantized-cache generation."""
+        if self.kv.quantized:
+            maybe_quantize_kv_cache(self.cache, 0, self.kv.group_size, self.kv.bits)
 
     def _forward(self, y: mx.array):
         logits = self.model(y[None], cache=self.cache)[:, -1, :]
@@ -39,6 +44,7 @@ class Solo:
             self.context = y if self.context is None else mx.concatenate([self.context, y])
             for p in self.processors:
                 logits = p(self.context, logits)
+        self._quantize()
         lp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
         nxt = self.sampler(lp) if self.sampler is not None else mx.argmax(lp, axis=-1)
         return nxt, lp[0]
@@ -48,6 +54,7 @@ class Solo:
         if self.pending:
             chunk, self.pending = self.pending[: self.prefill_step], self.pending[self.prefill_step:]
             self.model(mx.array(chunk)[None], cache=self.cache)
+            self._quantize()
             mx.eval([c.state for c in self.cache])
             return None
         if self.y is None:

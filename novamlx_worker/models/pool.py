@@ -30,28 +30,35 @@ class Entry:
     created: int = 0
     kind: str = "llm"  # or vlm
     path: str = ""  # the resolved folder or .gguf file: one entry per set of weights
+    kv_bits: int | None = None  # KV cache quantization (engine/kv.py): 0 off, 2-8 bits; None: the worker's default
+    kv_group_size: int = 64
 
 
 def weight_bytes(lm: LoadedModel) -> int:
     return sum(v.nbytes for _, v in tree_flatten(lm.model.parameters()))
 
 
-def kv_bytes_per_token(lm: LoadedModel) -> int:
-    """K and V for every layer: what one cached token costs."""
+def kv_bytes_per_token(lm: LoadedModel, bits: int = 0, group_size: int = 64) -> int:
+    """K and V for every layer: what one cached token costs (quantized: packed bits plus a
+    scale and a bias per group, as mlx-lm's QuantizedKVCache stores them)."""
     if lm.vision is not None:  # mlx-vlm: the language model's text config
         cfg = lm.model.config
         t = getattr(cfg, "text_config", None) or cfg
         heads = getattr(t, "num_key_value_heads", None) or t.num_attention_heads
         head_dim = getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads
-        dtype = next(v for _, v in tree_flatten(lm.model.language_model.parameters())).dtype
-        return 2 * t.num_hidden_layers * heads * head_dim * dtype.size
-    args = lm.model.args
-    heads = getattr(args, "num_key_value_heads", None) or args.num_attention_heads
-    head_dim = getattr(args, "head_dim", None) or args.hidden_size // args.num_attention_heads
-    embed = lm.model.model.embed_tokens
-    # Quantized layers compute in their scales' dtype; dense ones in their weights'.
-    dtype_bytes = (embed.scales if hasattr(embed, "scales") else embed.weight).dtype.size
-    return 2 * len(lm.model.layers) * heads * head_dim * dtype_bytes
+        dtype_bytes = next(v for _, v in tree_flatten(lm.model.language_model.parameters())).dtype.size
+        elements = 2 * t.num_hidden_layers * heads * head_dim
+    else:
+        args = lm.model.args
+        heads = getattr(args, "num_key_value_heads", None) or args.num_attention_heads
+        head_dim = getattr(args, "head_dim", None) or args.hidden_size // args.num_attention_heads
+        embed = lm.model.model.embed_tokens
+        # Quantized layers compute in their scales' dtype; dense ones in their weights'.
+        dtype_bytes = (embed.scales if hasattr(embed, "scales") else embed.weight).dtype.size
+        elements = 2 * len(lm.model.layers) * heads * head_dim
+    if bits:
+        return int(elements * bits / 8 + 2 * dtype_bytes * elements / group_size)
+    return elements * dtype_bytes
 
 
 class ModelPool:

@@ -92,3 +92,36 @@ def test_out_of_range_settings_refused_by_the_api_and_skipped_from_the_file(tiny
         assert s.health()["worker"]["restarts"] == 0
     finally:
         s.stop()
+
+
+def test_turboquant_per_model_kv_bits_applied_by_the_worker(tmp_path):
+    """PUT /admin/api/turboquant sets a model's kv_bits; the worker's next decode path for it
+    holds quantized KV (its batch reports the bits) and answers as before; null clears it."""
+    from tests.fixtures.tiny_models import TINY_LLAMA, build_tiny_llama
+
+    wide = build_tiny_llama(tmp_path / "models" / "tiny-wide", seed=3,
+                            cfg={**TINY_LLAMA, "hidden_size": 128, "num_attention_heads": 2,
+                                 "num_key_value_heads": 1, "head_dim": 64})
+    s = Server(["--model", str(wide), "--admin-key", "adm", "--embedding-model", "none"], tmp_path / "d").wait_ready()
+    base = f"http://127.0.0.1:{s.admin_port}/admin/api/turboquant"
+    hdr = {"x-admin-key": "adm"}
+    try:
+        tq = httpx.get(base, headers=hdr).json()
+        row = tq["models"][0]
+        assert tq["enabled"] is False and row["kv_bits"] == 0 and row["recommended"]["kv_bits"] in (0, 2, 3, 4, 6, 8)
+        c = s.openai()
+        ask = dict(model="tiny-wide", messages=[{"role": "user", "content": "hi"}], max_tokens=6, temperature=0,
+                   extra_body={"ignore_eos": True})
+        plain = c.chat.completions.create(**ask).choices[0].message.content
+        r = httpx.put(base, headers=hdr, json={"model": "tiny-wide", "kv_bits": 8})
+        assert r.status_code == 200 and r.json()["models"][0]["kv_bits"] == 8
+        assert r.json()["models"][0]["bytes_per_token"] < r.json()["models"][0]["plain_bytes_per_token"]
+        quant = c.chat.completions.create(**ask)
+        assert quant.usage.completion_tokens == 6
+        assert s.stats()["engine"]["batches"]["tiny-wide"]["kv_bits"] == 8
+        assert httpx.put(base, headers=hdr, json={"model": "tiny-wide", "kv_bits": 5}).status_code == 400
+        r = httpx.put(base, headers=hdr, json={"model": "tiny-wide", "kv_bits": None})
+        assert r.json()["models"][0]["kv_bits"] == 0
+        assert c.chat.completions.create(**ask).choices[0].message.content == plain
+    finally:
+        s.stop()
