@@ -104,7 +104,7 @@ NOVAMLX_USAGE = """usage: novamlx COMMAND ...
 commands:
   serve [flags]                    start the server (the same as novamlx-gateway [flags])
   models list|search|pull|rm       the model store (novamlx-gateway models ...)
-  bench load|agent|prefix|compare|embed|mask|shardcheck|probe
+  bench load|agent|prefix|compare|embed|mask|shardcheck|probe|kv
                                    benchmarks against a running server and its peers (docs/benchmarks.md)
   launchd-plist [flags]            print a launchd plist that runs the server with these flags
   systemd-unit [flags]             print a systemd unit that runs the server with these flags

@@ -213,6 +213,11 @@ async def shard_check(args) -> bool:
 
 
 def main(argv=None) -> None:
+    if argv and argv[0] == "kv":  # in-process on the worker side: KV quantization capacity, perplexity, speed
+        import subprocess
+        import sys
+
+        raise SystemExit(subprocess.call([sys.executable, "-m", "novamlx_worker.bench_kv", *argv[1:]]))
     p = argparse.ArgumentParser(prog="novamlx bench")
     sub = p.add_subparsers(dest="cmd", required=True)
     for name in ("load", "agent", "prefix", "compare", "embed", "mask", "shardcheck", "probe"):

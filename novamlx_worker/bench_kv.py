@@ -1,0 +1,104 @@
+"""KV-cache quantization side by side on one model, in one run:
+
+    python -m novamlx_worker.bench_kv [--model M] [--context 8192] [--budget-mb 2048] [--streams 8]
+
+For kv_bits 0 (the activation dtype), 8 and 4: how many sequences of --context tokens a fixed
+KV budget admits (the engine's own pricing), perplexity on a fixed text (docs/architecture.md,
+cut to --ppl-tokens) with the cache quantized as the engine keeps it, and the engine's decode
+tok/s with --streams streams, as a ratio to unquantized. One JSON line per setting.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+from .platform import preload_openblas
+
+TEXT = Path(__file__).resolve().parent.parent / "docs" / "architecture.md"
+
+
+def perplexity(model, ids: list[int], bits: int, group: int, chunk: int = 128) -> float:
+    import mlx.core as mx
+    from mlx_lm.generate import maybe_quantize_kv_cache
+    from mlx_lm.models.cache import make_prompt_cache
+
+    cache = make_prompt_cache(model)
+    nll, n = 0.0, 0
+    for start in range(0, len(ids) - 1, chunk):
+        x = ids[start:start + chunk]
+        y = ids[start + 1:start + chunk + 1]
+        logits = model(mx.array(x)[None], cache=cache)[0, : len(y)].astype(mx.float32)
+        if bits:
+            maybe_quantize_kv_cache(cache, 0, group, bits)
+        lp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        nll -= mx.take_along_axis(lp, mx.array(y)[:, None], axis=-1).sum().item()
+        n += len(y)
+    return math.exp(nll / n)
+
+
+def decode_rate(path: str, bits: int, group: int, streams: int, tokens: int) -> float:
+    from protocol import messages as m
+
+    from .engine.engine import Engine
+    from .memory import MemoryEnforcer
+    from .models.pool import ModelPool
+
+    pool = ModelPool([path], [], "auto")
+    model_id = next(iter(pool.entries))
+    eng = Engine(pool, lambda msg: None, MemoryEnforcer("auto"), max_batch=max(streams, 1), prefix_cache_bytes=0,
+                 kv=(bits, group))
+    vocab = eng.models.get(model_id).tokenizer.vocab_size
+
+    def run(seed: int) -> float:
+        for i in range(streams):
+            eng.handle(m.Generate(f"s{seed}-{i}", model_id, m.Sampling(max_tokens=tokens, temperature=0, ignore_eos=True),
+                                  prompt_tokens=[(seed * 7919 + i * 104729 + j * 31) % vocab for j in range(64)]))
+        t = time.perf_counter()
+        while eng.seqs:
+            eng.step()
+        return streams * tokens / (time.perf_counter() - t)
+
+    run(1)  # warm
+    return run(2)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="bench_kv")
+    p.add_argument("--model", default=None, help="default: the embedded default model")
+    p.add_argument("--context", type=int, default=8192)
+    p.add_argument("--budget-mb", type=float, default=2048)
+    p.add_argument("--ppl-tokens", type=int, default=1024)
+    p.add_argument("--streams", type=int, default=8)
+    p.add_argument("--tokens", type=int, default=32)
+    p.add_argument("--group-size", type=int, default=64)
+    p.add_argument("--bits", default="0,8,4")
+    args = p.parse_args(argv)
+    preload_openblas()
+    from protocol.naming import default_model_path
+
+    from .models.pool import ModelPool, kv_bytes_per_token
+
+    path = args.model or default_model_path()
+    pool = ModelPool([path], [], "auto")
+    lm = pool.get(next(iter(pool.entries)))
+    ids = lm.tokenizer.encode(TEXT.read_text())[: args.ppl_tokens]
+    budget = int(args.budget_mb * 1024**2)
+    base_ppl = base_rate = None
+    for bits in (int(b) for b in args.bits.split(",")):
+        per_token = kv_bytes_per_token(lm, bits, args.group_size)
+        ppl = perplexity(lm.model, ids, bits, args.group_size)
+        rate = decode_rate(path, bits, args.group_size, args.streams, args.tokens)
+        base_ppl, base_rate = base_ppl or ppl, base_rate or rate
+        print(json.dumps({"kv_bits": bits or "plain", "group_size": args.group_size if bits else None,
+                          "kv_bytes_per_token": per_token,
+                          f"sequences_at_{args.context}_ctx_in_{args.budget_mb:.0f}MB": budget // (per_token * args.context),
+                          "perplexity": round(ppl, 3), "ppl_vs_plain": round(ppl / base_ppl, 4),
+                          "decode_tok_s": round(rate, 1), "speed_vs_plain": round(rate / base_rate, 3),
+                          "streams": args.streams, "ppl_tokens": len(ids)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
