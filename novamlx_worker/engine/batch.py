@@ -169,6 +169,10 @@ class Batch:
     def active(self) -> int:
         return len(self.by_rid)
 
+    @staticmethod
+    def peek(tokens: list[int]) -> int:
+        return 0  # plain KV is the engine's prefix cache's (prefix_cache.py)
+
     def kv_cost(self, reserved: list[int]) -> int:
         """KV bytes rows with these reservations hold at most here: slot_count(rows) slots, each
         sized for the longest row."""

@@ -189,8 +189,9 @@ class Engine:
         limits = intake.Limits(self.models.window(lm), self.default_max_tokens, self.kv_budget(),
                                kv_bytes_per_token(lm, kv.bits, kv.group_size))
         seq = intake.build(cmd, lm, limits, self.turn_stops, self.tool_parser)
-        pc = self.caches.get(lm.id)  # what the prefix cache holds now: the client's usage reports it up front
-        self.emit(m.Started(cmd.id, prompt_tokens=len(seq.prompt), cached_tokens=pc.peek(seq.prompt) if pc is not None else 0))
+        pc = self.caches.get(lm.id)  # what is cached now: the client's usage reports it up front
+        cached = pc.peek(seq.prompt) if pc is not None else self.runners[lm.id].peek(seq.prompt)
+        self.emit(m.Started(cmd.id, prompt_tokens=len(seq.prompt), cached_tokens=cached))
         if cmd.echo:
             rows = self.runners[lm.id].prompt_logprobs(seq.prompt) if seq.sampling.logprobs else None
             self.emit(m.Step([echo_delta(lm.tokenizer, seq, rows)]))

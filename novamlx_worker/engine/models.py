@@ -80,7 +80,7 @@ class Models:
                         lm.id, attention_shape(lm.model)[2], kv.group_size)
             kv = KVFormat()
         runner = Runner(lm, max_batch=self.max_batch, prefill_step=self.prefill_step, prefill_batch=self.prefill_batch,
-                        kv=kv)
+                        kv=kv, snapshot_bytes=self.prefix_cache_bytes)
         # TODO(#18): quantized rows in the prefix cache (blocks stored quantized); off for them until then.
         if runner.cacheable and not kv.quantized and self.prefix_cache_bytes > 0 and lm.id not in self.caches:
             self.caches[lm.id] = PrefixCache(lm.id, self.block_size, self.prefix_cache_bytes, self.ssd)

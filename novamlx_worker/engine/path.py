@@ -61,4 +61,6 @@ class DecodePath(Protocol):
 
     def kv_cost(self, reserved: list[int]) -> int: ...  # KV bytes rows with these reservations hold here
 
+    def peek(self, tokens: list[int]) -> int: ...  # prompt tokens its own kept state would restore (not the prefix cache's)
+
     def info(self) -> dict: ...  # for /health

@@ -43,7 +43,7 @@ def processors_for(seq: Sequence, loaded: LoadedModel, vocab_size: int) -> list:
 
 class Runner:
     def __init__(self, loaded: LoadedModel, max_batch: int = 32, prefill_batch: int = 16,
-                 prefill_step: int = 512, kv: KVFormat = KVFormat()):
+                 prefill_step: int = 512, kv: KVFormat = KVFormat(), snapshot_bytes: int = 0):
         self.loaded = loaded
         self.kv = kv  # quantized KV applies to plain-KV models (the slot batch and solo path)
         self.eos_ids = set(loaded.tokenizer.stop_ids)  # EOS and turn-opening control tokens
@@ -53,7 +53,7 @@ class Runner:
         if self.cacheable:
             self.batch = Batch(loaded.model, max_batch, prefill_step, prefill_batch, kv=kv)
         else:
-            self.batch = MlxLmBatch(loaded.model, max_batch, prefill_step, prefill_batch)
+            self.batch = MlxLmBatch(loaded.model, max_batch, prefill_step, prefill_batch, snapshot_bytes)
         self.vocab_size = loaded.model.args.vocab_size
         self.solo: Solo | None = None
         self.solo_seq: Sequence | None = None
@@ -73,6 +73,9 @@ class Runner:
     def kv_cost(self, reserved: list[int]) -> int:
         return self.batch.kv_cost(reserved)
 
+    def peek(self, tokens: list[int]) -> int:
+        return self.batch.peek(tokens)
+
     def info(self) -> dict:
         return self.batch.info()
 
@@ -91,17 +94,19 @@ class Runner:
         else:
             if self.solo is not None:
                 self._solo_to_batch()
-            self._insert(rid, seq, tokens, cache)
+            reused = self._insert(rid, seq, tokens, cache)
+            if reused and seq.preemptions == 0:  # a kept state (snapshots.py) spared this much prefill
+                seq.cached_tokens = reused
         self.active += 1
         return rid
 
     def _stop_ids(self, seq: Sequence) -> set[int]:
         return set() if seq.sampling.ignore_eos else self.eos_ids
 
-    def _insert(self, rid: int, seq: Sequence, tokens: list[int], cache: list | None) -> None:
+    def _insert(self, rid: int, seq: Sequence, tokens: list[int], cache: list | None) -> int:
         row = Row(rid, seq.sampler, self._processors(seq), self._stop_ids(seq), seq.max_tokens - seq.generated,
                   known=(cache[0].offset if cache else 0) + len(tokens), logprobs=seq.sampling.logprobs)
-        self.batch.add(row, tokens, cache)
+        return self.batch.add(row, tokens, cache) or 0
 
     def _processors(self, seq: Sequence) -> list:
         return processors_for(seq, self.loaded, self.vocab_size)

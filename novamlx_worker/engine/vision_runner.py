@@ -42,6 +42,10 @@ class VisionRunner:
     def kv_cost(reserved: list[int]) -> int:
         return sum(reserved)
 
+    @staticmethod
+    def peek(tokens: list[int]) -> int:
+        return 0  # its prompt cache (models/vision.py) reports its own hits
+
     def info(self) -> dict:
         return {"path": "vision", "queued": len(self.queue), "running": int(self.current is not None)}
 
