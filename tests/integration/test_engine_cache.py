@@ -99,3 +99,28 @@ def test_preempted_request_resumes_to_same_output(tiny_long, tmp_path):
         assert engine["total_preempted"] >= 1
     finally:
         s.stop()
+
+
+def test_sliding_window_model_reuses_a_resent_conversation(tmp_path):
+    """gemma3_text (sliding-window + global layers) through the server and the SDK: the resent
+    prompt and the next turn of the conversation report cached tokens and answer as cold."""
+    from tests.fixtures.tiny_models import TINY_GEMMA3, build_tiny_mlx
+
+    path = build_tiny_mlx(tmp_path / "models" / "tiny-gemma3-text", TINY_GEMMA3, seed=5)
+    s = Server(["--model", str(path), "--embedding-model", "none", "--ssd-cache", "off"], tmp_path / "d").wait_ready()
+    try:
+        c = s.openai()
+        ask = lambda msgs: c.chat.completions.create(model="tiny-gemma3-text", messages=msgs, max_tokens=12,  # noqa: E731
+                                                     temperature=0, extra_body={"ignore_eos": True})
+        msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "first question"}]
+        cold = ask(msgs)
+        warm = ask(msgs)
+        assert cold.usage.prompt_tokens_details.cached_tokens == 0
+        assert warm.usage.prompt_tokens_details.cached_tokens == cold.usage.prompt_tokens - 1
+        assert warm.choices[0].message.content == cold.choices[0].message.content
+        turn2 = msgs + [{"role": "assistant", "content": cold.choices[0].message.content},
+                        {"role": "user", "content": "and the second?"}]
+        r = ask(turn2)
+        assert r.usage.prompt_tokens_details.cached_tokens >= cold.usage.prompt_tokens - 1
+    finally:
+        s.stop()
