@@ -48,8 +48,9 @@ def decode_rate(path: str, bits: int, group: int, streams: int, tokens: int) -> 
 
     pool = ModelPool([path], [], "auto")
     model_id = next(iter(pool.entries))
-    eng = Engine(pool, lambda msg: None, MemoryEnforcer("auto"), max_batch=max(streams, 1), prefix_cache_bytes=0,
-                 kv=(bits, group))
+    errors = []
+    eng = Engine(pool, lambda msg: errors.append(msg.message) if isinstance(msg, m.Error) else None,
+                 MemoryEnforcer("auto"), max_batch=max(streams, 1), prefix_cache_bytes=0, kv=(bits, group))
     vocab = eng.models.get(model_id).tokenizer.vocab_size
 
     def run(seed: int) -> float:
@@ -62,7 +63,10 @@ def decode_rate(path: str, bits: int, group: int, streams: int, tokens: int) -> 
         return streams * tokens / (time.perf_counter() - t)
 
     run(1)  # warm
-    return run(2)
+    rate = run(2)
+    if errors:
+        raise RuntimeError(f"{len(errors)} requests failed: {errors[0]}")
+    return rate, eng.stats()["engine"]["batches"][model_id].get("kv_bits", 0)
 
 
 def main(argv=None) -> None:
@@ -70,7 +74,8 @@ def main(argv=None) -> None:
     p.add_argument("--model", default=None, help="default: the embedded default model")
     p.add_argument("--context", type=int, default=8192)
     p.add_argument("--budget-mb", type=float, default=2048)
-    p.add_argument("--ppl-tokens", type=int, default=1024)
+    p.add_argument("--ppl-tokens", type=int, default=1024, help="0: no perplexity (MLX's CUDA quantized_matmul "
+                   "lacks multi-token shapes)")
     p.add_argument("--streams", type=int, default=8)
     p.add_argument("--tokens", type=int, default=32)
     p.add_argument("--group-size", type=int, default=64)
@@ -89,10 +94,11 @@ def main(argv=None) -> None:
     base_ppl = base_rate = None
     for bits in (int(b) for b in args.bits.split(",")):
         per_token = kv_bytes_per_token(lm, bits, args.group_size)
-        ppl = perplexity(lm.model, ids, bits, args.group_size)
-        rate = decode_rate(path, bits, args.group_size, args.streams, args.tokens)
+        ppl = perplexity(lm.model, ids, bits, args.group_size) if ids else float("nan")  # --ppl-tokens 0: skip
+        rate, ran = decode_rate(path, bits, args.group_size, args.streams, args.tokens)
         base_ppl, base_rate = base_ppl or ppl, base_rate or rate
         print(json.dumps({"kv_bits": bits or "plain", "group_size": args.group_size if bits else None,
+                          "kv_bits_applied": ran,
                           "kv_bytes_per_token": per_token,
                           f"sequences_at_{args.context}_ctx_in_{args.budget_mb:.0f}MB": budget // (per_token * args.context),
                           "perplexity": round(ppl, 3), "ppl_vs_plain": round(ppl / base_ppl, 4),

@@ -59,6 +59,8 @@ class SlotKV:
             return self.keys[0], self.values[0]  # the kernel reads columns [0, lens) of each row itself
         k = [p[:, :, :self.step.used] for p in self.keys]
         v = [p[:, :, :self.step.used] for p in self.values]
+        if self.fmt.contiguous:
+            k, v = [mx.contiguous(x) for x in k], [mx.contiguous(x) for x in v]
         return (tuple(k), tuple(v)) if self.fmt.quantized else (k[0], v[0])
 
     def make_mask(self, n: int, return_array: bool = False, **_):

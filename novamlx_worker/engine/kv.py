@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import mlx.core as mx
+from mlx_lm.models.cache import QuantizedKVCache
 
 BITS = (2, 3, 4, 6, 8)
 GROUP_SIZES = (32, 64, 128)
@@ -20,6 +21,7 @@ GROUP_SIZES = (32, 64, 128)
 class KVFormat:
     bits: int = 0  # 0: not quantized
     group_size: int = 64
+    contiguous: bool = False  # attention reads contiguous copies (a device without strided kernels)
 
     @property
     def quantized(self) -> bool:
@@ -39,6 +41,37 @@ class KVFormat:
         if not self.quantized:
             return [(dim, dtype)]
         return [(dim * self.bits // 32, mx.uint32), (dim // self.group_size, dtype), (dim // self.group_size, dtype)]
+
+
+def support(fmt: KVFormat, heads: int, kv_heads: int, head_dim: int, dtype) -> str | None:
+    """How this device attends over quantized KV of the model's shape, tried once as mlx-lm's
+    quantized attention runs it on a cache's views: "views" (Metal, CPU), "contiguous" (MLX
+    0.32's CUDA backend has no quantized_matmul kernel for strided views of a larger buffer,
+    only for contiguous arrays), or None (not at all: the KV stays unquantized)."""
+    from mlx_lm.models.base import quantized_scaled_dot_product_attention
+
+    def attend(copy: bool) -> bool:
+        try:
+            for rows, length in ((1, 1), (4, 1), (1, 8)):
+                full = mx.quantize(mx.ones((rows, kv_heads, 128, head_dim), dtype), group_size=fmt.group_size,
+                                   bits=fmt.bits)
+                kv = tuple(mx.contiguous(x[:, :, :65]) if copy else x[:, :, :65] for x in full)
+                q = mx.ones((rows, heads, length, head_dim), dtype)
+                mx.eval(quantized_scaled_dot_product_attention(q, kv, kv, scale=1.0, mask=None,
+                                                               group_size=fmt.group_size, bits=fmt.bits))
+            return True
+        except (RuntimeError, ValueError):
+            return False
+
+    return "views" if attend(False) else "contiguous" if attend(True) else None
+
+
+class ContiguousQuantizedKVCache(QuantizedKVCache):
+    """mlx-lm's quantized cache, handing attention contiguous copies (see `support`)."""
+
+    def update_and_fetch(self, keys, values):
+        k, v = super().update_and_fetch(keys, values)
+        return tuple(mx.contiguous(x) for x in k), tuple(mx.contiguous(x) for x in v)
 
 
 def checked(bits: int, group_size: int) -> KVFormat:

@@ -14,9 +14,9 @@ from protocol import messages as m
 
 from ..models.loader import LoadedModel
 from ..models.pool import ModelPool, kv_bytes_per_token
-from ..models.shape import attention_shape
+from ..models.shape import activation_dtype, attention_shape
 from .errors import RequestError
-from .kv import KVFormat
+from .kv import KVFormat, support
 from .prefix_cache import PrefixCache
 from .runner import Runner
 from .ssd_cache import SSDTier
@@ -75,10 +75,16 @@ class Models:
         if lm.vision is not None:
             return VisionRunner(lm, self.prefill_step)
         kv = self.kv_format(lm.id)
-        if kv.quantized and attention_shape(lm.model)[2] % kv.group_size:
-            log.warning("%s: head dim %d is not a multiple of kv_group_size %d; its KV cache stays unquantized",
-                        lm.id, attention_shape(lm.model)[2], kv.group_size)
-            kv = KVFormat()
+        if kv.quantized:
+            heads, kv_heads, head_dim = attention_shape(lm.model)
+            how = None if head_dim % kv.group_size else support(kv, heads, kv_heads, head_dim, activation_dtype(lm.model))
+            if how is None:
+                why = (f"head dim {head_dim} is not a multiple of kv_group_size {kv.group_size}" if head_dim % kv.group_size
+                       else "this device's MLX has no quantized attention kernel for it")
+                log.warning("%s: KV cache stays unquantized (kv_bits %d asked): %s", lm.id, kv.bits, why)
+                kv = KVFormat()
+            elif how == "contiguous":
+                kv = KVFormat(kv.bits, kv.group_size, contiguous=True)
         runner = Runner(lm, max_batch=self.max_batch, prefill_step=self.prefill_step, prefill_batch=self.prefill_batch,
                         kv=kv, snapshot_bytes=self.prefix_cache_bytes)
         # TODO(#18): quantized rows in the prefix cache (blocks stored quantized); off for them until then.

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import mlx.core as mx
 from mlx_lm.generate import maybe_quantize_kv_cache
+from mlx_lm.models.cache import QuantizedKVCache
 
-from .kv import KVFormat
+from .kv import ContiguousQuantizedKVCache, KVFormat
 from .path import finish_for
 
 
@@ -37,6 +38,10 @@ class Solo:
         does it (quantized_kv_start 0), so the tokens equal its quantized-cache generation."""
         if self.kv.quantized:
             maybe_quantize_kv_cache(self.cache, 0, self.kv.group_size, self.kv.bits)
+            if self.kv.contiguous:
+                for c in self.cache:
+                    if type(c) is QuantizedKVCache:
+                        c.__class__ = ContiguousQuantizedKVCache
 
     def _forward(self, y: mx.array):
         logits = self.model(y[None], cache=self.cache)[:, -1, :]

@@ -72,13 +72,18 @@ def test_kv8_alone_equals_mlx_lm_quantized_cache(wide_model):
     assert ours == want
 
 
-@pytest.mark.parametrize("bits", [8, 4])
-def test_quantized_rows_batched_equal_each_alone(wide_model, bits):
+@pytest.mark.parametrize("bits,contiguous", [(8, False), (4, False), (8, True)])
+def test_quantized_rows_batched_equal_each_alone(wide_model, bits, contiguous, monkeypatch):
+    import novamlx_worker.engine.models as models
+
+    strided = run(make_engine(wide_model, bits), PROMPTS, together=False)
+    if contiguous:  # as on a device whose quantized attention needs contiguous arrays (MLX 0.32 CUDA)
+        monkeypatch.setattr(models, "support", lambda *a: "contiguous")
     eng = make_engine(wide_model, bits)
     alone = run(eng, PROMPTS, together=False)
     batched = run(eng, PROMPTS, together=True)
     assert eng.stats()["engine"]["batches"]["tiny-wide"]["kv_bits"] == bits
-    assert batched == alone
+    assert batched == alone == strided
 
 
 def test_admission_prices_quantized_bytes(wide_model):
