@@ -40,8 +40,6 @@ def answer(eng, model, prompts, n=16):
         eng.step()
     fin = done()
     assert all(isinstance(fin[r], m.Finished) for r in rids), fin
-    tok = eng.models.get(model).tokenizer
-    vocab = {tok.token_text(t): t for t in range(tok.vocab_size)}  # noqa: F841 - texts are compared as they are
     texts = {r: [] for r in rids}
     for e in eng.events:
         if isinstance(e, m.Step):
