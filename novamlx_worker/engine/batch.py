@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import mlx.core as mx
-from mlx_lm.models.cache import KVCache
+from mlx_lm.models.cache import KVCache, QuantizedKVCache
 
 from ..models.shape import activation_dtype, attention_shape
 from . import ragged
@@ -190,12 +190,19 @@ class Batch:
                 "ragged_kernel": self.use_kernel}
 
     def _extract(self, slot: int, length: int) -> list | None:
-        if length <= 0 or self.kv.quantized:  # TODO(#18): quantized rows into the prefix cache, stored quantized
+        """One row's KV as mlx-lm caches (quantized ones for a quantized format)."""
+        if length <= 0:
             return None
         caches = []
-        for (k,), (v,) in zip(self.keys, self.values):
-            c = KVCache()
-            c.keys, c.values = mx.contiguous(k[slot:slot + 1, :, :length]), mx.contiguous(v[slot:slot + 1, :, :length])
+        for keys, values in zip(self.keys, self.values):
+            k = tuple(mx.contiguous(p[slot:slot + 1, :, :length]) for p in keys)
+            v = tuple(mx.contiguous(p[slot:slot + 1, :, :length]) for p in values)
+            if self.kv.quantized:
+                c = QuantizedKVCache(group_size=self.kv.group_size, bits=self.kv.bits)
+                c.keys, c.values = k, v
+            else:
+                c = KVCache()
+                c.keys, c.values = k[0], v[0]
             c.offset = length
             caches.append(c)
         return caches

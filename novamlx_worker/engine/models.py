@@ -87,9 +87,8 @@ class Models:
                 kv = KVFormat(kv.bits, kv.group_size, contiguous=True)
         runner = Runner(lm, max_batch=self.max_batch, prefill_step=self.prefill_step, prefill_batch=self.prefill_batch,
                         kv=kv, snapshot_bytes=self.prefix_cache_bytes)
-        # TODO(#18): quantized rows in the prefix cache (blocks stored quantized); off for them until then.
-        if runner.cacheable and not kv.quantized and self.prefix_cache_bytes > 0 and lm.id not in self.caches:
-            self.caches[lm.id] = PrefixCache(lm.id, self.block_size, self.prefix_cache_bytes, self.ssd)
+        if runner.cacheable and self.prefix_cache_bytes > 0 and lm.id not in self.caches:
+            self.caches[lm.id] = PrefixCache(lm.id, self.block_size, self.prefix_cache_bytes, self.ssd, kv)
         return runner
 
     def kv_format(self, model_id: str) -> KVFormat:

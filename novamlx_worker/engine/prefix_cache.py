@@ -4,7 +4,9 @@ A prompt is cut into fixed blocks (64 tokens by default). Each block's key chain
 parent block's hash, the model id and the block's token ids, so equal keys mean equal
 prefixes. Blocks are immutable and reference counted; unreferenced ones form an LRU that
 is trimmed to a byte budget, evicted blocks going to the SSD tier when there is one.
-A request reuses the longest cached chain and prefills only the rest.
+A request reuses the longest cached chain and prefills only the rest. Quantized KV (kv.py)
+is kept quantized: a block holds each layer's parts (packed words, scales, biases), and the
+format is part of the hash, so plain and quantized blocks never mix.
 """
 from __future__ import annotations
 
@@ -15,8 +17,9 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 import numpy as np
-from mlx_lm.models.cache import KVCache
+from mlx_lm.models.cache import KVCache, QuantizedKVCache
 
+from .kv import ContiguousQuantizedKVCache, KVFormat
 from .ssd_cache import SSDTier
 
 log = logging.getLogger("novamlx.prefix")
@@ -27,13 +30,13 @@ class Block:
     hash: str
     parent: str | None
     tokens: tuple[int, ...]
-    keys: list[mx.array]  # per layer, (1, kv_heads, block, head_dim)
-    values: list[mx.array]
+    keys: list[list[mx.array]]  # per layer, its parts (kv.py), each (1, kv_heads, block, ...)
+    values: list[list[mx.array]]
     refs: int = 0
 
     @property
     def nbytes(self) -> int:
-        return sum(k.nbytes + v.nbytes for k, v in zip(self.keys, self.values))
+        return sum(p.nbytes for parts in self.keys + self.values for p in parts)
 
 
 @dataclass
@@ -62,9 +65,17 @@ def _from_numpy(a: np.ndarray, dtype: str) -> mx.array:
     return x.view(mx.bfloat16) if dtype == "bfloat16" else x
 
 
+def _parts(x) -> list[mx.array]:
+    """A cache's keys or values as parts: a quantized cache's tuple, or one array."""
+    return list(x) if isinstance(x, (tuple, list)) else [x]
+
+
 class PrefixCache:
-    def __init__(self, model_id: str, block_size: int = 64, max_bytes: int = 2 * 1024**3, ssd: SSDTier | None = None):
-        self.model_id = model_id
+    def __init__(self, model_id: str, block_size: int = 64, max_bytes: int = 2 * 1024**3, ssd: SSDTier | None = None,
+                 kv: KVFormat = KVFormat()):
+        self.kv = kv
+        # The hash covers the KV format: blocks of another format (a changed setting, an SSD file) never match.
+        self.model_id = model_id if not kv.quantized else f"{model_id}|kv{kv.bits}g{kv.group_size}"
         self.block_size = block_size
         self.max_bytes = max_bytes
         self.ssd = ssd
@@ -117,10 +128,15 @@ class PrefixCache:
         arrays, meta = got
         if tuple(meta["tokens"]) != chunk or meta.get("model") != self.model_id:
             return None
-        n = int(meta["layers"])
-        dtype = meta["dtype"]
-        block = Block(h, parent, chunk, [_from_numpy(arrays[f"k{i}"], dtype) for i in range(n)],
-                      [_from_numpy(arrays[f"v{i}"], dtype) for i in range(n)])
+        n, parts = int(meta["layers"]), int(meta.get("parts", 1))
+        dtypes = str(meta.get("dtypes") or meta["dtype"]).split(",")  # (file metadata is text)
+
+        def load(kind: str, layer: int) -> list[mx.array]:
+            if parts == 1 and f"{kind}{layer}" in arrays:  # one plain array (also what older files hold)
+                return [_from_numpy(arrays[f"{kind}{layer}"], dtypes[0])]
+            return [_from_numpy(arrays[f"{kind}{layer}_{j}"], dtypes[j]) for j in range(parts)]
+
+        block = Block(h, parent, chunk, [load("k", i) for i in range(n)], [load("v", i) for i in range(n)])
         self._add(block)
         self.stats.ssd_hits += 1
         return block
@@ -141,15 +157,22 @@ class PrefixCache:
         return sum(1 for b in list(self.blocks.values()) if b.refs > 0)
 
     # ---- building and storing KV ----
-    @staticmethod
-    def build(blocks: list[Block]) -> list[KVCache]:
-        """Fresh per-layer caches holding the blocks' keys and values, in order."""
+    def build(self, blocks: list[Block]) -> list:
+        """Fresh per-layer caches holding the blocks' keys and values, in order (quantized
+        caches for a quantized format, as mlx-lm's QuantizedKVCache holds them)."""
         caches = []
         for layer in range(len(blocks[0].keys)):
-            c = KVCache()
-            c.keys = mx.concatenate([b.keys[layer] for b in blocks], axis=2)
-            c.values = mx.concatenate([b.values[layer] for b in blocks], axis=2)
-            c.offset = c.keys.shape[2]
+            keys = [mx.concatenate([b.keys[layer][j] for b in blocks], axis=2) for j in range(len(blocks[0].keys[layer]))]
+            values = [mx.concatenate([b.values[layer][j] for b in blocks], axis=2)
+                      for j in range(len(blocks[0].values[layer]))]
+            if self.kv.quantized:
+                c = (ContiguousQuantizedKVCache if self.kv.contiguous else QuantizedKVCache)(
+                    group_size=self.kv.group_size, bits=self.kv.bits)
+                c.keys, c.values = tuple(keys), tuple(values)
+            else:
+                c = KVCache()
+                c.keys, c.values = keys[0], values[0]
+            c.offset = keys[0].shape[2]
             caches.append(c)
         return caches
 
@@ -162,8 +185,8 @@ class PrefixCache:
                 self.blocks.move_to_end(h)
             else:
                 lo, hi = i * self.block_size, (i + 1) * self.block_size
-                keys = [mx.contiguous(c.keys[..., lo:hi, :]) for c in caches]
-                values = [mx.contiguous(c.values[..., lo:hi, :]) for c in caches]
+                keys = [[mx.contiguous(p[..., lo:hi, :]) for p in _parts(c.keys)] for c in caches]
+                values = [[mx.contiguous(p[..., lo:hi, :]) for p in _parts(c.values)] for c in caches]
                 new.append(Block(h, parent, chunk, keys, values))
             parent = h
         if new:
@@ -190,11 +213,16 @@ class PrefixCache:
             self.bytes -= b.nbytes
             self.stats.evictions += 1
             if self.ssd is not None:
-                arrays = {f"k{i}": _to_numpy(k) for i, k in enumerate(b.keys)}
-                arrays.update({f"v{i}": _to_numpy(v) for i, v in enumerate(b.values)})
-                dtype = "bfloat16" if b.keys[0].dtype == mx.bfloat16 else str(b.keys[0].dtype).split(".")[-1]
-                self.ssd.put(h, arrays, {"model": self.model_id, "parent": b.parent or "", "tokens": b.tokens,
-                                         "layers": len(b.keys), "dtype": dtype})
+                self._to_ssd(b)
+
+    def _to_ssd(self, b: Block) -> None:
+        """Stored as held: quantized blocks stay quantized on disk."""
+        arrays = {f"{kind}{i}_{j}": _to_numpy(p) for kind, layers in (("k", b.keys), ("v", b.values))
+                  for i, parts in enumerate(layers) for j, p in enumerate(parts)}
+        dtypes = ["bfloat16" if p.dtype == mx.bfloat16 else str(p.dtype).split(".")[-1] for p in b.keys[0]]
+        self.ssd.put(b.hash, arrays, {"model": self.model_id, "parent": b.parent or "", "tokens": b.tokens,
+                                      "layers": len(b.keys), "parts": len(b.keys[0]), "dtypes": ",".join(dtypes),
+                                      "dtype": dtypes[0]})
 
     def clear(self) -> None:
         for b in list(self.blocks.values()):

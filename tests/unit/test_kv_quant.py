@@ -94,3 +94,30 @@ def test_admission_prices_quantized_bytes(wide_model):
     eng.handle(m.Generate("priced", "tiny-wide", m.Sampling(max_tokens=10), prompt_tokens=PROMPTS[0]))
     seq = eng.seqs["priced"]
     assert seq.kv_bytes == (len(PROMPTS[0]) + 10) * q4
+
+
+def test_quantized_blocks_cached_quantized_and_reused(wide_model, tmp_path):
+    """With kv_bits 8 the prefix cache keeps blocks as packed words + scales + biases (a fraction
+    of plain bytes); a resent prompt reuses them; evicted to the SSD tier and read back, they
+    still serve the same answer."""
+    from novamlx_worker.engine.ssd_cache import SSDTier
+
+    events = []
+    eng = Engine(ModelPool([str(wide_model)], [], "auto"), events.append, MemoryEnforcer("90%"), max_batch=8,
+                 block_size=16, kv=(8, 64), ssd=SSDTier(str(tmp_path / "ssd"), 10**9))
+    eng.events = events
+    prompt = list(range(2000, 2100))
+    first = run(eng, [prompt], together=False)[0]
+    pc = eng.caches["tiny-wide"]
+    block = next(iter(pc.blocks.values()))
+    assert len(block.keys[0]) == 3 and block.keys[0][0].dtype == mx.uint32  # stored quantized
+    plain_bytes = 2 * len(block.keys) * 1 * 16 * 64 * 4  # K+V, layers, kv heads, block, head dim, fp32
+    assert block.nbytes < plain_bytes / 2
+    again = run(eng, [prompt], together=False)[0]
+    fin = [e for e in events if isinstance(e, m.Finished)][-1]
+    assert fin.usage.cached_tokens >= 80 and again == run(eng, [prompt], together=False)[0]
+    pc.clear()  # every block to the SSD tier
+    eng.ssd.flush()  # written to disk: read back through the file metadata
+    from_disk = run(eng, [prompt], together=False)[0]
+    assert pc.stats.ssd_hits > 0 and from_disk == again
+    assert len(first) == len(again) == 24
