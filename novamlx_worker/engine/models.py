@@ -28,8 +28,9 @@ log = logging.getLogger("novamlx.engine")
 class Models:
     def __init__(self, pool: ModelPool, embedders: list, on_change: Callable[[], None], max_batch: int,
                  prefill_step: int, prefill_batch: int, block_size: int, prefix_cache_bytes: int,
-                 ssd: SSDTier | None, kv: tuple[int, int] = (0, 64)):
+                 ssd: SSDTier | None, kv: tuple[int, int] = (0, 64), ngram_k: int = 0):
         self.pool = pool
+        self.ngram_k = ngram_k
         self.default_kv = kv  # (kv_bits, kv_group_size) for models without their own setting
         self.on_change = on_change  # the list of servable models changed: tell the gateway
         self.runners: dict[str, Runner | VisionRunner] = {}
@@ -86,7 +87,7 @@ class Models:
             elif how == "contiguous":
                 kv = KVFormat(kv.bits, kv.group_size, contiguous=True)
         runner = Runner(lm, max_batch=self.max_batch, prefill_step=self.prefill_step, prefill_batch=self.prefill_batch,
-                        kv=kv, snapshot_bytes=self.prefix_cache_bytes)
+                        kv=kv, snapshot_bytes=self.prefix_cache_bytes, ngram_k=self.ngram_k)
         if runner.cacheable and self.prefix_cache_bytes > 0 and lm.id not in self.caches:
             self.caches[lm.id] = PrefixCache(lm.id, self.block_size, self.prefix_cache_bytes, self.ssd, kv)
         return runner

@@ -21,6 +21,7 @@ from .kv import KVFormat
 from .mlxlm_batch import MlxLmBatch
 from .path import TokenOut
 from .sequence import Sequence
+from .ngram import DraftStats, NgramSolo
 from .solo import Solo
 
 
@@ -43,8 +44,10 @@ def processors_for(seq: Sequence, loaded: LoadedModel, vocab_size: int) -> list:
 
 class Runner:
     def __init__(self, loaded: LoadedModel, max_batch: int = 32, prefill_batch: int = 16,
-                 prefill_step: int = 512, kv: KVFormat = KVFormat(), snapshot_bytes: int = 0):
+                 prefill_step: int = 512, kv: KVFormat = KVFormat(), snapshot_bytes: int = 0, ngram_k: int = 0):
         self.loaded = loaded
+        self.ngram_k = ngram_k  # n-gram drafts of up to k tokens for a lone greedy sequence (ngram.py); 0: off
+        self.drafts = DraftStats()
         self.kv = kv  # quantized KV applies to plain-KV models (the slot batch and solo path)
         self.eos_ids = set(loaded.tokenizer.stop_ids)  # EOS and turn-opening control tokens
         self.prefill_step = prefill_step
@@ -77,7 +80,12 @@ class Runner:
         return self.batch.peek(tokens)
 
     def info(self) -> dict:
-        return self.batch.info()
+        info = self.batch.info()
+        if self.ngram_k:
+            d = self.drafts
+            info["ngram"] = {"steps": d.steps, "proposed": d.proposed, "accepted": d.accepted,
+                             "acceptance": round(d.accepted / d.proposed, 3) if d.proposed else None}
+        return info
 
     def add(self, seq: Sequence, cache: list | None = None) -> int:
         """Insert a sequence; with a cache, only the tokens after it are prefilled."""
@@ -87,9 +95,13 @@ class Runner:
             seq.sampler = make_sampler(seq.sampling)
         tokens = seq.tokens[cache[0].offset:] if cache else seq.tokens
         if self.active == 0 and self.cacheable:
-            self.solo = Solo(self.loaded.model, rid, tokens, cache or make_prompt_cache(self.loaded.model),
-                             seq.sampler, self._processors(seq),
-                             seq.max_tokens - seq.generated, self._stop_ids(seq), self.prefill_step, self.kv)
+            processors = self._processors(seq)
+            args = (self.loaded.model, rid, tokens, cache or make_prompt_cache(self.loaded.model), seq.sampler,
+                    processors, seq.max_tokens - seq.generated, self._stop_ids(seq), self.prefill_step, self.kv)
+            if self.ngram_k and seq.sampler is None and not processors and not seq.sampling.logprobs:
+                self.solo = NgramSolo(*args, context=seq.tokens, k_max=self.ngram_k, stats=self.drafts)
+            else:
+                self.solo = Solo(*args)
             self.solo_seq = seq
         else:
             if self.solo is not None:
@@ -158,8 +170,8 @@ class Runner:
             with mx.stream(self.batch.stream):
                 got = self.solo.step()
             if got is not None:
-                token, lp, finish = got
-                out.append(TokenOut(self.solo.rid, [token], finish, self.solo.cache if finish else None, lp))
+                tokens, lp, finish = got
+                out.append(TokenOut(self.solo.rid, tokens, finish, self.solo.cache if finish else None, lp))
             return out
         return out + self.batch.step()
 

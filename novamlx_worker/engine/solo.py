@@ -55,7 +55,7 @@ class Solo:
         return nxt, lp[0]
 
     def step(self):
-        """One prefill chunk (returns None) or one token: (token, logprob row, finish_reason)."""
+        """One prefill chunk (returns None) or this step's tokens: ([token], logprob row, finish_reason)."""
         if self.pending:
             chunk, self.pending = self.pending[: self.prefill_step], self.pending[self.prefill_step:]
             self.model(mx.array(chunk)[None], cache=self.cache)
@@ -70,7 +70,7 @@ class Solo:
         token = y.item()
         self.n += 1
         finish = finish_for(token, self.n, self.max_tokens, self.stop_ids)
-        return token, lp, finish
+        return [token], lp, finish
 
     def handover(self):
         """(tokens still to feed, cache, pending) to continue this sequence in the batch.

@@ -1,0 +1,89 @@
+"""N-gram (prompt lookup) speculative decoding for a lone greedy sequence.
+
+Coding agents and edit requests repeat long spans of their prompt. The last n tokens of the
+sequence are looked up in everything it has seen (longest n first, latest occurrence); the k
+tokens that followed there are a draft. One forward over [next input, draft...] scores them
+all; the draft is accepted while it equals the target's argmax, and the target's own token
+at the first mismatch (or after the last accepted one) comes free. Rejected positions are
+trimmed from the cache, so the KV always equals a plain decode's: the output is exactly the
+target's greedy output, several tokens per forward when the draft is right.
+
+Scope now: the solo path (one sequence on a model), greedy rows without logits processors or
+logprobs. TODO(#19): the batched path, sampled rows (rejection sampling), draft models.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlx.core as mx
+from mlx_lm.models.cache import trim_prompt_cache
+
+from .path import finish_for
+from .solo import Solo
+
+
+def propose(context: list[int], k: int, n_max: int = 4, n_min: int = 2, window: int = 4096) -> list[int]:
+    """Up to k tokens that followed the latest earlier occurrence of the context's last n tokens
+    (longest n first), searched in the last `window` tokens."""
+    if k <= 0 or len(context) < n_min + 1:
+        return []
+    hay = context[-window:]
+    for n in range(min(n_max, len(hay) - 1), n_min - 1, -1):
+        tail = hay[-n:]
+        for start in range(len(hay) - n - 1, -1, -1):  # latest first, never the tail itself
+            if hay[start:start + n] == tail:
+                return hay[start + n:start + n + k]
+    return []
+
+
+@dataclass
+class DraftStats:
+    steps: int = 0
+    proposed: int = 0
+    accepted: int = 0
+
+
+class NgramSolo(Solo):
+    """Solo with n-gram drafts. Not pipelined: each step reads its forward's tokens at once
+    (a step may return several)."""
+
+    def __init__(self, *args, context: list[int], k_max: int, stats: DraftStats, **kw):
+        super().__init__(*args, **kw)
+        self.seen = list(context)  # every token of the sequence so far; the last is the next input
+        self.k_max, self.k = k_max, max(1, k_max // 2)
+        self.stats = stats
+
+    def step(self):
+        if self.pending:
+            return super().step()
+        draft = propose(self.seen, min(self.k, self.max_tokens - self.n - 1))
+        inputs = mx.array([self.seen[-1], *draft])[None]
+        logits = self.model(inputs, cache=self.cache)[0]
+        self._quantize()
+        target = mx.argmax(logits, axis=-1).tolist()
+        m = 0
+        while m < len(draft) and draft[m] == target[m]:
+            m += 1
+        if len(draft) > m:
+            trim_prompt_cache(self.cache, len(draft) - m)  # the KV of rejected drafts goes
+        self.stats.steps += 1
+        self.stats.proposed += len(draft)
+        self.stats.accepted += m
+        if draft:  # adapt: longer drafts while they land, shorter when they miss
+            self.k = min(self.k + 1, self.k_max) if m == len(draft) else max(1, self.k - 1 if m < len(draft) // 2 else self.k)
+        out, finish = [], None
+        for token in draft[:m] + [target[m]]:
+            self.n += 1
+            out.append(token)
+            finish = finish_for(token, self.n, self.max_tokens, self.stop_ids)
+            if finish is not None:
+                break
+        self.seen += out
+        lp = logits[len(out) - 1] - mx.logsumexp(logits[len(out) - 1], keepdims=True)
+        return out, lp, finish
+
+    def handover(self):
+        """To the batch: the KV holds every token but the last, which the batch feeds next."""
+        if self.pending:
+            return super().handover()
+        return [self.seen[-1]], self.cache, None

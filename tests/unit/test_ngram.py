@@ -1,0 +1,79 @@
+"""N-gram speculative decoding on the solo path: drafts from the sequence's own tokens, and
+output equal to plain greedy decoding token for token (tiny random model: its greedy output
+falls into repeats, which the drafts then predict)."""
+import pytest
+
+from novamlx_worker.engine.engine import Engine
+from novamlx_worker.engine.ngram import propose
+from novamlx_worker.memory import MemoryEnforcer
+from novamlx_worker.models.pool import ModelPool
+from protocol import messages as m
+
+
+def test_propose_takes_the_longest_latest_match():
+    ctx = [1, 2, 3, 9, 9, 1, 2, 3, 7, 8, 5, 1, 2, 3]
+    assert propose(ctx, 3) == [7, 8, 5]  # "1 2 3" last seen before the tail at index 5
+    assert propose([5, 6, 7, 5, 6], 4) == [7, 5, 6]
+    assert propose([1, 2, 3, 4], 3) == []  # nothing repeats
+    assert propose([4, 4], 0) == [] and propose([4], 3) == []
+
+
+def engine(path, k):
+    events = []
+    eng = Engine(ModelPool([str(path)], [], "auto"), events.append, MemoryEnforcer("90%"), max_batch=8, ngram_k=k,
+                 prefix_cache_bytes=0)
+    eng.events = events
+    return eng
+
+
+def generate(eng, prompt, n, **sampling):
+    rid = f"g{len(eng.events)}"
+    eng.handle(m.Generate(rid, "tiny-llama", m.Sampling(temperature=0, max_tokens=n, ignore_eos=True, **sampling),
+                          prompt_tokens=prompt))
+    while not any(isinstance(e, (m.Finished, m.Error)) and e.id == rid for e in eng.events):
+        eng.step()
+    fin = next(e for e in eng.events if getattr(e, "id", None) == rid and isinstance(e, (m.Finished, m.Error)))
+    assert isinstance(fin, m.Finished), fin
+    text = "".join(d.text for e in eng.events if isinstance(e, m.Step) for d in e.deltas if d.id == rid)
+    return text, fin
+
+
+PROMPTS = [list(range(100, 160)) * 2, [7, 8, 9] * 30, list(range(3000, 3050))]
+
+
+@pytest.mark.parametrize("k", [2, 5])
+def test_greedy_output_equals_plain_decoding(tiny_model, k):
+    plain, spec = engine(tiny_model, 0), engine(tiny_model, k)
+    for prompt in PROMPTS:
+        want, fin = generate(plain, prompt, 60)
+        got, fin_spec = generate(spec, prompt, 60)
+        assert got == want and fin_spec.usage.completion_tokens == fin.usage.completion_tokens == 60
+    drafts = spec.stats()["engine"]["batches"]["tiny-llama"]["ngram"]
+    assert drafts["accepted"] > 0 and drafts["steps"] < 3 * 60  # several tokens per forward at times
+
+
+def test_rows_the_drafts_cannot_serve_decode_plainly(tiny_model):
+    """Sampled rows and logprob rows take the plain solo path (same output as without drafts)."""
+    plain, spec = engine(tiny_model, 4), engine(tiny_model, 0)
+    a, _ = generate(plain, PROMPTS[1], 20, logprobs=True)
+    b, _ = generate(spec, PROMPTS[1], 20, logprobs=True)
+    assert a == b and plain.stats()["engine"]["batches"]["tiny-llama"]["ngram"]["steps"] == 0
+
+
+def test_handover_to_the_batch_mid_stream_keeps_the_output(tiny_model):
+    """A second request arrives while a drafted stream runs: it moves into the batch and both
+    answer as they would alone."""
+    plain = engine(tiny_model, 0)
+    want_a, _ = generate(plain, PROMPTS[1], 40)
+    want_b, _ = generate(plain, PROMPTS[2], 20)
+    eng = engine(tiny_model, 4)
+    eng.handle(m.Generate("a", "tiny-llama", m.Sampling(temperature=0, max_tokens=40, ignore_eos=True),
+                          prompt_tokens=PROMPTS[1]))
+    for _ in range(6):
+        eng.step()
+    eng.handle(m.Generate("b", "tiny-llama", m.Sampling(temperature=0, max_tokens=20, ignore_eos=True),
+                          prompt_tokens=PROMPTS[2]))
+    while not {"a", "b"} <= {e.id for e in eng.events if isinstance(e, m.Finished)}:
+        eng.step()
+    text = lambda rid: "".join(d.text for e in eng.events if isinstance(e, m.Step) for d in e.deltas if d.id == rid)  # noqa: E731
+    assert text("a") == want_a and text("b") == want_b
