@@ -22,7 +22,8 @@ def make_sampler(s: Sampling):
     # Any 64-bit seed the APIs allow, negative ones too, as the unsigned key MLX takes.
     state = [mx.random.key(s.seed % 2**64)] if s.seed is not None else None
 
-    def sample(logprobs: mx.array) -> mx.array:
+    def shaped(logprobs: mx.array) -> mx.array:
+        """The logits sampling draws from: top-k, top-p and min-p cuts, then temperature."""
         x = logprobs
         if 0 < s.top_k < x.shape[-1]:  # k at or past the vocabulary keeps every token: nothing to cut
             x = apply_top_k(x, s.top_k)
@@ -30,14 +31,25 @@ def make_sampler(s: Sampling):
             x = apply_top_p(x, s.top_p)
         if s.min_p > 0.0:
             x = apply_min_p(x, s.min_p)
+        return x * inv_temp
+
+    def key():
         if state is None:
-            return mx.random.categorical(x * inv_temp)
-        state[0], key = mx.random.split(state[0])
-        return mx.random.categorical(x * inv_temp, key=key)
+            return None
+        state[0], k = mx.random.split(state[0])
+        return k
+
+    def sample(logprobs: mx.array) -> mx.array:
+        return mx.random.categorical(shaped(logprobs), key=key())
 
     # Unseeded samplers with the same settings are interchangeable: a batch samples all their
     # rows in one call. A seeded one keeps its own key stream, so it samples its row alone.
     sample.group = None if state is not None else (s.temperature, s.top_k, s.top_p, s.min_p)
+    # For speculative decoding: the distribution a token is drawn from, and uniforms from the
+    # same key stream (a seeded request stays reproducible).
+    sample.probs = lambda logprobs: mx.softmax(shaped(logprobs).astype(mx.float32), axis=-1)
+    sample.uniform = lambda n: mx.random.uniform(shape=(n,), key=key())
+    sample.categorical = lambda logits: mx.random.categorical(logits, key=key())
     return sample
 
 

@@ -8,8 +8,13 @@ at the first mismatch (or after the last accepted one) comes free. Rejected posi
 trimmed from the cache, so the KV always equals a plain decode's: the output is exactly the
 target's greedy output, several tokens per forward when the draft is right.
 
-Scope now: the solo path (one sequence on a model), greedy rows without logits processors or
-logprobs. TODO(#19): the batched path, sampled rows (rejection sampling), draft models.
+A sampled row stays exact by rejection sampling: a draft token d (proposed with certainty) is
+kept with probability p(d) under the distribution the sampler draws from (after top-k, top-p,
+min-p and temperature); at the first rejection the token is drawn from p without d, and after
+a fully accepted draft from p: every emitted token has the target's distribution.
+
+Scope now: the solo path (one sequence on a model), rows without logits processors or logprobs.
+TODO(#19): the batched path, draft models.
 """
 from __future__ import annotations
 
@@ -36,6 +41,20 @@ def propose(context: list[int], k: int, n_max: int = 4, n_min: int = 2, window: 
     return []
 
 
+def verify_sampled(probs: mx.array, draft: list[int], uniforms: list[float], draw) -> list[int]:
+    """Tokens a sampled row emits: probs (len(draft)+1, vocab) is the target's distribution at
+    each position, `uniforms` one draw in [0, 1) per draft token, `draw(logits)` samples."""
+    m = 0
+    if draft:
+        p_draft = mx.take_along_axis(probs[: len(draft)], mx.array(draft)[:, None], axis=-1)[:, 0].tolist()
+        while m < len(draft) and uniforms[m] < p_draft[m]:
+            m += 1
+    row = probs[m]
+    if m < len(draft):  # rejected: the rest of the distribution, without the draft's token
+        row = mx.where(mx.arange(row.shape[-1]) == draft[m], 0.0, row)
+    return draft[:m] + [int(draw(mx.log(row)).item())]
+
+
 @dataclass
 class DraftStats:
     steps: int = 0
@@ -60,10 +79,17 @@ class NgramSolo(Solo):
         inputs = mx.array([self.seen[-1], *draft])[None]
         logits = self.model(inputs, cache=self.cache)[0]
         self._quantize()
-        target = mx.argmax(logits, axis=-1).tolist()
-        m = 0
-        while m < len(draft) and draft[m] == target[m]:
-            m += 1
+        if self.sampler is None:  # greedy: accepted while the draft is the argmax
+            target = mx.argmax(logits, axis=-1).tolist()
+            m = 0
+            while m < len(draft) and draft[m] == target[m]:
+                m += 1
+            emitted = draft[:m] + [target[m]]
+        else:
+            lp = logits.astype(mx.float32) - mx.logsumexp(logits.astype(mx.float32), axis=-1, keepdims=True)
+            uniforms = self.sampler.uniform(len(draft)).tolist() if draft else []
+            emitted = verify_sampled(self.sampler.probs(lp), draft, uniforms, self.sampler.categorical)
+            m = len(emitted) - 1
         if len(draft) > m:
             trim_prompt_cache(self.cache, len(draft) - m)  # the KV of rejected drafts goes
         self.stats.steps += 1
@@ -72,7 +98,7 @@ class NgramSolo(Solo):
         if draft:  # adapt: longer drafts while they land, shorter when they miss
             self.k = min(self.k + 1, self.k_max) if m == len(draft) else max(1, self.k - 1 if m < len(draft) // 2 else self.k)
         out, finish = [], None
-        for token in draft[:m] + [target[m]]:
+        for token in emitted:
             self.n += 1
             out.append(token)
             finish = finish_for(token, self.n, self.max_tokens, self.stop_ids)

@@ -98,7 +98,7 @@ class Runner:
             processors = self._processors(seq)
             args = (self.loaded.model, rid, tokens, cache or make_prompt_cache(self.loaded.model), seq.sampler,
                     processors, seq.max_tokens - seq.generated, self._stop_ids(seq), self.prefill_step, self.kv)
-            if self.ngram_k and seq.sampler is None and not processors and not seq.sampling.logprobs:
+            if self.ngram_k and not processors and not seq.sampling.logprobs:
                 self.solo = NgramSolo(*args, context=seq.tokens, k_max=self.ngram_k, stats=self.drafts)
             else:
                 self.solo = Solo(*args)
