@@ -38,7 +38,8 @@ class Catalog:
 
     def policies_cmd(self) -> m.Policies:
         pol = {mid: m.Policy(int(s.get("ttl_seconds") or 0), bool(s.get("is_pinned")), int(s.get("max_context_window") or 0),
-                             s.get("kv_bits"), int(s.get("kv_group_size") or 64))
+                             s.get("kv_bits"), int(s.get("kv_group_size") or 64), s.get("draft_model"),
+                             int(s.get("num_draft_tokens") or 0))
                for mid, s in self.settings.data.items()}
         return m.Policies(_rid("policies"), pol)
 

@@ -41,6 +41,8 @@ class Config:
     prefix_cache_mb: float = 2048.0
     kv_bits: int = 0  # KV cache quantization for every model without its own kv_bits setting: 0 off, 2/3/4/6/8
     kv_group_size: int = 64  # 32, 64 or 128
+    draft_model: str = ""  # a served model (same tokenizer) that drafts for every model without its own draft_model
+    num_draft_tokens: int = 4
     speculative_ngram: int = 0  # n-gram (prompt lookup) drafts of up to this many tokens for a lone greedy stream; 0 off
     ssd_cache: bool = True
     ssd_cache_gb: float = 100.0
@@ -131,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kv-bits", type=int, choices=[0, 2, 3, 4, 6, 8],
                    help="quantize the KV cache (default 0: off); per model: the kv_bits setting")
     p.add_argument("--kv-group-size", type=int, choices=[32, 64, 128], help="KV quantization group size (default 64)")
+    p.add_argument("--draft-model", help="speculative decoding: a served model with the same tokenizer that drafts "
+                   "(per model: the draft_model setting)")
+    p.add_argument("--num-draft-tokens", type=int, help="tokens a draft model proposes per step (default 4)")
     p.add_argument("--speculative-ngram", type=int,
                    help="n-gram speculative decoding: drafts of up to K tokens for a lone greedy stream (default 0: off)")
     p.add_argument("--ssd-cache", type=on_off, help="on/off")

@@ -87,7 +87,8 @@ class Supervisor:
              "--tool-parser", self.cfg.tool_parser]
         a += ["--block-size", str(self.cfg.block_size), "--prefix-cache-mb", str(self.cfg.prefix_cache_mb),
               "--ssd-cache-gb", str(self.cfg.ssd_cache_gb), "--kv-bits", str(self.cfg.kv_bits),
-              "--kv-group-size", str(self.cfg.kv_group_size), "--ngram-draft", str(self.cfg.speculative_ngram)]
+              "--kv-group-size", str(self.cfg.kv_group_size), "--ngram-draft", str(self.cfg.speculative_ngram),
+              "--draft-model", self.cfg.draft_model, "--num-draft-tokens", str(self.cfg.num_draft_tokens)]
         if self.cfg.ssd_cache:
             a += ["--ssd-cache-dir", str(self.cfg.data_path / "cache" / "kv"),
                   "--vision-cache-dir", str(self.cfg.data_path / "cache" / "vision")]

@@ -145,6 +145,8 @@ class Policy(msgspec.Struct, omit_defaults=True):
     max_context_window: int = 0  # 0: the model's own
     kv_bits: int | None = None  # KV cache quantization: 0 off, 2-8 bits; None: the worker's default
     kv_group_size: int = 64
+    draft_model: str | None = None  # a smaller model with the same tokenizer that drafts for this one
+    num_draft_tokens: int = 0  # 0: the worker's default
 
 
 class Policies(msgspec.Struct, tag="policies"):

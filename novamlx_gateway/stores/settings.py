@@ -24,6 +24,7 @@ FIELDS: dict[str, tuple] = {
     "model_alias": (str, None, None), "is_pinned": (bool, None, None), "is_default": (bool, None, None),
     "kv_bits": (int, 2, 8), "kv_group_size": (int, 32, 128), "thinking_budget": (int, 0, BIG), "top_k": (int, 0, BIG),
     "display_name": (str, None, None), "description": (str, None, None),
+    "draft_model": (str, None, None), "num_draft_tokens": (int, 1, 64),
 }
 SAMPLING_DEFAULTS = ("temperature", "top_p", "top_k", "min_p", "frequency_penalty", "presence_penalty",
                      "repetition_penalty", "seed", "max_tokens", "thinking_budget")

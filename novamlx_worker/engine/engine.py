@@ -38,11 +38,12 @@ class Engine:
                  max_batch: int = 32, prefill_step: int = 512, prefill_batch: int = 16, default_max_tokens: int = 4096,
                  kv_budget_cap: int = 0, block_size: int = 64, prefix_cache_bytes: int = 2 * 1024**3,
                  ssd: SSDTier | None = None, embedders: list | None = None, tool_parser: str = "auto",
-                 turn_stops: list[str] | None = None, lockstep=None, kv: tuple[int, int] = (0, 64), ngram_k: int = 0):
+                 turn_stops: list[str] | None = None, lockstep=None, kv: tuple[int, int] = (0, 64), ngram_k: int = 0,
+                 draft: str = "", draft_k: int = 4):
         self.emit = emit
         self.memory = memory
         self.models = Models(pool, embedders or [], lambda: emit(m.Models(self.models.infos())), max_batch,
-                             prefill_step, prefill_batch, block_size, prefix_cache_bytes, ssd, kv, ngram_k)
+                             prefill_step, prefill_batch, block_size, prefix_cache_bytes, ssd, kv, ngram_k, draft, draft_k)
         self.ssd = ssd
         self.lockstep = lockstep  # a sharded model's ranks: rank 0 decides, the others follow (lockstep.py)
         self.max_batch = max_batch

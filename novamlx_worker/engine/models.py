@@ -16,6 +16,7 @@ from ..models.loader import LoadedModel
 from ..models.pool import ModelPool, kv_bytes_per_token
 from ..models.shape import activation_dtype, attention_shape
 from .errors import RequestError
+from .draft import check_pair
 from .kv import KVFormat, support
 from .prefix_cache import PrefixCache
 from .runner import Runner
@@ -28,9 +29,11 @@ log = logging.getLogger("novamlx.engine")
 class Models:
     def __init__(self, pool: ModelPool, embedders: list, on_change: Callable[[], None], max_batch: int,
                  prefill_step: int, prefill_batch: int, block_size: int, prefix_cache_bytes: int,
-                 ssd: SSDTier | None, kv: tuple[int, int] = (0, 64), ngram_k: int = 0):
+                 ssd: SSDTier | None, kv: tuple[int, int] = (0, 64), ngram_k: int = 0, draft: str = "",
+                 draft_k: int = 4):
         self.pool = pool
         self.ngram_k = ngram_k
+        self.default_draft, self.default_draft_k = draft, draft_k  # --draft-model for models without their own
         self.default_kv = kv  # (kv_bits, kv_group_size) for models without their own setting
         self.on_change = on_change  # the list of servable models changed: tell the gateway
         self.runners: dict[str, Runner | VisionRunner] = {}
@@ -86,8 +89,9 @@ class Models:
                 kv = KVFormat()
             elif how == "contiguous":
                 kv = KVFormat(kv.bits, kv.group_size, contiguous=True)
+        draft, k = self._draft_for(lm)
         runner = Runner(lm, max_batch=self.max_batch, prefill_step=self.prefill_step, prefill_batch=self.prefill_batch,
-                        kv=kv, snapshot_bytes=self.prefix_cache_bytes, ngram_k=self.ngram_k)
+                        kv=kv, snapshot_bytes=self.prefix_cache_bytes, ngram_k=self.ngram_k, draft=draft, draft_k=k)
         if runner.cacheable and self.prefix_cache_bytes > 0 and lm.id not in self.caches:
             self.caches[lm.id] = PrefixCache(lm.id, self.block_size, self.prefix_cache_bytes, self.ssd, kv)
         return runner
@@ -95,6 +99,25 @@ class Models:
     def kv_format(self, model_id: str) -> KVFormat:
         e = self.pool.entries[model_id]
         return KVFormat(*self.default_kv) if e.kv_bits is None else KVFormat(e.kv_bits, e.kv_group_size)
+
+    def _draft_for(self, lm: LoadedModel) -> tuple[LoadedModel | None, int]:
+        """The draft model set for this one (its draft_model setting, else --draft-model), loaded,
+        if it shares the tokenizer; a draft that cannot serve is logged and left out."""
+        entry = self.pool.entries[lm.id]
+        name = entry.draft_model or self.default_draft
+        if not name or lm.vision is not None:
+            return None, 0
+        found = self.pool.find(name)
+        if found is None or found.id == lm.id:
+            log.warning("%s: draft model `%s` is not served here; decoding without it", lm.id, name)
+            return None, 0
+        try:
+            draft = self.pool.get(found.id)
+            check_pair(lm, draft)
+        except Exception as e:  # noqa: BLE001 - the target still serves, without the draft
+            log.warning("%s: draft model `%s` left out: %s", lm.id, name, e)
+            return None, 0
+        return draft, entry.num_draft_tokens or self.default_draft_k
 
     def kv_report(self) -> dict:
         """Per loaded model: its KV format now and what a token costs plain, for the admin's
@@ -206,10 +229,11 @@ class Models:
         for e in self.pool.entries.values():
             p = policies.get(e.id) or m.Policy()
             e.ttl, e.policy_pinned, e.max_context = float(p.ttl_seconds), p.pinned, p.max_context_window
-            before = self.kv_format(e.id)
+            before = (self.kv_format(e.id), e.draft_model, e.num_draft_tokens)
             e.kv_bits, e.kv_group_size = p.kv_bits, p.kv_group_size
-            if self.kv_format(e.id) != before:
-                if e.id not in busy:  # a new KV format: a fresh decode path (and cache) at next use
+            e.draft_model, e.num_draft_tokens = p.draft_model, p.num_draft_tokens
+            if (self.kv_format(e.id), e.draft_model, e.num_draft_tokens) != before:
+                if e.id not in busy:  # a new KV format or draft: a fresh decode path (and cache) at next use
                     self.runners.pop(e.id, None)
                     if (cache := self.caches.pop(e.id, None)) is not None:
                         cache.clear()

@@ -72,10 +72,17 @@ class NgramSolo(Solo):
         self.k_max, self.k = k_max, max(1, k_max // 2)
         self.stats = stats
 
+    def _propose(self, k: int) -> list[int]:
+        return propose(self.seen, k)
+
+    def _accepted(self, draft: list[int], m: int, before: int) -> None:
+        """After verification (draft.py keeps a second cache in step here)."""
+
     def step(self):
         if self.pending:
             return super().step()
-        draft = propose(self.seen, min(self.k, self.max_tokens - self.n - 1))
+        before = len(self.seen)
+        draft = self._propose(min(self.k, self.max_tokens - self.n - 1))
         inputs = mx.array([self.seen[-1], *draft])[None]
         logits = self.model(inputs, cache=self.cache)[0]
         self._quantize()
@@ -92,6 +99,7 @@ class NgramSolo(Solo):
             m = len(emitted) - 1
         if len(draft) > m:
             trim_prompt_cache(self.cache, len(draft) - m)  # the KV of rejected drafts goes
+        self._accepted(draft, m, before)
         self.stats.steps += 1
         self.stats.proposed += len(draft)
         self.stats.accepted += m

@@ -21,6 +21,7 @@ from .kv import KVFormat
 from .mlxlm_batch import MlxLmBatch
 from .path import TokenOut
 from .sequence import Sequence
+from .draft import DraftSolo
 from .ngram import DraftStats, NgramSolo
 from .solo import Solo
 
@@ -44,9 +45,11 @@ def processors_for(seq: Sequence, loaded: LoadedModel, vocab_size: int) -> list:
 
 class Runner:
     def __init__(self, loaded: LoadedModel, max_batch: int = 32, prefill_batch: int = 16,
-                 prefill_step: int = 512, kv: KVFormat = KVFormat(), snapshot_bytes: int = 0, ngram_k: int = 0):
+                 prefill_step: int = 512, kv: KVFormat = KVFormat(), snapshot_bytes: int = 0, ngram_k: int = 0,
+                 draft: LoadedModel | None = None, draft_k: int = 4):
         self.loaded = loaded
-        self.ngram_k = ngram_k  # n-gram drafts of up to k tokens for a lone greedy sequence (ngram.py); 0: off
+        self.ngram_k = ngram_k  # n-gram drafts of up to k tokens for a lone sequence (ngram.py); 0: off
+        self.draft, self.draft_k = draft, draft_k  # a draft model's proposals instead (draft.py)
         self.drafts = DraftStats()
         self.kv = kv  # quantized KV applies to plain-KV models (the slot batch and solo path)
         self.eos_ids = set(loaded.tokenizer.stop_ids)  # EOS and turn-opening control tokens
@@ -81,9 +84,9 @@ class Runner:
 
     def info(self) -> dict:
         info = self.batch.info()
-        if self.ngram_k:
+        if self.ngram_k or self.draft is not None:
             d = self.drafts
-            info["ngram"] = {"steps": d.steps, "proposed": d.proposed, "accepted": d.accepted,
+            info["draft_model" if self.draft is not None else "ngram"] = {"steps": d.steps, "proposed": d.proposed, "accepted": d.accepted,
                              "acceptance": round(d.accepted / d.proposed, 3) if d.proposed else None}
         return info
 
@@ -98,7 +101,11 @@ class Runner:
             processors = self._processors(seq)
             args = (self.loaded.model, rid, tokens, cache or make_prompt_cache(self.loaded.model), seq.sampler,
                     processors, seq.max_tokens - seq.generated, self._stop_ids(seq), self.prefill_step, self.kv)
-            if self.ngram_k and not processors and not seq.sampling.logprobs:
+            plain = processors or seq.sampling.logprobs  # rows speculation does not serve yet
+            if self.draft is not None and not plain:
+                self.solo = DraftSolo(*args, context=seq.tokens, k_max=self.draft_k, stats=self.drafts,
+                                      draft_model=self.draft.model)
+            elif self.ngram_k and not plain:
                 self.solo = NgramSolo(*args, context=seq.tokens, k_max=self.ngram_k, stats=self.drafts)
             else:
                 self.solo = Solo(*args)

@@ -32,6 +32,8 @@ class Entry:
     path: str = ""  # the resolved folder or .gguf file: one entry per set of weights
     kv_bits: int | None = None  # KV cache quantization (engine/kv.py): 0 off, 2-8 bits; None: the worker's default
     kv_group_size: int = 64
+    draft_model: str | None = None  # speculative decoding's draft (engine/draft.py); None: the worker's default
+    num_draft_tokens: int = 0  # 0: the worker's default
 
 
 def weight_bytes(lm: LoadedModel) -> int:

@@ -112,3 +112,51 @@ def test_sampled_rows_draft_and_stay_reproducible(tiny_model):
         rid_texts.append("".join(d.text for e in eng.events if isinstance(e, m.Step) for d in e.deltas if d.id == rid))
     assert rid_texts[0] == rid_texts[1]
     assert eng.stats()["engine"]["batches"]["tiny-llama"]["ngram"]["steps"] > 0
+
+
+def draft_engine(target, draft, k=4):
+    events = []
+    pool = ModelPool([str(target), str(draft)], [], "auto")
+    eng = Engine(pool, events.append, MemoryEnforcer("90%"), max_batch=8, prefix_cache_bytes=0,
+                 draft=draft.name, draft_k=k)
+    eng.events = events
+    return eng
+
+
+@pytest.fixture(scope="module")
+def twin(tiny_model, tmp_path_factory):
+    """A draft that is the target's own copy (every draft accepted) and an unrelated one."""
+    import shutil
+
+    from tests.fixtures.tiny_models import build_tiny_llama
+
+    root = tmp_path_factory.mktemp("drafts")
+    same = root / "tiny-same"
+    shutil.copytree(tiny_model, same)
+    return same, build_tiny_llama(root / "tiny-other", seed=9)
+
+
+def test_draft_model_keeps_the_greedy_output(tiny_model, twin):
+    same, other = twin
+    plain = engine(tiny_model, 0)
+    for draft in (same, other):
+        eng = draft_engine(tiny_model, draft)
+        for prompt in PROMPTS:
+            assert generate(eng, prompt, 40)[0] == generate(plain, prompt, 40)[0]
+        stats = eng.stats()["engine"]["batches"]["tiny-llama"]["draft_model"]
+        if draft is same:  # the target's own weights: every proposal is what it would say
+            assert stats["proposed"] > 0 and stats["accepted"] == stats["proposed"]
+
+
+def test_draft_with_another_tokenizer_is_left_out(tiny_model, tmp_path):
+    import json
+
+    from tests.fixtures.tiny_models import TINY_LLAMA, build_tiny_llama
+
+    odd = build_tiny_llama(tmp_path / "tiny-odd", cfg={**TINY_LLAMA, "vocab_size": 1000})
+    tok = json.loads((odd / "tokenizer.json").read_text())
+    tok["model"]["vocab"] = dict(list(tok["model"]["vocab"].items())[:1000])
+    (odd / "tokenizer.json").write_text(json.dumps(tok))
+    eng = draft_engine(tiny_model, odd)
+    text, fin = generate(eng, PROMPTS[0], 10)
+    assert fin.usage.completion_tokens == 10 and "draft_model" not in eng.stats()["engine"]["batches"]["tiny-llama"]

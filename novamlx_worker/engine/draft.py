@@ -1,0 +1,48 @@
+"""Draft-model speculative decoding for a lone sequence: a smaller model with the same
+tokenizer proposes k tokens (greedily, one cheap forward each), the target scores them all in
+one forward and keeps what it would have produced (ngram.py's rule: argmax for greedy rows,
+rejection sampling for sampled ones, so the output is exactly the target's). Both caches are
+trimmed back to the accepted tokens; the draft's catches up on what it has not seen at the
+next step.
+"""
+from __future__ import annotations
+
+import mlx.core as mx
+from mlx_lm.models.cache import make_prompt_cache, trim_prompt_cache
+
+from .ngram import NgramSolo
+
+
+def check_pair(target, draft) -> None:
+    """A draft must speak the target's tokens: same vocabulary size and special tokens."""
+    t, d = target.tokenizer, draft.tokenizer
+    if t.vocab_size != d.vocab_size or set(t.eos_ids) != set(d.eos_ids) or t.bos_id != d.bos_id:
+        raise ValueError(f"draft model `{draft.id}` does not share `{target.id}`'s tokenizer (vocabulary "
+                         f"{d.vocab_size} vs {t.vocab_size}, or different special tokens)")
+
+
+class DraftSolo(NgramSolo):
+    def __init__(self, *args, draft_model, **kw):
+        super().__init__(*args, **kw)
+        self.draft = draft_model
+        self.draft_cache = make_prompt_cache(draft_model)
+        self.draft_len = 0  # tokens of `seen` the draft's cache holds (a prefix)
+
+    def _propose(self, k: int) -> list[int]:
+        behind = self.seen[self.draft_len:-1]
+        for i in range(0, len(behind), self.prefill_step):  # catch up (the prompt, then accepted tokens)
+            self.draft(mx.array(behind[i:i + self.prefill_step])[None], cache=self.draft_cache)
+        self.draft_len += len(behind)
+        out, y = [], self.seen[-1]
+        for _ in range(k):
+            y = mx.argmax(self.draft(mx.array([y])[None], cache=self.draft_cache)[0, -1]).item()
+            self.draft_len += 1
+            out.append(y)
+        return out
+
+    def _accepted(self, draft: list[int], m: int, before: int) -> None:
+        """The draft's cache holds seen[:before] + [last] + draft[:-1]: keep what is still true."""
+        valid = before + min(m, max(len(draft) - 1, 0))
+        if self.draft_len > valid:
+            trim_prompt_cache(self.draft_cache, self.draft_len - valid)
+            self.draft_len = valid
