@@ -1,16 +1,19 @@
-"""N-gram speculative decoding on an edit task, side by side in one run:
+"""Speculative decoding on an edit task, side by side in one run:
 
-    python -m novamlx_worker.bench_spec [--model M] [--k 6] [--tokens 200] [--streams 1]
+    python -m novamlx_worker.bench_spec [--model M] [--k 6] [--tokens 200] [--streams 1] [--draft-layers N]
 
 The model is asked to rewrite a ~300-token code block with small changes (greedy); the engine
 runs in-process with drafts off, then on (and off again, to see the noise). Prints tok/s,
-the ratio, acceptance, and whether the outputs are identical (they must be).
+the ratio, acceptance, and whether the outputs are identical (they must be). Drafts come from
+n-gram lookup, or with --draft-layers N from a draft model built here out of the default
+model's first N layers plus its norm and head (no smaller model with its tokenizer ships).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import time
+from pathlib import Path
 
 from .platform import preload_openblas
 
@@ -47,7 +50,32 @@ ASK = ("Rewrite this Python code exactly, but rename the variable `handle` to `f
        "Output only the code.\n\n```python\n" + CODE + "```")
 
 
-def run(path: str, k: int, tokens: int, streams: int) -> dict:
+def make_draft(out: Path, layers: int) -> Path:
+    """The embedded model's first `layers` layers with its embeddings, norm and head, as an MLX folder."""
+    import shutil
+
+    import mlx.core as mx
+
+    from .models.export import export
+    from .models.loader import default_model_path
+
+    full = out.parent / "full-export"
+    if not (full / "config.json").exists():
+        export(default_model_path(), full)
+    out.mkdir(parents=True, exist_ok=True)
+    config = json.loads((full / "config.json").read_text())
+    config["num_hidden_layers"] = layers
+    (out / "config.json").write_text(json.dumps(config, indent=1))
+    weights = mx.load(str(full / "model.safetensors"))
+    keep = {k: v for k, v in weights.items()
+            if not k.startswith("model.layers.") or int(k.split(".")[2]) < layers}
+    mx.save_safetensors(str(out / "model.safetensors"), keep, metadata={"format": "mlx"})
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(full / name, out / name)
+    return out
+
+
+def run(path: str, k: int, tokens: int, streams: int, draft: str | None = None) -> dict:
     from protocol import messages as m
 
     from .engine.engine import Engine
@@ -55,8 +83,9 @@ def run(path: str, k: int, tokens: int, streams: int) -> dict:
     from .models.pool import ModelPool
 
     events = []
-    eng = Engine(ModelPool([path], [], "auto"), events.append, MemoryEnforcer("auto"), max_batch=max(streams, 1),
-                 prefix_cache_bytes=0, ngram_k=k)
+    specs = [path] + ([draft] if draft else [])
+    eng = Engine(ModelPool(specs, [], "auto"), events.append, MemoryEnforcer("auto"), max_batch=max(streams, 1),
+                 prefix_cache_bytes=0, ngram_k=0 if draft else k, draft=Path(draft).name if draft else "", draft_k=k)
     model_id = next(iter(eng.models.pool.entries))
     eng.models.get(model_id)
 
@@ -74,7 +103,8 @@ def run(path: str, k: int, tokens: int, streams: int) -> dict:
 
     once("warm")
     rate, texts = once("timed")
-    info = eng.stats()["engine"]["batches"][model_id].get("ngram") or {}
+    batch = eng.stats()["engine"]["batches"][model_id]
+    info = batch.get("draft_model") or batch.get("ngram") or {}
     return {"rate": rate, "texts": texts, "ngram": info}
 
 
@@ -84,18 +114,25 @@ def main(argv=None) -> None:
     p.add_argument("--k", type=int, default=6)
     p.add_argument("--tokens", type=int, default=200)
     p.add_argument("--streams", type=int, default=1)
+    p.add_argument("--draft-layers", type=int, default=0, help="draft with a model of the first N layers instead of n-grams")
     args = p.parse_args(argv)
     preload_openblas()
     from protocol.naming import default_model_path
 
     path = args.model or default_model_path()
+    draft = None
+    if args.draft_layers:
+        import tempfile
+
+        draft = str(make_draft(Path(tempfile.mkdtemp()) / f"draft-{args.draft_layers}-layers", args.draft_layers))
     off = run(path, 0, args.tokens, args.streams)
-    on = run(path, args.k, args.tokens, args.streams)
+    on = run(path, args.k, args.tokens, args.streams, draft)
     off2 = run(path, 0, args.tokens, args.streams)
-    print(json.dumps({"streams": args.streams, "tokens": args.tokens, "k": args.k,
+    print(json.dumps({"drafts": f"model, first {args.draft_layers} layers" if draft else "n-gram",
+                      "streams": args.streams, "tokens": args.tokens, "k": args.k,
                       "off_tok_s": round(off["rate"], 1), "on_tok_s": round(on["rate"], 1),
                       "off_again_tok_s": round(off2["rate"], 1), "speedup": round(on["rate"] / off["rate"], 2),
-                      "identical": on["texts"] == off["texts"], "ngram": on["ngram"],
+                      "identical": on["texts"] == off["texts"], "drafts_stats": on["ngram"],
                       "sample": on["texts"][0][:160]}))
 
 
