@@ -76,6 +76,7 @@ class Generate(msgspec.Struct, tag="generate", omit_defaults=True):
     # max_tokens past the context window is a ceiling (Anthropic, Responses), not an error
     # (OpenAI chat/completions answer it with context_length_exceeded, as OpenAI does)
     fit_max_tokens: bool = False
+    speculative: bool = True  # False: never draft for this request (speculative decoding, when configured)
 
 
 class Abort(msgspec.Struct, tag="abort"):

@@ -79,6 +79,7 @@ class MessagesRequest(msgspec.Struct, kw_only=True):
     tool_choice: ToolChoiceIn | None = None
     thinking: ThinkingIn | None = None
     priority: str | int | None = None
+    speculative: bool | None = None  # false: no speculative drafts for this request
 
 
 class CountRequest(msgspec.Struct, kw_only=True):
@@ -241,7 +242,7 @@ async def messages(request: Request):
                         temperature=req.temperature, top_p=req.top_p,
                         top_k=req.top_k if req.top_k is None else max(req.top_k, 0), max_tokens=req.max_tokens,
                         stop=list(req.stop_sequences or []), priority=priority_of(request, req.priority),
-                        **_thinking(req.thinking))
+                        speculative=req.speculative, **_thinking(req.thinking))
     rid = f"msg_{uuid.uuid4().hex[:24]}"
     info, gen = await start_generation(request, args, MESSAGES)
     if req.stream:

@@ -84,6 +84,7 @@ class GenerateArgs:
     n: int = 1
     echo: bool = False
     priority: int = 0
+    speculative: bool | None = None  # False: no speculative drafts (the server's setting otherwise)
     route_max_tokens: int | None = None  # this route's own default (legacy completions: 16)
 
 
@@ -177,7 +178,8 @@ def to_commands(a: GenerateArgs, model_id: str, defaults: dict, wire: Wire, base
     inputs = [{"messages": a.messages}] if a.prompts is None else a.prompts
     return [m.Generate(f"{base}-{pi * a.n + j}", model_id, _choice_seed(s, j), tools=a.tools,
                        parse_tools=a.parse_tools, force_tool=a.force_tool, template_kwargs=template_kwargs,
-                       echo=a.echo, priority=a.priority, fit_max_tokens=wire.window_ceiling, **inp)
+                       echo=a.echo, priority=a.priority, fit_max_tokens=wire.window_ceiling,
+                       speculative=a.speculative is not False, **inp)
             for pi, inp in enumerate(inputs) for j in range(a.n)]
 
 

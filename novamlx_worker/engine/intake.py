@@ -119,7 +119,7 @@ def build(cmd: m.Generate, lm: LoadedModel, limits: Limits, turn_stops: list[str
         ids = [lm.tokenizer.bos_id]
     max_tokens = _max_tokens(cmd, len(ids), limits)
     seq = Sequence(cmd.id, lm.id, ids, cmd.sampling, max_tokens, _output(cmd, lm, ids, turn_stops, tool_parser),
-                   priority=cmd.priority, vision=vision, grammar=_grammar(cmd))
+                   priority=cmd.priority, vision=vision, grammar=_grammar(cmd), speculative=cmd.speculative)
     seq.kv_bytes = (len(ids) + max_tokens) * limits.kv_bytes_per_token
     script = scripted_output(cmd.messages)
     if script is not None:

@@ -86,8 +86,10 @@ class Runner:
         info = self.batch.info()
         if self.ngram_k or self.draft is not None:
             d = self.drafts
-            info["draft_model" if self.draft is not None else "ngram"] = {"steps": d.steps, "proposed": d.proposed, "accepted": d.accepted,
-                             "acceptance": round(d.accepted / d.proposed, 3) if d.proposed else None}
+            info["draft_model" if self.draft is not None else "ngram"] = {
+                "steps": d.steps, "proposed": d.proposed, "accepted": d.accepted,
+                "acceptance": round(d.accepted / d.proposed, 3) if d.proposed else None,
+                "tokens_per_step": round((d.steps + d.accepted) / d.steps, 3) if d.steps else None}
         return info
 
     def add(self, seq: Sequence, cache: list | None = None) -> int:
@@ -101,7 +103,7 @@ class Runner:
             processors = self._processors(seq)
             args = (self.loaded.model, rid, tokens, cache or make_prompt_cache(self.loaded.model), seq.sampler,
                     processors, seq.max_tokens - seq.generated, self._stop_ids(seq), self.prefill_step, self.kv)
-            plain = processors or seq.sampling.logprobs  # rows speculation does not serve yet
+            plain = processors or seq.sampling.logprobs or not seq.speculative  # rows drafts do not serve (yet)
             if self.draft is not None and not plain:
                 self.solo = DraftSolo(*args, context=seq.tokens, k_max=self.draft_k, stats=self.drafts,
                                       draft_model=self.draft.model)

@@ -12,8 +12,22 @@ def test_ngram_drafts_keep_the_greedy_answer(tiny_model, tmp_path):
         s = Server(["--model", str(tiny_model), "--embedding-model", "none", "--speculative-ngram", flag],
                    tmp_path / flag).wait_ready()
         try:
-            answers.append(s.openai().chat.completions.create(**ASK).choices[0].message.content)
+            c = s.openai()
+            answers.append(c.chat.completions.create(**ASK).choices[0].message.content)
             stats = s.stats()["engine"]["batches"]["tiny-llama"].get("ngram")
+            if stats:  # a request that turns drafts off decodes plainly: no draft step counted
+                off = c.chat.completions.create(**{**ASK, "extra_body": {"ignore_eos": True, "speculative": False}})
+                assert off.choices[0].message.content == answers[-1]
+                assert s.stats()["engine"]["batches"]["tiny-llama"]["ngram"]["steps"] == stats["steps"]
+                import anthropic
+
+                from tests.conftest import API_KEY
+
+                client = anthropic.Anthropic(base_url=s.base_url, api_key=API_KEY, max_retries=0,
+                                             _strict_response_validation=True)
+                msg = client.messages.create(model="tiny-llama", max_tokens=8, messages=ASK["messages"],
+                                                    extra_body={"speculative": False})
+                assert msg.usage.output_tokens >= 1
         finally:
             s.stop()
     assert answers[0] == answers[1]
