@@ -16,6 +16,7 @@ from typing import Callable
 from protocol import messages as m
 
 from ..faults import FaultSwitch
+from ..pressure import Pressure
 from ..memory import MemoryEnforcer
 from ..models.loader import LoadedModel
 from ..models.pool import ModelPool, kv_bytes_per_token
@@ -64,6 +65,7 @@ class Engine:
         self.steps = 0
         self.peak_batch = 0
         self.fault = FaultSwitch()
+        self.pressure = Pressure()  # the machine's memory pressure, and MLX's cache given back when idle
         self.jobs = Jobs(emit)  # embedding and reranking, a batch at a time between decode steps
         answer = lambda fn: lambda cmd: self.emit(m.Result(cmd.id, data=fn(cmd)))  # noqa: E731 - one Result
         self.handlers = {
@@ -92,6 +94,8 @@ class Engine:
             if self.lockstep is None:
                 self.memory.poll(lambda: self.models.evict_one(self._busy()))
                 self.models.expire(self._busy())
+                self.pressure.relieve(self.pressure.poll(), self.models, self._busy(), self.memory.limit)
+                self.pressure.idle(not self.seqs and not self.jobs)
                 self._drain(block=not self.seqs and not self.jobs)
             else:  # sharded: every rank handles the commands rank 0 took
                 for cmd in self.lockstep.commands(self.inbox, bool(self.seqs),
@@ -150,7 +154,8 @@ class Engine:
     def memory_state(self) -> dict:
         return {**self.memory.state(), "kv_budget_bytes": self.kv_budget(),
                 "kv_reserved_bytes": self.scheduler.kv_reserved,
-                "models_loaded": self.models.loaded(), "kv": self.models.kv_report()}
+                "models_loaded": self.models.loaded(), "kv": self.models.kv_report(),
+                "pressure": self.pressure.state()}
 
     def _abort(self, cmd: m.Abort) -> None:
         seq = self.seqs.get(cmd.id)

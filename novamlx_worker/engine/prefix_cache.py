@@ -224,6 +224,15 @@ class PrefixCache:
                                       "layers": len(b.keys), "parts": len(b.keys[0]), "dtypes": ",".join(dtypes),
                                       "dtype": dtypes[0]})
 
+    def spill(self) -> int:
+        """Every unreferenced block out of memory (to the SSD tier when there is one); blocks that
+        running rows hold stay. Returns the bytes freed."""
+        before, saved = self.bytes, self.max_bytes
+        self.max_bytes = 0
+        self._trim()
+        self.max_bytes = saved
+        return before - self.bytes
+
     def clear(self) -> None:
         for b in list(self.blocks.values()):
             b.refs = 0

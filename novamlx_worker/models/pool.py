@@ -125,6 +125,9 @@ class ModelPool:
         return [e for e in self.entries.values()
                 if e.loaded is not None and not (e.pinned or e.policy_pinned) and e.id not in busy]
 
+    def unpinned_loaded(self) -> int:
+        return sum(1 for e in self.entries.values() if e.loaded is not None and not (e.pinned or e.policy_pinned))
+
     def lru_evictable(self, busy: set[str]) -> str | None:
         idle = self._idle(busy)
         return min(idle, key=lambda e: e.last_used).id if idle else None
