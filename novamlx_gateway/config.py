@@ -43,6 +43,8 @@ class Config:
     kv_group_size: int = 64  # 32, 64 or 128
     draft_model: str = ""  # a served model (same tokenizer) that drafts for every model without its own draft_model
     num_draft_tokens: int = 4
+    max_sessions: int = 64  # conversations whose KV state is kept across turns (session_id); the oldest idle goes
+    session_ttl: float = 1800.0  # seconds a session is kept idle
     speculative_ngram: int = 0  # n-gram (prompt lookup) drafts of up to this many tokens for a lone greedy stream; 0 off
     ssd_cache: bool = True
     ssd_cache_gb: float = 100.0
@@ -136,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draft-model", help="speculative decoding: a served model with the same tokenizer that drafts "
                    "(per model: the draft_model setting)")
     p.add_argument("--num-draft-tokens", type=int, help="tokens a draft model proposes per step (default 4)")
+    p.add_argument("--max-sessions", type=int, help="sessions kept (default 64; the oldest idle one goes)")
+    p.add_argument("--session-ttl", type=float, help="seconds an idle session is kept (default 1800)")
     p.add_argument("--speculative-ngram", type=int,
                    help="n-gram speculative decoding: drafts of up to K tokens for a lone greedy stream (default 0: off)")
     p.add_argument("--ssd-cache", type=on_off, help="on/off")

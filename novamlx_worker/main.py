@@ -39,6 +39,9 @@ def parse_args(argv=None):
     p.add_argument("--ngram-draft", type=int, default=0, help="n-gram speculative drafts of up to K tokens (0: off)")
     p.add_argument("--draft-model", default="", help="model id drafting for every model without its own draft_model")
     p.add_argument("--num-draft-tokens", type=int, default=4)
+    p.add_argument("--sessions-dir", default="", help="folder for saved sessions ('' : saving off)")
+    p.add_argument("--max-sessions", type=int, default=64)
+    p.add_argument("--session-ttl", type=float, default=1800.0)
     p.add_argument("--turn-stop", action="append", default=[], help="text that ends a turn for every request")
     p.add_argument("--tool-parser", default="auto", help="auto (from the chat template) or families: hermes,mistral,...")
     p.add_argument("--block-size", type=int, default=64)
@@ -108,6 +111,7 @@ def main(argv=None) -> None:
             proto_out.write(data)
 
     from .engine.engine import Engine
+    from .engine.sessions import Sessions
     from .engine.ssd_cache import SSDTier
     from .health import snapshot, start_health_push
     from .memory import MemoryEnforcer
@@ -136,6 +140,7 @@ def main(argv=None) -> None:
                     default_max_tokens=args.default_max_tokens, kv_budget_cap=int(args.kv_budget_mb * 1024**2),
                     kv=(args.kv_bits, args.kv_group_size), ngram_k=max(args.ngram_draft, 0),
                     draft=args.draft_model, draft_k=max(args.num_draft_tokens, 1),
+                    sessions=Sessions(args.sessions_dir or None, args.max_sessions, args.session_ttl),
                     block_size=args.block_size, prefix_cache_bytes=int(args.prefix_cache_mb * 1024**2),
                     ssd=SSDTier(args.ssd_cache_dir, int(args.ssd_cache_gb * 1024**3))
                     if args.ssd_cache_dir and lockstep is None else None,  # ranks would each see their own disk

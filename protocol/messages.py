@@ -77,6 +77,16 @@ class Generate(msgspec.Struct, tag="generate", omit_defaults=True):
     # (OpenAI chat/completions answer it with context_length_exceeded, as OpenAI does)
     fit_max_tokens: bool = False
     speculative: bool = True  # False: never draft for this request (speculative decoding, when configured)
+    session: str | None = None  # continue from (and leave the state in) this session (engine/sessions.py)
+
+
+class SessionOp(msgspec.Struct, tag="session", omit_defaults=True):
+    """Admin: list | delete | save | restore | fork a session (answered by a Result)."""
+    id: str
+    op: str
+    session: str = ""
+    new_session: str = ""  # fork: the copy's id
+    model: str | None = None  # restore: refuse a session of another model
 
 
 class Abort(msgspec.Struct, tag="abort"):
@@ -170,7 +180,7 @@ class Shutdown(msgspec.Struct, tag="shutdown"):
 
 
 Command = (Generate | Abort | CountTokens | Embed | Rerank | Settings | LoadModel | UnloadModel | Register | Forget
-           | Policies | Stats | Ping | Shutdown)
+           | Policies | SessionOp | Stats | Ping | Shutdown)
 
 
 # ---- events (worker -> gateway) ----

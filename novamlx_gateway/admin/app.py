@@ -18,6 +18,7 @@ from ..errors import HANDLERS, APIError
 from ..hub import download as dl
 from ..middleware import RequestID, _send_error
 from .common import json_body, worker_settings
+from .sessions import session_action, sessions
 from .turboquant import turboquant
 
 
@@ -170,6 +171,9 @@ def create_admin_app(cfg: Config, worker, catalog) -> Starlette | None:
         return None
     app = Starlette(routes=[Route("/admin/api/memory", memory, methods=["GET", "PUT"]),
                             Route("/admin/api/turboquant", turboquant, methods=["GET", "PUT"]),
+                            Route("/admin/api/sessions", sessions, methods=["GET"]),
+                            Route("/admin/api/sessions/{id}", sessions, methods=["DELETE"]),
+                            Route("/admin/api/sessions/{id}/{action}", session_action, methods=["POST"]),
                             Route("/admin/models", list_models, methods=["GET"]),
                             Route("/admin/models/load", load_model, methods=["POST"]),
                             Route("/admin/models/unload", unload_model, methods=["POST"]),

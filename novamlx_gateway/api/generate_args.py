@@ -8,6 +8,7 @@ fields: a `Wire` says what each API calls the shared fields and how it bounds th
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import msgspec
@@ -34,14 +35,14 @@ class Wire:
         return self.fields.get(name, name)
 
 
-CHAT = Wire("chat", fields={"template_kwargs": "chat_template_kwargs"})
-COMPLETIONS = Wire("completions", fields={"messages": "prompt"})
+CHAT = Wire("chat", fields={"template_kwargs": "chat_template_kwargs", "session": "session_id"})
+COMPLETIONS = Wire("completions", fields={"messages": "prompt", "session": "session_id"})
 # Anthropic bounds temperature to [0, 1]; agents send max_tokens far past a small model's window.
 MESSAGES = Wire("messages", temperature_max=1.0, window_ceiling=True,
-                fields={"prompt": "messages", "stop": "stop_sequences", "thinking_budget": "thinking.budget_tokens",
+                fields={"prompt": "messages", "session": "session_id", "stop": "stop_sequences", "thinking_budget": "thinking.budget_tokens",
                         "reasoning_effort": "thinking", "response_format": "messages"})
 RESPONSES = Wire("responses", window_ceiling=True,
-                 fields={"messages": "input", "prompt": "input", "max_tokens": "max_output_tokens",
+                 fields={"messages": "input", "prompt": "input", "session": "session_id", "max_tokens": "max_output_tokens",
                          "response_format": "text.format", "reasoning_effort": "reasoning.effort",
                          "thinking_budget": "reasoning.effort"})
 
@@ -49,6 +50,7 @@ RESPONSES = Wire("responses", window_ceiling=True,
 MAX_TOKENS_CAP = 2**31 - 1
 SEED_RANGE = (-(2**63), 2**64 - 1)  # OpenAI documents a 64-bit integer seed
 EFFORT_BUDGET = {"minimal": 256, "low": 1024, "medium": 4096, "high": 16384}
+SESSION_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 # Chat-template variables the server itself passes: a client's value would clash with (or replace) them.
 RESERVED_TEMPLATE_KWARGS = {"messages", "conversation", "tools", "documents", "add_generation_prompt", "tokenize",
                             "return_dict", "continue_final_message", "chat_template", "tokenizer"}
@@ -85,6 +87,7 @@ class GenerateArgs:
     echo: bool = False
     priority: int = 0
     speculative: bool | None = None  # False: no speculative drafts (the server's setting otherwise)
+    session: str | None = None  # a session id (body session_id or the x-session-id header)
     route_max_tokens: int | None = None  # this route's own default (legacy completions: 16)
 
 
@@ -103,6 +106,8 @@ def validate(a: GenerateArgs, wire: Wire, max_n: int, max_prompt_mb: float = 8.0
     texts = message_texts(a.messages) if a.prompts is None else (p.get("prompt") for p in a.prompts)
     check_prompt_text(texts, max_prompt_mb, wire.field("messages"))
     check_tools(a.tools)
+    if a.session is not None and not SESSION_ID.fullmatch(a.session):
+        raise _bad(wire, "session", "a session id is 1-128 letters, digits, '.', '_' or '-'.")
     clash = sorted(RESERVED_TEMPLATE_KWARGS & set(a.template_kwargs or {}))
     if clash:
         raise _bad(wire, "template_kwargs", f"{', '.join(clash)} cannot be set here: the server passes "
@@ -179,7 +184,7 @@ def to_commands(a: GenerateArgs, model_id: str, defaults: dict, wire: Wire, base
     return [m.Generate(f"{base}-{pi * a.n + j}", model_id, _choice_seed(s, j), tools=a.tools,
                        parse_tools=a.parse_tools, force_tool=a.force_tool, template_kwargs=template_kwargs,
                        echo=a.echo, priority=a.priority, fit_max_tokens=wire.window_ceiling,
-                       speculative=a.speculative is not False, **inp)
+                       speculative=a.speculative is not False, session=a.session if j == 0 else None, **inp)
             for pi, inp in enumerate(inputs) for j in range(a.n)]
 
 
@@ -188,6 +193,7 @@ async def start_generation(request: Request, a: GenerateArgs, wire: Wire,
     """Resolve, validate, build and start: every error so far comes before the first byte."""
     state = request.app.state
     cfg = state.config
+    a.session = a.session or request.headers.get("x-session-id") or None
     validate(a, wire, cfg.max_n, cfg.max_prompt_mb)
     cloud = state.cloud.get(a.model)
     if cloud is not None:  # a remote model: its chat completions, read back as our events

@@ -55,6 +55,7 @@ class ResponsesRequest(msgspec.Struct, kw_only=True):
     include: list[str] | None = None
     priority: str | int | None = None
     speculative: bool | None = None  # false: no speculative drafts for this request
+    session_id: str | None = None  # keep this conversation's KV state across turns (or the x-session-id header)
 
 
 def _new_id(prefix: str) -> str:
@@ -256,7 +257,8 @@ async def create_response(request: Request):
                         max_tokens=req.max_output_tokens,
                         response_format=response_format_of((req.text or {}).get("format"), "text.format"),
                         reasoning_effort=req.reasoning.effort if req.reasoning else None,
-                        priority=priority_of(request, req.priority), speculative=req.speculative)
+                        priority=priority_of(request, req.priority), speculative=req.speculative,
+                        session=req.session_id)
     info, gen = await start_generation(request, args, RESPONSES)
     rid = _new_id("resp")
     created = int(time.time())

@@ -45,6 +45,7 @@ class _SamplingFields(msgspec.Struct, kw_only=True):
     ignore_eos: bool = False
     priority: str | int | None = None
     speculative: bool | None = None  # false: no speculative drafts for this request
+    session_id: str | None = None  # keep this conversation's KV state across turns (or the x-session-id header)
 
 
 class ChatRequest(_SamplingFields, kw_only=True):
@@ -76,7 +77,7 @@ def sampling_fields(req: _SamplingFields) -> dict:
             "frequency_penalty": req.frequency_penalty, "presence_penalty": req.presence_penalty,
             "repetition_penalty": req.repetition_penalty, "seed": req.seed, "ignore_eos": req.ignore_eos,
             "stop": [req.stop] if isinstance(req.stop, str) else list(req.stop or []),
-            "n": 1 if req.n is None else req.n, "speculative": req.speculative}
+            "n": 1 if req.n is None else req.n, "speculative": req.speculative, "session": req.session_id}
 
 
 def check_stream_options(req: _SamplingFields) -> None:

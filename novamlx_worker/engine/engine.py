@@ -27,6 +27,7 @@ from .jobs import Jobs
 from .models import Models
 from .output import echo_delta
 from .scheduler import Scheduler
+from .sessions import Sessions
 from .sequence import Sequence
 from .ssd_cache import SSDTier
 from .stats import engine_stats
@@ -40,12 +41,11 @@ class Engine:
                  kv_budget_cap: int = 0, block_size: int = 64, prefix_cache_bytes: int = 2 * 1024**3,
                  ssd: SSDTier | None = None, embedders: list | None = None, tool_parser: str = "auto",
                  turn_stops: list[str] | None = None, lockstep=None, kv: tuple[int, int] = (0, 64), ngram_k: int = 0,
-                 draft: str = "", draft_k: int = 4):
+                 draft: str = "", draft_k: int = 4, sessions: Sessions | None = None):
         self.emit = emit
         self.memory = memory
         self.models = Models(pool, embedders or [], lambda: emit(m.Models(self.models.infos())), max_batch,
                              prefill_step, prefill_batch, block_size, prefix_cache_bytes, ssd, kv, ngram_k, draft, draft_k)
-        self.ssd = ssd
         self.lockstep = lockstep  # a sharded model's ranks: rank 0 decides, the others follow (lockstep.py)
         self.max_batch = max_batch
         self.default_max_tokens = default_max_tokens
@@ -56,8 +56,9 @@ class Engine:
         self.seqs: dict[str, Sequence] = {}  # every accepted, unfinished sequence
         self.counters = {"queued": 0, "completed": 0, "preempted": 0, "aborted": 0, "peak_active": 0, "failed": 0,
                          "wait_s_total": 0.0, "started": 0, "runner_s": 0.0, "runner_calls": 0, "step_s": 0.0}
+        self.sessions = sessions or Sessions(None)
         self.scheduler = Scheduler(self.models, max_batch, prefill_batch, self.kv_budget,
-                                   lambda items: budget.kv_cost(items, self.runners), self.counters)
+                                   lambda items: budget.kv_cost(items, self.runners), self.counters, self.sessions)
         self.stopping = False
         self.heartbeat = time.monotonic()
         self.tokens_out = 0  # generated tokens since start, for the health push
@@ -77,6 +78,7 @@ class Engine:
             m.Register: answer(lambda cmd: self.models.register_all(cmd.models)),
             m.Forget: answer(lambda cmd: self.models.forget(cmd.model, self._busy())),
             m.Policies: answer(lambda cmd: self.models.apply(cmd.models, self._busy())),
+            m.SessionOp: answer(lambda cmd: self.sessions.command(cmd)),
             m.Ping: lambda cmd: self.emit(m.Pong(cmd.nonce)), m.Shutdown: self._shutdown}
 
     @property
@@ -96,6 +98,7 @@ class Engine:
                 self.models.expire(self._busy())
                 self.pressure.relieve(self.pressure.poll(), self.models, self._busy(), self.memory.limit)
                 self.pressure.idle(not self.seqs and not self.jobs)
+                self.sessions.expire()
                 self._drain(block=not self.seqs and not self.jobs)
             else:  # sharded: every rank handles the commands rank 0 took
                 for cmd in self.lockstep.commands(self.inbox, bool(self.seqs),
@@ -115,16 +118,14 @@ class Engine:
             self.jobs.advance()
 
     def _drain(self, block: bool) -> None:
+        """Every queued command, waiting up to 0.5 s for the first when there is nothing to do."""
         try:
             cmd = self.inbox.get(timeout=0.5) if block else self.inbox.get_nowait()
+            while True:
+                self.handle(cmd)
+                cmd = self.inbox.get_nowait()
         except queue.Empty:
             return
-        while True:
-            self.handle(cmd)
-            try:
-                cmd = self.inbox.get_nowait()
-            except queue.Empty:
-                return
 
     # ---- commands ----
     def handle(self, cmd) -> None:

@@ -18,6 +18,7 @@ from ..text.reasoning import ReasoningSplitter
 from ..text.tool_parsers import ToolCallParser, families_for
 from .errors import RequestError
 from .output import Output
+from .sessions import Sessions
 from .sequence import Sequence
 
 
@@ -119,7 +120,8 @@ def build(cmd: m.Generate, lm: LoadedModel, limits: Limits, turn_stops: list[str
         ids = [lm.tokenizer.bos_id]
     max_tokens = _max_tokens(cmd, len(ids), limits)
     seq = Sequence(cmd.id, lm.id, ids, cmd.sampling, max_tokens, _output(cmd, lm, ids, turn_stops, tool_parser),
-                   priority=cmd.priority, vision=vision, grammar=_grammar(cmd), speculative=cmd.speculative)
+                   priority=cmd.priority, vision=vision, grammar=_grammar(cmd), speculative=cmd.speculative,
+                   session=Sessions.check_id(cmd.session) if cmd.session else None)
     seq.kv_bytes = (len(ids) + max_tokens) * limits.kv_bytes_per_token
     script = scripted_output(cmd.messages)
     if script is not None:

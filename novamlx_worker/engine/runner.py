@@ -23,6 +23,7 @@ from .path import TokenOut
 from .sequence import Sequence
 from .draft import DraftSolo
 from .ngram import DraftStats, NgramSolo
+from .snapshots import held
 from .solo import Solo
 
 
@@ -98,7 +99,7 @@ class Runner:
         rid = self._next_rid
         if seq.sampler is None:
             seq.sampler = make_sampler(seq.sampling)
-        tokens = seq.tokens[cache[0].offset:] if cache else seq.tokens
+        tokens = seq.tokens[held(cache):] if cache else seq.tokens
         if self.active == 0 and self.cacheable:
             processors = self._processors(seq)
             args = (self.loaded.model, rid, tokens, cache or make_prompt_cache(self.loaded.model), seq.sampler,
@@ -126,7 +127,7 @@ class Runner:
 
     def _insert(self, rid: int, seq: Sequence, tokens: list[int], cache: list | None) -> int:
         row = Row(rid, seq.sampler, self._processors(seq), self._stop_ids(seq), seq.max_tokens - seq.generated,
-                  known=(cache[0].offset if cache else 0) + len(tokens), logprobs=seq.sampling.logprobs)
+                  known=(held(cache) if cache else 0) + len(tokens), logprobs=seq.sampling.logprobs)
         return self.batch.add(row, tokens, cache) or 0
 
     def _processors(self, seq: Sequence) -> list:

@@ -77,8 +77,9 @@ class Scheduler:
     leaving their KV to the prefix cache. `models` holds the decode paths and prefix caches."""
 
     def __init__(self, models, max_batch: int, prefill_batch: int, kv_budget: Callable[[], int],
-                 kv_cost: Callable[[list[Item]], int], counters: dict):
+                 kv_cost: Callable[[list[Item]], int], counters: dict, sessions=None):
         self.models = models
+        self.sessions = sessions  # a row naming a session starts from its state and leaves its own there
         self.max_batch, self.prefill_batch = max_batch, prefill_batch
         self.kv_budget, self.kv_cost = kv_budget, kv_cost
         self.counters = counters
@@ -115,7 +116,11 @@ class Scheduler:
         self.waiting.remove(seq)
         pc = self.models.caches.get(seq.model_id)
         kv = None
-        if pc is not None:
+        if seq.session and self.sessions is not None:
+            restored, kv = self.sessions.start(seq.session, seq.model_id, seq.tokens)
+            if kv is not None and seq.preemptions == 0:
+                seq.cached_tokens = restored
+        if pc is not None and kv is None:
             seq.blocks = pc.match(seq.tokens)
             if seq.blocks:
                 pc.acquire(seq.blocks)
@@ -147,6 +152,8 @@ class Scheduler:
             kv = kv or removed
             self.dropped(seq)
         self.kv_reserved -= seq.kv_bytes
+        if seq.session and self.sessions is not None:
+            self.sessions.end(seq.session, seq.model_id, seq.tokens, kv)
         pc = self.models.caches.get(seq.model_id)
         if pc is not None:
             if kv and seq.generated > 0:  # only decode-stage KV is whole and unpadded

@@ -27,6 +27,7 @@ class Sequence:
     preemptions: int = 0
     grammar: str | None = None  # compiled llguidance grammar for structured output
     speculative: bool = True  # drafts may serve it (engine/ngram.py, draft.py) when the server has them
+    session: str | None = None  # its state starts from and goes back to this session (sessions.py)
     vision: object = None  # models.vision.VisionInputs for a vision-language model
     script: list[int] | None = None  # test-only forced output (see faults.scripted_output)
     submitted: float = field(default_factory=time.monotonic)

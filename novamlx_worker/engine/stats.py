@@ -25,7 +25,7 @@ def engine_stats(engine) -> dict:
         lm = e.loaded
         if lm is not None and lm.vision is not None:
             cache[lm.id] = lm.vision.prompts.stats()
-    ssd = engine.ssd
+    ssd = models.ssd
     if ssd is not None:
         cache["ssd"] = {"blocks": len(ssd.index), "bytes": ssd.bytes, "reads": ssd.reads, "writes": ssd.writes,
                         "corrupt_dropped": ssd.corrupt}

@@ -117,7 +117,7 @@ def test_quantized_blocks_cached_quantized_and_reused(wide_model, tmp_path):
     fin = [e for e in events if isinstance(e, m.Finished)][-1]
     assert fin.usage.cached_tokens >= 80 and again == run(eng, [prompt], together=False)[0]
     pc.clear()  # every block to the SSD tier
-    eng.ssd.flush()  # written to disk: read back through the file metadata
+    eng.models.ssd.flush()  # written to disk: read back through the file metadata
     from_disk = run(eng, [prompt], together=False)[0]
     assert pc.stats.ssd_hits > 0 and from_disk == again
     assert len(first) == len(again) == 24
