@@ -2,9 +2,10 @@
 
 The enforcer (memory.py) acts when this process passes its own limit; a user whose browser
 and IDE fill the machine would still swap. Here the machine's available memory sets a level:
-normal, warning (under 15% available), critical (under 5%). On warning the engine evicts
-idle unpinned models down to one and sends prefix-cache blocks to the SSD tier; on critical it
-evicts every idle unpinned model. Every minute MLX's active memory is also checked against
+normal, warning (under 15% available), critical (under 5%). Under either, idle sessions leave
+memory first (saved to disk when saving is on; the next turn restores them); on warning the
+engine then evicts idle unpinned models down to one and sends prefix-cache blocks to the SSD
+tier; on critical it evicts every idle unpinned model. Every minute MLX's active memory is also checked against
 80% of the process limit. And after two idle seconds MLX's buffer cache goes back to the system
 (a burst of streams leaves gigabytes in it that an idle worker does not need).
 NOVAMLX_PRESSURE=warning|critical fakes the level (tests only).
@@ -55,10 +56,14 @@ class Pressure:
             self.level = level
         return level
 
-    def relieve(self, level: str | None, models, busy: set[str], limit: int) -> None:
-        """warning: one idle unpinned model stays loaded and prefix blocks leave memory (to the
-        SSD tier); critical: every idle unpinned model goes. `models`: the engine's Models."""
+    def relieve(self, level: str | None, models, busy: set[str], limit: int, sessions=None) -> None:
+        """Idle sessions go first (saved when saving is on); then warning: one idle unpinned model
+        stays loaded and prefix blocks leave memory (to the SSD tier); critical: every idle
+        unpinned model goes. `models`: the engine's Models; `sessions`: its Sessions."""
         pool = models.pool
+        if level in ("warning", "critical") and sessions is not None:
+            while sessions.drop_one():
+                self.acted("session dropped from memory")
         if level in ("warning", "critical"):
             keep = 1 if level == "warning" else 0
             while pool.unpinned_loaded() > keep and (victim := pool.lru_evictable(busy)) is not None:

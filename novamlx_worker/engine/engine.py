@@ -94,9 +94,9 @@ class Engine:
         while not self.stopping:
             self.heartbeat = time.monotonic()
             if self.lockstep is None:
-                self.memory.poll(lambda: self.models.evict_one(self._busy()))
+                self.memory.poll(lambda: self.sessions.drop_one() or self.models.evict_one(self._busy()))
                 self.models.expire(self._busy())
-                self.pressure.relieve(self.pressure.poll(), self.models, self._busy(), self.memory.limit)
+                self.pressure.relieve(self.pressure.poll(), self.models, self._busy(), self.memory.limit, self.sessions)
                 self.pressure.idle(not self.seqs and not self.jobs)
                 self.sessions.expire()
                 self._drain(block=not self.seqs and not self.jobs)
@@ -149,8 +149,8 @@ class Engine:
     def _model(self, name: str) -> LoadedModel:
         return self.models.get(name, self._refuse_load)
 
-    def kv_budget(self) -> int:
-        return budget.kv_budget(self.memory, self.models.pool, self.kv_budget_cap)
+    def kv_budget(self) -> int:  # the memory limit's share for KV, less what sessions keep
+        return max(budget.kv_budget(self.memory, self.models.pool, self.kv_budget_cap) - self.sessions.bytes, 0)
 
     def memory_state(self) -> dict:
         return {**self.memory.state(), "kv_budget_bytes": self.kv_budget(),

@@ -36,6 +36,7 @@ class Session:
     cache: list | None
     last_used: float = field(default_factory=time.monotonic)
     saved: bool = False
+    nbytes: int = 0
 
 
 class Sessions:
@@ -44,6 +45,12 @@ class Sessions:
         self.capacity, self.ttl = capacity, ttl
         self.items: dict[str, Session] = {}
         self.evicted = 0
+        self.dropped = 0  # sessions let go under memory pressure (saved first when saving is on)
+
+    @property
+    def bytes(self) -> int:
+        """KV bytes the kept states hold: admission counts them against the KV budget."""
+        return sum(s.nbytes for s in self.items.values())
 
     @staticmethod
     def check_id(sid: str) -> str:
@@ -57,6 +64,12 @@ class Sessions:
         all of its tokens when `tokens` extends them; else, for caches that can be cut back
         (plain KV), the common prefix (a client re-renders the last answer a little differently)."""
         s = self.items.get(sid)
+        if s is None and self.folder is not None and self._file(sid).exists():  # saved earlier (a restart)
+            try:
+                self.restore(sid, model)
+            except RequestError as e:
+                log.warning("session %s not restored: %s", sid, e)
+            s = self.items.get(sid)
         if s is None or s.model != model or s.cache is None:
             return 0, None
         limit = min(len(s.tokens), len(tokens) - 1)  # at least one token is left to feed
@@ -86,7 +99,23 @@ class Sessions:
             log.info("session %s evicted: %d sessions is the most kept (oldest idle goes)", oldest.id, self.capacity)
             del self.items[oldest.id]
             self.evicted += 1
-        self.items[sid] = Session(sid, model, list(tokens[:n]), cache)
+        self.items[sid] = Session(sid, model, list(tokens[:n]), cache, nbytes=nbytes(cache))
+
+    def drop_one(self) -> bool:
+        """Memory is short: the least recently used session leaves memory (saved first when saving
+        is on, so a later turn restores it). Says whether there was one."""
+        if not self.items:
+            return False
+        s = min(self.items.values(), key=lambda x: x.last_used)
+        if self.folder is not None and not s.saved:
+            try:
+                self.save(s.id)
+            except Exception as e:  # noqa: BLE001 - memory comes first; the state is lost, not the worker
+                log.warning("session %s not saved before dropping it: %s", s.id, e)
+        del self.items[s.id]
+        self.dropped += 1
+        log.warning("session %s dropped from memory (%s)", s.id, "saved" if s.saved else "not saved")
+        return True
 
     def expire(self) -> None:
         now = time.monotonic()
@@ -97,7 +126,8 @@ class Sessions:
     # ---- admin ----
     def command(self, cmd) -> dict:
         """A SessionOp command's answer."""
-        ops = {"list": lambda: {"sessions": self.list(), "evicted": self.evicted},
+        ops = {"list": lambda: {"sessions": self.list(), "evicted": self.evicted, "dropped": self.dropped,
+                                "bytes": self.bytes},
                "delete": lambda: self.delete(cmd.session), "save": lambda: self.save(cmd.session),
                "restore": lambda: self.restore(cmd.session, cmd.model),
                "fork": lambda: self.fork(cmd.session, cmd.new_session)}

@@ -33,17 +33,20 @@ def test_session_turns_restore_and_survive_a_worker_crash(tiny_long, tmp_path):
         assert cached2 >= p1 - 8  # the first turn came back from the session (the prefix cache is off)
         listed = httpx.get(admin, headers=hdr).json()["sessions"]
         assert [x["id"] for x in listed] == ["conv-1"] and listed[0]["tokens"] > p1
+        assert httpx.get(admin, headers=hdr).json()["bytes"] > 0
         assert httpx.get(admin, headers=s.headers).status_code in (401, 403)  # an inference key is no admin key
         assert httpx.post(f"{admin}/conv-1/save", headers=hdr).json()["saved"] is True
+        turn3 = msgs + [{"role": "assistant", "content": a2}, {"role": "user", "content": "last one"}]
+        uninterrupted, _, _ = ask(turn3, session_id="conv-ref")  # the same turn with no crash in between
         os.kill(s.health()["worker"]["pid"], signal.SIGKILL)  # the worker dies: its sessions in memory are gone
         deadline = time.time() + 60
         while time.time() < deadline and (s.health()["worker"]["restarts"] < 1 or s.health()["status"] != "ok"):
             time.sleep(0.3)
         r = httpx.post(f"{admin}/conv-1/restore", headers=hdr, json={"model": "tiny-long"})
         assert r.status_code == 200 and r.json()["tokens"] > p1
-        msgs += [{"role": "assistant", "content": a2}, {"role": "user", "content": "last one"}]
-        _, cached3, _ = ask(msgs, session_id="conv-1")
-        assert cached3 > p1
+        msgs = turn3
+        a3, cached3, _ = ask(msgs, session_id="conv-1")
+        assert cached3 > p1 and a3 == uninterrupted
         fork = httpx.post(f"{admin}/conv-1/fork", headers=hdr, json={"new_id": "conv-2"}).json()
         assert fork["id"] == "conv-2"
         r = httpx.post(s.base_url + "/v1/chat/completions", headers={**s.headers, "x-session-id": "conv-2"},

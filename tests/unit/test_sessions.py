@@ -93,3 +93,69 @@ def test_capacity_evicts_the_oldest_idle_and_ttl_expires(tiny_model):
     time.sleep(0.6)
     eng.sessions.expire()
     assert eng.sessions.list() == []
+
+
+def test_sessions_count_in_admission_and_go_first_under_pressure(tiny_model, tmp_path):
+    """A kept state's bytes come off the KV budget; memory pressure drops it first, saved, and the
+    next turn of that session restores it from disk by itself."""
+    from novamlx_worker.pressure import Pressure
+
+    eng = engine(tiny_model, tmp_path / "sessions")
+    eng.models.get("tiny-llama")  # weights loaded: the budget moves only with sessions now
+    before = eng.kv_budget()
+    prompt = list(range(800, 880))
+    first, _ = turn(eng, prompt, "p1")
+    assert eng.sessions.bytes > 0 and eng.kv_budget() == before - eng.sessions.bytes
+    pressure = Pressure(level=lambda: "warning")
+    pressure.relieve(pressure.poll(), eng.models, set(), eng.memory.limit, eng.sessions)
+    assert eng.sessions.list() == [] and eng.sessions.dropped == 1
+    assert (tmp_path / "sessions" / "p1.safetensors").exists()
+    assert any(a["action"] == "session dropped from memory" for a in pressure.state()["actions"])
+    nxt, cached = turn(eng, prompt + [5, 6, 7], "p1")
+    assert cached >= 80  # restored from disk on demand
+
+
+@pytest.mark.parametrize("kind", ["quantized", "hybrid"])
+def test_other_cache_kinds_save_restore_and_continue(tmp_path, kind):
+    """Quantized KV (kv_bits 8, stored quantized) and a hybrid model (lfm2: convolution state +
+    attention) keep, save and restore their sessions, and the restored turn equals the live one."""
+    from tests.fixtures.tiny_models import TINY_LFM2, TINY_LLAMA, build_tiny_llama, build_tiny_mlx
+
+    if kind == "quantized":
+        path = build_tiny_llama(tmp_path / "m" / "tiny-wide", seed=3, cfg={**TINY_LLAMA, "hidden_size": 128,
+                                "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 64})
+        extra = {"kv": (8, 64)}
+    else:
+        path = build_tiny_mlx(tmp_path / "m" / "tiny-lfm2", TINY_LFM2, seed=5)
+        extra = {}
+    name = path.name
+
+    def make():
+        events = []
+        eng = Engine(ModelPool([str(path)], [], "auto"), events.append, MemoryEnforcer("90%"), max_batch=8,
+                     prefix_cache_bytes=0, sessions=Sessions(str(tmp_path / "s"), 64, 1800.0), **extra)
+        eng.events = events
+        return eng
+
+    def say(eng, prompt):
+        rid = f"r{len(eng.events)}"
+        eng.handle(m.Generate(rid, name, m.Sampling(temperature=0, max_tokens=8, ignore_eos=True, logprobs=True),
+                              prompt_tokens=prompt, session="k"))
+        while not any(isinstance(e, m.Finished) and e.id == rid for e in eng.events):
+            eng.step()
+        fin = next(e for e in eng.events if isinstance(e, m.Finished) and e.id == rid)
+        return [lp.token for e in eng.events if isinstance(e, m.Step) for d in e.deltas if d.id == rid
+                for lp in d.logprobs or []], fin.usage.cached_tokens
+
+    eng = make()
+    say(eng, list(range(900, 960)))
+    held = eng.sessions.items["k"].tokens
+    if kind == "quantized":
+        assert type(eng.sessions.items["k"].cache[0]).__name__.endswith("QuantizedKVCache")
+    eng.sessions.save("k")
+    nxt = list(held) + [11, 12, 13]
+    live, cached = say(eng, nxt)
+    assert cached == len(held)
+    fresh = make()
+    again, cached = say(fresh, nxt)  # restored from disk on demand
+    assert cached == len(held) and again == live
