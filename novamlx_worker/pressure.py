@@ -56,17 +56,17 @@ class Pressure:
             self.level = level
         return level
 
-    def relieve(self, level: str | None, models, busy: set[str], limit: int, sessions=None) -> None:
+    def relieve(self, level: str | None, models, busy, limit: int, sessions=None) -> None:
         """Idle sessions go first (saved when saving is on); then warning: one idle unpinned model
         stays loaded and prefix blocks leave memory (to the SSD tier); critical: every idle
-        unpinned model goes. `models`: the engine's Models; `sessions`: its Sessions."""
+        unpinned model goes. `models`: the engine's Models; `busy()`: the models serving now
+        (asked only when there is something to do); `sessions`: its Sessions."""
         pool = models.pool
-        if level in ("warning", "critical") and sessions is not None:
-            while sessions.drop_one():
-                self.acted("session dropped from memory")
         if level in ("warning", "critical"):
+            while sessions is not None and sessions.drop_one():
+                self.acted("session dropped from memory")
             keep = 1 if level == "warning" else 0
-            while pool.unpinned_loaded() > keep and (victim := pool.lru_evictable(busy)) is not None:
+            while pool.unpinned_loaded() > keep and (victim := pool.lru_evictable(busy())) is not None:
                 models.drop(victim)
                 self.acted(f"evicted {victim}")
             if level == "warning":
@@ -76,7 +76,7 @@ class Pressure:
         now = time.monotonic()
         if now >= self.next_active_check:
             self.next_active_check = now + 60.0
-            if mx.get_active_memory() > 0.8 * limit and (victim := pool.lru_evictable(busy)) is not None:
+            if mx.get_active_memory() > 0.8 * limit and (victim := pool.lru_evictable(busy())) is not None:
                 models.drop(victim)
                 self.acted(f"evicted {victim}: MLX active memory over 80% of the limit")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -91,3 +92,7 @@ def default_embedding_path() -> str | None:
     if spec is None or not spec.submodule_search_locations:
         return None
     return str(Path(list(spec.submodule_search_locations)[0]) / "model")
+
+
+# A session id (a client's name for a conversation kept across turns; also a file name on disk).
+SESSION_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")

@@ -8,13 +8,13 @@ fields: a `Wire` says what each API calls the shared fields and how it bounds th
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import msgspec
 from starlette.requests import Request
 
 from protocol import messages as m
+from protocol.naming import SESSION_ID
 
 from .. import images
 from ..errors import APIError
@@ -50,7 +50,6 @@ RESPONSES = Wire("responses", window_ceiling=True,
 MAX_TOKENS_CAP = 2**31 - 1
 SEED_RANGE = (-(2**63), 2**64 - 1)  # OpenAI documents a 64-bit integer seed
 EFFORT_BUDGET = {"minimal": 256, "low": 1024, "medium": 4096, "high": 16384}
-SESSION_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 # Chat-template variables the server itself passes: a client's value would clash with (or replace) them.
 RESERVED_TEMPLATE_KWARGS = {"messages", "conversation", "tools", "documents", "add_generation_prompt", "tokenize",
                             "return_dict", "continue_final_message", "chat_template", "tokenizer"}

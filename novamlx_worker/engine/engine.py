@@ -47,7 +47,6 @@ class Engine:
         self.models = Models(pool, embedders or [], lambda: emit(m.Models(self.models.infos())), max_batch,
                              prefill_step, prefill_batch, block_size, prefix_cache_bytes, ssd, kv, ngram_k, draft, draft_k)
         self.lockstep = lockstep  # a sharded model's ranks: rank 0 decides, the others follow (lockstep.py)
-        self.max_batch = max_batch
         self.default_max_tokens = default_max_tokens
         self.kv_budget_cap = kv_budget_cap
         self.tool_parser = tool_parser
@@ -79,7 +78,7 @@ class Engine:
             m.Forget: answer(lambda cmd: self.models.forget(cmd.model, self._busy())),
             m.Policies: answer(lambda cmd: self.models.apply(cmd.models, self._busy())),
             m.SessionOp: answer(lambda cmd: self.sessions.command(cmd)),
-            m.Ping: lambda cmd: self.emit(m.Pong(cmd.nonce)), m.Shutdown: self._shutdown}
+            m.Ping: lambda cmd: self.emit(m.Pong(cmd.nonce)), m.Shutdown: lambda cmd: setattr(self, "stopping", True)}
 
     @property
     def runners(self) -> dict:
@@ -94,9 +93,9 @@ class Engine:
         while not self.stopping:
             self.heartbeat = time.monotonic()
             if self.lockstep is None:
-                self.memory.poll(lambda: self.sessions.drop_one() or self.models.evict_one(self._busy()))
-                self.models.expire(self._busy())
-                self.pressure.relieve(self.pressure.poll(), self.models, self._busy(), self.memory.limit, self.sessions)
+                self.memory.poll(self._free_one)
+                self.models.expire(self._busy)
+                self.pressure.relieve(self.pressure.poll(), self.models, self._busy, self.memory.limit, self.sessions)
                 self.pressure.idle(not self.seqs and not self.jobs)
                 self.sessions.expire()
                 self._drain(block=not self.seqs and not self.jobs)
@@ -143,6 +142,9 @@ class Engine:
     def _busy(self) -> set[str]:
         return {s.model_id for s in self.seqs.values()}
 
+    def _free_one(self) -> bool:  # over the memory limit: a session leaves memory first, then an idle model
+        return self.sessions.drop_one() or self.models.evict_one(self._busy())
+
     def _refuse_load(self) -> RequestError | None:
         return budget.over_memory(self.memory) if self.memory.refusing else None
 
@@ -153,9 +155,8 @@ class Engine:
         return max(budget.kv_budget(self.memory, self.models.pool, self.kv_budget_cap) - self.sessions.bytes, 0)
 
     def memory_state(self) -> dict:
-        return {**self.memory.state(), "kv_budget_bytes": self.kv_budget(),
-                "kv_reserved_bytes": self.scheduler.kv_reserved,
-                "models_loaded": self.models.loaded(), "kv": self.models.kv_report(),
+        return {**self.memory.state(), "kv_budget_bytes": self.kv_budget(), "models_loaded": self.models.loaded(),
+                "kv_reserved_bytes": self.scheduler.kv_reserved, "kv": self.models.kv_report(),
                 "pressure": self.pressure.state()}
 
     def _abort(self, cmd: m.Abort) -> None:
@@ -179,11 +180,8 @@ class Engine:
                 self.memory.set_limit(cmd.max_process_memory)
             except ValueError as e:
                 raise RequestError(str(e), "invalid_value", "max_process_memory") from None
-            self.memory.poll(lambda: self.models.evict_one(self._busy()), force=True)
+            self.memory.poll(self._free_one, force=True)
         return self.memory_state()
-
-    def _shutdown(self, cmd: m.Shutdown) -> None:
-        self.stopping = True
 
     def _accept(self, cmd: m.Generate) -> None:
         if self.memory.refusing:
@@ -235,9 +233,7 @@ class Engine:
                     delta, end = self._on_tokens(runner, seq, out, lp, now)
                 except Exception as e:  # noqa: BLE001 - one sequence's text processing fails that sequence only
                     log.exception("request %s failed after a token", seq.id)
-                    if out.finish_reason is not None and seq.rid is not None:  # the batch already dropped it
-                        runner.finished(out.rid)
-                        self.scheduler.dropped(seq)
+                    self._path_let_go(runner, seq, out)
                     failed.append((seq, e))
                     continue
                 if delta is not None:
@@ -263,10 +259,14 @@ class Engine:
         lps = None if lp is None else [None] * (len(out.tokens) - 1) + [lp]  # rows come for the last token only
         step = seq.output.feed(out.tokens, out.finish_reason, lps)
         seq.out_tokens.extend(out.tokens[:step.used])
-        if step.reason is not None and out.finish_reason is not None:  # the batch already dropped it
+        self._path_let_go(runner, seq, out)
+        return step.delta, ((seq, step.reason, step.stop, out.cache) if step.reason is not None else None)
+
+    def _path_let_go(self, runner, seq: Sequence, out) -> None:
+        """A row its path ended itself (stop token, length) has left it: release its id, once."""
+        if out.finish_reason is not None and seq.rid is not None:
             runner.finished(out.rid)
             self.scheduler.dropped(seq)
-        return step.delta, ((seq, step.reason, step.stop, out.cache) if step.reason is not None else None)
 
     def _reset_runner(self, model_id: str, error: Exception) -> None:
         """A model's batch failed as a whole: its running rows end with an error, a fresh runner

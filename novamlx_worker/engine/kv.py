@@ -30,10 +30,8 @@ class KVFormat:
     def parts(self, x) -> list[mx.array]:
         """A (B, heads, T, dim) array, or an already quantized (packed, scales, biases) tuple,
         as this format's parts."""
-        if isinstance(x, (tuple, list)):
-            return list(x)
-        if not self.quantized:
-            return [x]
+        if isinstance(x, (tuple, list)) or not self.quantized:
+            return parts_of(x)
         return list(mx.quantize(x, group_size=self.group_size, bits=self.bits))
 
     def part_shapes(self, dim: int, dtype) -> list[tuple[int, object]]:
@@ -41,6 +39,17 @@ class KVFormat:
         if not self.quantized:
             return [(dim, dtype)]
         return [(dim * self.bits // 32, mx.uint32), (dim // self.group_size, dtype), (dim // self.group_size, dtype)]
+
+
+def held(cache: list) -> int:
+    """Tokens a cache list holds: its attention layers' offset (0 when no layer says; SSM and
+    convolution state keep no count)."""
+    return max((c.offset for c in cache if isinstance(getattr(c, "offset", None), int)), default=0)
+
+
+def parts_of(x) -> list[mx.array]:
+    """A cache's keys or values as parts: a quantized cache's tuple, or one array."""
+    return list(x) if isinstance(x, (tuple, list)) else [x]
 
 
 def support(fmt: KVFormat, heads: int, kv_heads: int, head_dim: int, dtype) -> str | None:

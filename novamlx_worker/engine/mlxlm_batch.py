@@ -11,6 +11,7 @@ from __future__ import annotations
 from mlx_lm.generate import BatchGenerator, StopSequences
 
 from .batch import Row
+from .kv import held
 from .path import TokenOut
 from .snapshots import Snapshots
 
@@ -69,9 +70,9 @@ class MlxLmBatch:
         """Keep a state under the tokens it holds: its attention layers' offset says how many
         (BatchGenerator has fed a finished row's last token already); a state whose count
         cannot be read (no attention layer) is not kept."""
-        held = next((c.offset for c in cache if isinstance(getattr(c, "offset", None), int)), None)
-        if held is not None and 0 < held <= len(tokens):
-            self.snapshots.store(tokens[:held], cache)
+        n = held(cache)
+        if 0 < n <= len(tokens):
+            self.snapshots.store(tokens[:n], cache)
 
     def step(self) -> list[TokenOut]:
         prompts, generated = self.gen.next()

@@ -165,13 +165,14 @@ class Models:
         self.drop(victim)
         return True
 
-    def expire(self, busy: set[str]) -> None:
-        """Unload models idle past their ttl_seconds (checked once a second)."""
+    def expire(self, busy: Callable[[], set[str]]) -> None:
+        """Unload models idle past their ttl_seconds (checked once a second: the busy set is
+        built only then, not on every engine turn)."""
         now = time.monotonic()
         if now < self.next_expiry_check:
             return
         self.next_expiry_check = now + 1.0
-        for model_id in self.pool.expired(busy, now):
+        for model_id in self.pool.expired(busy(), now):
             log.info("unloading %s: idle past its ttl", model_id)
             self.drop(model_id)
 

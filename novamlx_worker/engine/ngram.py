@@ -35,8 +35,9 @@ def propose(context: list[int], k: int, n_max: int = 4, n_min: int = 2, window: 
     hay = context[-window:]
     for n in range(min(n_max, len(hay) - 1), n_min - 1, -1):
         tail = hay[-n:]
+        last = tail[-1]
         for start in range(len(hay) - n - 1, -1, -1):  # latest first, never the tail itself
-            if hay[start:start + n] == tail:
+            if hay[start + n - 1] == last and hay[start:start + n] == tail:  # (no slice for most starts)
                 return hay[start + n:start + n + k]
     return []
 
@@ -103,8 +104,10 @@ class NgramSolo(Solo):
         self.stats.steps += 1
         self.stats.proposed += len(draft)
         self.stats.accepted += m
-        if draft:  # adapt: longer drafts while they land, shorter when they miss
-            self.k = min(self.k + 1, self.k_max) if m == len(draft) else max(1, self.k - 1 if m < len(draft) // 2 else self.k)
+        if draft and m == len(draft):  # adapt: one longer after a draft that landed whole,
+            self.k = min(self.k + 1, self.k_max)
+        elif draft and m < len(draft) // 2:  # one shorter after one that mostly missed
+            self.k = max(1, self.k - 1)
         out, finish = [], None
         for token in emitted:
             self.n += 1
@@ -113,8 +116,7 @@ class NgramSolo(Solo):
             if finish is not None:
                 break
         self.seen += out
-        lp = logits[len(out) - 1] - mx.logsumexp(logits[len(out) - 1], keepdims=True)
-        return out, lp, finish
+        return out, None, finish  # no logprob row: rows that ask for logprobs are never drafted
 
     def handover(self):
         """To the batch: the KV holds every token but the last, which the batch feeds next."""

@@ -19,7 +19,7 @@ import mlx.core as mx
 import numpy as np
 from mlx_lm.models.cache import KVCache, QuantizedKVCache
 
-from .kv import ContiguousQuantizedKVCache, KVFormat
+from .kv import ContiguousQuantizedKVCache, KVFormat, parts_of
 from .ssd_cache import SSDTier
 
 log = logging.getLogger("novamlx.prefix")
@@ -63,11 +63,6 @@ def _to_numpy(a: mx.array) -> np.ndarray:
 def _from_numpy(a: np.ndarray, dtype: str) -> mx.array:
     x = mx.array(a)
     return x.view(mx.bfloat16) if dtype == "bfloat16" else x
-
-
-def _parts(x) -> list[mx.array]:
-    """A cache's keys or values as parts: a quantized cache's tuple, or one array."""
-    return list(x) if isinstance(x, (tuple, list)) else [x]
 
 
 class PrefixCache:
@@ -185,8 +180,8 @@ class PrefixCache:
                 self.blocks.move_to_end(h)
             else:
                 lo, hi = i * self.block_size, (i + 1) * self.block_size
-                keys = [[mx.contiguous(p[..., lo:hi, :]) for p in _parts(c.keys)] for c in caches]
-                values = [[mx.contiguous(p[..., lo:hi, :]) for p in _parts(c.values)] for c in caches]
+                keys = [[mx.contiguous(p[..., lo:hi, :]) for p in parts_of(c.keys)] for c in caches]
+                values = [[mx.contiguous(p[..., lo:hi, :]) for p in parts_of(c.values)] for c in caches]
                 new.append(Block(h, parent, chunk, keys, values))
             parent = h
         if new:

@@ -17,13 +17,12 @@ from ..models.loader import LoadedModel
 from ..grammar import GrammarProcessor
 from ..sampling import force_tokens, make_penalties, make_sampler, think_budget
 from .batch import Batch, Row
-from .kv import KVFormat
+from .kv import KVFormat, held
 from .mlxlm_batch import MlxLmBatch
 from .path import TokenOut
 from .sequence import Sequence
 from .draft import DraftSolo
 from .ngram import DraftStats, NgramSolo
-from .snapshots import held
 from .solo import Solo
 
 

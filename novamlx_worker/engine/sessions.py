@@ -12,20 +12,21 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlx_lm.models.cache import can_trim_prompt_cache, load_prompt_cache, save_prompt_cache, trim_prompt_cache
 
+from protocol.naming import SESSION_ID
+
 from .errors import RequestError
-from .snapshots import clone, held, nbytes
+from .kv import held
+from .snapshots import clone, nbytes
 
 log = logging.getLogger("novamlx.sessions")
 
 FORMAT = "1"
-_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
 @dataclass
@@ -54,7 +55,7 @@ class Sessions:
 
     @staticmethod
     def check_id(sid: str) -> str:
-        if not isinstance(sid, str) or not _ID.fullmatch(sid):
+        if not isinstance(sid, str) or not SESSION_ID.fullmatch(sid):
             raise RequestError("A session id is 1-128 letters, digits, '.', '_' or '-'.", "invalid_value", "session")
         return sid
 

@@ -32,11 +32,6 @@ def clone(cache: list) -> list:
     return out
 
 
-def held(cache: list) -> int:
-    """Tokens a cache list holds: its attention layers' offset (0 when no layer says)."""
-    return max((c.offset for c in cache if isinstance(getattr(c, "offset", None), int)), default=0)
-
-
 def nbytes(cache: list) -> int:
     total = 0
     for c in cache:

@@ -14,7 +14,7 @@ def engine_stats(engine) -> dict:
            "total_completed": c["completed"], "total_preempted": c["preempted"], "total_aborted": c["aborted"],
            "total_failed": c["failed"], "jobs": len(engine.jobs.queue),
            "peak_active": c["peak_active"], "avg_wait_s": round(c["wait_s_total"] / max(c["started"], 1), 4),
-           "max_batch": engine.max_batch,
+           "max_batch": engine.scheduler.max_batch,
            # where the engine thread's time goes: inside the runners (forwards, waiting on the
            # device) vs the whole step (plus detokenizing, stops, parsers, the Step line)
            "runner_s": round(c["runner_s"], 3), "runner_calls": c["runner_calls"], "step_s": round(c["step_s"], 3),

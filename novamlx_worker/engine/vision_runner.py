@@ -12,6 +12,7 @@ import mlx.core as mx
 
 from ..models.loader import LoadedModel
 from ..sampling import make_sampler
+from .kv import held
 from .path import TokenOut, finish_for
 from .runner import processors_for
 from .sequence import Sequence
@@ -89,9 +90,9 @@ class VisionRunner:
         if vision.tower is not None:
             vision.tower.key = None
         tokens = seq.vision.input_ids[0].tolist() + seq.out_tokens + ([last] if last is not None else [])
-        held = max((int(getattr(c, "offset", 0) or 0) for c in cache), default=0)
-        if 0 < held <= len(tokens):  # its KV covers tokens[:held]: kept for a conversation that goes on
-            vision.prompts.put(tokens[:held], seq.vision.key, cache)
+        n = held(cache)
+        if 0 < n <= len(tokens):  # its KV covers tokens[:n]: kept for a conversation that goes on
+            vision.prompts.put(tokens[:n], seq.vision.key, cache)
 
     def remove(self, rid: int) -> None:
         if self.current is not None and self.current[0] == rid:

@@ -107,7 +107,7 @@ def test_sessions_count_in_admission_and_go_first_under_pressure(tiny_model, tmp
     first, _ = turn(eng, prompt, "p1")
     assert eng.sessions.bytes > 0 and eng.kv_budget() == before - eng.sessions.bytes
     pressure = Pressure(level=lambda: "warning")
-    pressure.relieve(pressure.poll(), eng.models, set(), eng.memory.limit, eng.sessions)
+    pressure.relieve(pressure.poll(), eng.models, set, eng.memory.limit, eng.sessions)
     assert eng.sessions.list() == [] and eng.sessions.dropped == 1
     assert (tmp_path / "sessions" / "p1.safetensors").exists()
     assert any(a["action"] == "session dropped from memory" for a in pressure.state()["actions"])
