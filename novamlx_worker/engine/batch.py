@@ -116,6 +116,46 @@ class Prefill:
     lengths: list[int]  # per row, real tokens in the cache when done
 
 
+def pick_tokens(logits: mx.array, y: mx.array, members: list) -> tuple[mx.array, mx.array | None]:
+    """The next token of each (index, row) member from the step's logits (y: the step's inputs,
+    which extend each processed row's context): processors, then argmax or the row's sampler.
+    Also the normalized logprobs when a row samples or asks for them (else None)."""
+    processed = [(s, r) for s, r in members if r.processors]
+    if processed:  # only these rows are sliced out, processed and put back
+        rows = []
+        for s, r in processed:
+            r.context = y[s:s + 1] if r.context is None else mx.concatenate([r.context, y[s:s + 1]])
+            row = logits[s:s + 1]
+            for p in r.processors:
+                row = p(r.context, row)
+            rows.append(row.astype(logits.dtype))
+        at = mx.broadcast_to(mx.array([s for s, _ in processed])[:, None], (len(rows), logits.shape[1]))
+        logits = mx.put_along_axis(logits, at, mx.concatenate(rows), axis=0)
+    sampled = any(r.sampler is not None for _, r in members)
+    lp = None
+    if sampled or any(r.logprobs for _, r in members):  # greedy rows need no normalizing
+        lp = logits.astype(mx.float32)
+        lp = lp - mx.logsumexp(lp, axis=-1, keepdims=True)
+    tokens = mx.argmax(logits, axis=-1).astype(mx.uint32)
+    return (sample_rows(tokens, lp, members) if sampled else tokens), lp
+
+
+def sample_rows(tokens: mx.array, lp: mx.array, members: list) -> mx.array:
+    """Greedy picks replaced by samples for (index, row) members whose row has a sampler: one
+    call per group of like samplers, seeded rows alone."""
+    groups: dict = {}
+    for s, r in members:
+        if r.sampler is not None:
+            key = getattr(r.sampler, "group", None)
+            groups.setdefault(key if key is not None else ("row", s), (r.sampler, []))[1].append(s)
+    idx, picks = [], []
+    for sampler, slots in groups.values():
+        at = mx.array(slots)
+        idx.append(at)
+        picks.append(sampler(lp[at]).astype(tokens.dtype).reshape(-1))
+    return mx.put_along_axis(tokens, mx.concatenate(idx), mx.concatenate(picks), axis=0)
+
+
 def _row_of(x, i: int):
     """Row i of a cache's keys or values: an array, or a quantized cache's (packed, scales, biases)."""
     return tuple(p[i:i + 1] for p in x) if isinstance(x, (tuple, list)) else x[i:i + 1]
@@ -371,42 +411,9 @@ class Batch:
         logits, self.keys, self.values = self._forward(y, offset, self.keys, self.values, used)
         for _, r in members:
             r.length += 1
-        processed = [(s, r) for s, r in members if r.processors]
-        if processed:  # only these rows are sliced out, processed and put back
-            rows = []
-            for s, r in processed:
-                r.context = y[s:s + 1] if r.context is None else mx.concatenate([r.context, y[s:s + 1]])
-                row = logits[s:s + 1]
-                for p in r.processors:
-                    row = p(r.context, row)
-                rows.append(row.astype(logits.dtype))
-            at = mx.broadcast_to(mx.array([s for s, _ in processed])[:, None], (len(rows), logits.shape[1]))
-            logits = mx.put_along_axis(logits, at, mx.concatenate(rows), axis=0)
-        sampled = any(r.sampler is not None for _, r in members)
-        lp = None
-        if sampled or any(r.logprobs for _, r in members):  # greedy rows need no normalizing
-            lp = logits.astype(mx.float32)
-            lp = lp - mx.logsumexp(lp, axis=-1, keepdims=True)
-        tokens = mx.argmax(logits, axis=-1).astype(mx.uint32)
-        if sampled:
-            tokens = self._sample(tokens, lp, members)
+        tokens, lp = pick_tokens(logits, y, members)
         mx.async_eval(tokens, self.keys, self.values, *([lp] if lp is not None else []))
         return tokens, lp, members
-
-    @staticmethod
-    def _sample(tokens: mx.array, lp: mx.array, members: list) -> mx.array:
-        """Greedy picks replaced by samples: one call per group of like samplers, seeded rows alone."""
-        groups: dict = {}
-        for s, r in members:
-            if r.sampler is not None:
-                key = getattr(r.sampler, "group", None)
-                groups.setdefault(key if key is not None else ("row", s), (r.sampler, []))[1].append(s)
-        idx, picks = [], []
-        for sampler, slots in groups.values():
-            at = mx.array(slots)
-            idx.append(at)
-            picks.append(sampler(lp[at]).astype(tokens.dtype).reshape(-1))
-        return mx.put_along_axis(tokens, mx.concatenate(idx), mx.concatenate(picks), axis=0)
 
     def _forward(self, y: mx.array, offset: mx.array, keys: list, values: list, used: int):
         step = StepIndex(offset, self.use_kernel, used)

@@ -21,7 +21,7 @@ from .kv import KVFormat, support
 from .prefix_cache import PrefixCache
 from .runner import Runner
 from .ssd_cache import SSDTier
-from .vision_runner import VisionRunner
+from .vision_batch import VisionBatch
 
 log = logging.getLogger("novamlx.engine")
 
@@ -36,7 +36,7 @@ class Models:
         self.default_draft, self.default_draft_k = draft, draft_k  # --draft-model for models without their own
         self.default_kv = kv  # (kv_bits, kv_group_size) for models without their own setting
         self.on_change = on_change  # the list of servable models changed: tell the gateway
-        self.runners: dict[str, Runner | VisionRunner] = {}
+        self.runners: dict[str, Runner | VisionBatch] = {}
         self.caches: dict[str, PrefixCache] = {}
         self.embedders = {e.id: e for e in embedders}
         self.embedder_paths: dict[str, m.Found] = {}  # registered from disk, loaded on first use
@@ -77,7 +77,7 @@ class Models:
 
     def _runner(self, lm: LoadedModel):
         if lm.vision is not None:
-            return VisionRunner(lm, self.prefill_step)
+            return VisionBatch(lm, self.prefill_step, self.max_batch)
         kv = self.kv_format(lm.id)
         if kv.quantized:
             heads, kv_heads, head_dim = attention_shape(lm.model)

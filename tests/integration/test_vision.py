@@ -201,16 +201,17 @@ def test_refusals(vserver, vlms, pictures, tmp_path):
         host.server.shutdown()
 
 
-def test_concurrent_vlm_requests_queue_and_text_models_keep_batching(vserver, pictures):
+@pytest.mark.parametrize("family", ["tiny-qwen2-vl", "tiny-gemma3"])
+def test_concurrent_vlm_requests_and_text_models_keep_their_answers(vserver, pictures, family):
     from concurrent.futures import ThreadPoolExecutor
 
-    alone = [chat(vserver, "tiny-qwen2-vl", data_uri(pictures / f"img{i % 2}.png")) for i in range(2)]
+    alone = [chat(vserver, family, data_uri(pictures / f"img{i % 2}.png")) for i in range(2)]
     text = lambda: vserver.openai().chat.completions.create(  # noqa: E731
         model="tiny-llama", temperature=0, max_tokens=MAX, messages=[{"role": "user", "content": "hello"}],
         extra_body={"ignore_eos": True}).choices[0].message.content
     text_alone = text()
     with ThreadPoolExecutor(6) as pool:
-        vis = [pool.submit(chat, vserver, "tiny-qwen2-vl", data_uri(pictures / f"img{i % 2}.png")) for i in range(4)]
+        vis = [pool.submit(chat, vserver, family, data_uri(pictures / f"img{i % 2}.png")) for i in range(4)]
         txt = [pool.submit(text) for _ in range(2)]
         assert [f.result() for f in vis] == [alone[i % 2] for i in range(4)]
         assert [f.result() for f in txt] == [text_alone] * 2
