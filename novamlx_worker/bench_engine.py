@@ -26,6 +26,9 @@ def main(argv=None) -> None:
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--bs1-runs", type=int, default=0,
+                   help="then one stream N times, ours and stream_generate interleaved, decode tok/s medians")
+    p.add_argument("--ngram", type=int, default=0, help="n-gram drafts of up to K tokens (engine's --speculative-ngram)")
     args = p.parse_args(argv)
     preload_openblas()
     from mlx_lm.generate import stream_generate
@@ -45,7 +48,7 @@ def main(argv=None) -> None:
     lm = pool.get(model_id)
     sink = []
     eng = Engine(pool, lambda msg: sink.append(codec.encode(msg)), MemoryEnforcer("auto"), max_batch=256,
-                 prefill_batch=32, prefix_cache_bytes=0)
+                 prefill_batch=32, prefix_cache_bytes=0, ngram_k=args.ngram)
     vocab = lm.tokenizer.vocab_size
 
     def run(batch: int, seed: int) -> float:
@@ -57,6 +60,18 @@ def main(argv=None) -> None:
             eng.step()
             sink.clear()
         return batch * args.tokens / (time.perf_counter() - t)
+
+    def decode_rate(seed: int) -> float:
+        """One stream's decode tok/s: tokens after the first over the time from the first to the last."""
+        eng.handle(m.Generate(f"one-{seed}", model_id, m.Sampling(max_tokens=args.tokens, temperature=0, ignore_eos=True),
+                              prompt_tokens=prompts(1, args.prompt_len, vocab, seed)[0]))
+        first = None
+        while eng.seqs:
+            eng.step()
+            if first is None and sink:
+                first = time.perf_counter()
+            sink.clear()
+        return (args.tokens - 1) / (time.perf_counter() - first)
 
     tok = TokenizerWrapper(PreTrainedTokenizerFast(tokenizer_object=lm.tokenizer.tok))
     tok._eos_token_ids = set()
@@ -79,6 +94,21 @@ def main(argv=None) -> None:
             out = io.StringIO()
             pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(18)
             print(out.getvalue())
+    if args.bs1_runs:
+        import statistics
+
+        ours, theirs = [], []
+        for i in range(args.bs1_runs):
+            ours.append(decode_rate(100 + i))
+            for last in stream_generate(lm.model, tok, prompts(1, args.prompt_len, vocab, 100 + i)[0],
+                                        max_tokens=args.tokens):
+                pass
+            theirs.append(last.generation_tps)
+        a, b = statistics.median(ours), statistics.median(theirs)
+        print(json.dumps({"what": "one stream, decode tok/s, median of interleaved runs", "runs": args.bs1_runs,
+                          "tokens": args.tokens, "ngram": args.ngram, "novamlx": round(a, 1),
+                          "stream_generate": round(b, 1), "ratio": round(a / b, 3),
+                          "novamlx_runs": [round(x, 1) for x in ours], "stream_generate_runs": [round(x, 1) for x in theirs]}))
 
 
 if __name__ == "__main__":

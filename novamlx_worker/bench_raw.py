@@ -30,6 +30,17 @@ SHAPES = {
     "llama-8b": {"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "intermediate_size": 14336,
                  "num_attention_heads": 32, "num_key_value_heads": 8, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
                  "vocab_size": 49152, "max_position_embeddings": 16384, "tie_word_embeddings": False},
+    # Gemma 3 4B's shape: sliding-window layers (1024) with a global one every sixth.
+    "gemma3-4b": {"model_type": "gemma3_text", "hidden_size": 2560, "num_hidden_layers": 34, "intermediate_size": 10240,
+                  "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256, "query_pre_attn_scalar": 256,
+                  "sliding_window": 1024, "sliding_window_pattern": 6, "rms_norm_eps": 1e-6, "vocab_size": 49152,
+                  "max_position_embeddings": 32768},
+    # LFM2-1.2B's shape: a hybrid of short-convolution (state) layers and six attention layers.
+    "lfm2-1.2b": {"model_type": "lfm2", "vocab_size": 49152, "hidden_size": 2048, "num_hidden_layers": 16,
+                  "num_attention_heads": 32, "num_key_value_heads": 8, "max_position_embeddings": 32768,
+                  "norm_eps": 1e-5, "conv_bias": False, "conv_L_cache": 3, "block_dim": 2048, "block_ff_dim": 12288,
+                  "block_multiple_of": 256, "block_ffn_dim_multiplier": 1.0, "block_auto_adjust_ff_dim": True,
+                  "full_attn_idxs": [2, 5, 8, 10, 12, 14]},
     # A small stand-in with the same code path, for trying the benchmark on a CPU.
     "llama-tiny": {"model_type": "llama", "hidden_size": 256, "num_hidden_layers": 4, "intermediate_size": 512,
                    "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
