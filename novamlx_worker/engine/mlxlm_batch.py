@@ -66,7 +66,7 @@ class MlxLmBatch:
     def info(self) -> dict:
         return {"path": "mlx-lm BatchGenerator", "live": len(self.uid_of), "snapshots": self.snapshots.snapshot()}
 
-    def _keep(self, tokens: list[int], cache: list) -> None:
+    def keep(self, tokens: list[int], cache: list) -> None:
         """Keep a state under the tokens it holds: its attention layers' offset says how many
         (BatchGenerator has fed a finished row's last token already); a state whose count
         cannot be read (no attention layer) is not kept."""
@@ -76,9 +76,9 @@ class MlxLmBatch:
 
     def step(self) -> list[TokenOut]:
         prompts, generated = self.gen.next()
-        for p in prompts:
+        for p in prompts if self.snapshots.capacity > 0 else ():
             if getattr(p, "end_of_segment", False) and p.uid in self.tokens:  # the prompt is in: keep its state
-                self._keep(self.tokens[p.uid][:-1], self.gen.extract_cache([p.uid])[p.uid][0])
+                self.keep(self.tokens[p.uid][:-1], self.gen.extract_cache([p.uid])[p.uid][0])
         out = []
         for r in generated:
             if r.uid not in self.rid_of:
@@ -86,6 +86,6 @@ class MlxLmBatch:
             tokens = self.tokens[r.uid]
             tokens.append(r.token)
             if r.finish_reason is not None and r.prompt_cache is not None:
-                self._keep(tokens, r.prompt_cache)
+                self.keep(tokens, r.prompt_cache)
             out.append(TokenOut(self.rid_of[r.uid], [r.token], r.finish_reason, r.prompt_cache, r.logprobs))
         return out

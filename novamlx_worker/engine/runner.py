@@ -56,6 +56,8 @@ class Runner:
         self.prefill_step = prefill_step
         # Plain KV caches are what prefix caching, slots and the solo path need (not windows or SSM state).
         self.cacheable = all(type(c) is KVCache for c in make_prompt_cache(loaded.model))
+        if not self.cacheable:
+            self.kv = KVFormat()  # windows and SSM state stay as the model makes them
         if self.cacheable:
             self.batch = Batch(loaded.model, max_batch, prefill_step, prefill_batch, kv=kv)
         else:
@@ -99,11 +101,17 @@ class Runner:
         if seq.sampler is None:
             seq.sampler = make_sampler(seq.sampling)
         tokens = seq.tokens[held(cache):] if cache else seq.tokens
-        if self.active == 0 and self.cacheable:
+        if self.active == 0:
+            if cache is None and not self.cacheable:  # a kept state (snapshots.py) spares its prefill
+                reused, cache = self.batch.snapshots.match(seq.tokens)
+                tokens = seq.tokens[reused:]
+                if reused and seq.preemptions == 0:
+                    seq.cached_tokens = reused
             processors = self._processors(seq)
             args = (self.loaded.model, rid, tokens, cache or make_prompt_cache(self.loaded.model), seq.sampler,
                     processors, seq.max_tokens - seq.generated, self._stop_ids(seq), self.prefill_step, self.kv)
-            plain = processors or seq.sampling.logprobs or not seq.speculative  # rows drafts do not serve (yet)
+            # drafts need a cache that can be cut back (plain KV); rows drafts do not serve (yet)
+            plain = processors or seq.sampling.logprobs or not seq.speculative or not self.cacheable
             if self.draft is not None and not plain:
                 self.solo = DraftSolo(*args, context=seq.tokens, k_max=self.draft_k, stats=self.drafts,
                                       draft_model=self.draft.model)
@@ -150,7 +158,7 @@ class Runner:
         self.carry = [o for o in self.carry if o.rid != rid]
         if self.solo is not None and self.solo.rid == rid:
             cache, self.solo, self.solo_seq = self.solo.cache, None, None
-            return cache if cache and cache[0].offset > 0 else None
+            return cache if cache and held(cache) > 0 else None
         if self.handoff is not None and self.handoff[0] == rid:
             cache, self.handoff = self.handoff[2], None
             return cache
@@ -174,13 +182,19 @@ class Runner:
         if self.handoff is not None and not out:
             rid, seq, cache = self.handoff
             self.handoff = None
-            self._insert(rid, seq, seq.tokens[cache[0].offset:], cache)
+            self._insert(rid, seq, seq.tokens[held(cache):], cache)
         if self.solo is not None:
+            solo, seq = self.solo, self.solo_seq
             with mx.stream(self.batch.stream):
-                got = self.solo.step()
-            if got is not None:
-                tokens, lp, finish = got
-                out.append(TokenOut(self.solo.rid, tokens, finish, self.solo.cache if finish else None, lp))
+                got = solo.step()
+            if got is None:
+                if not solo.pending and not self.cacheable:  # the prompt is in (its last token is decode's)
+                    self.batch.keep(seq.tokens[:-1], solo.cache)
+                return out
+            tokens, lp, finish = got
+            if finish and not self.cacheable:  # the queued forward has fed the last token too
+                self.batch.keep(seq.tokens + tokens, solo.cache)
+            out.append(TokenOut(solo.rid, tokens, finish, solo.cache if finish else None, lp))
             return out
         return out + self.batch.step()
 

@@ -82,3 +82,24 @@ def test_rows_batched_equal_each_alone(family):
     together, _ = answer(engine(path), name, prompts)
     alone = [answer(engine(path), name, [p])[0][0] for p in prompts]
     assert together == alone
+
+
+def test_lone_row_decodes_on_the_solo_path_and_hands_over_to_the_batch(family):
+    """One sequence runs on the generate_step-style solo path (as fast as stream_generate); a
+    second one arriving mid-stream moves it, window/SSM state and all, into the BatchGenerator."""
+    name, path = family
+    a, b = PROMPT[:90], PROMPT[100:160]
+    alone_a, alone_b = (answer(engine(path), name, [p], n=24)[0][0] for p in (a, b))
+    eng = engine(path)
+    eng.handle(m.Generate("a", name, m.Sampling(temperature=0, max_tokens=24, ignore_eos=True, logprobs=True),
+                          prompt_tokens=a))
+    for _ in range(6):
+        eng.step()
+    assert eng.runners[name].solo is not None
+    got_b, _ = answer(eng, name, [b], n=24)
+    assert eng.runners[name].solo is None
+    while "a" not in {e.id for e in eng.events if isinstance(e, m.Finished)}:
+        eng.step()
+    got_a = [lp.token for e in eng.events if isinstance(e, m.Step) for d in e.deltas if d.id == "a"
+             for lp in d.logprobs or []]
+    assert got_a == alone_a and got_b[0] == alone_b
