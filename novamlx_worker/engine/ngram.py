@@ -63,15 +63,47 @@ class DraftStats:
     accepted: int = 0
 
 
+PLAIN_STRETCH = (8, 64)  # tokens decoded without drafts when drafts do not help: first, most (doubling)
+MISSES_BEFORE_PLAIN = 6  # drafting steps in a row that accepted nothing
+
+
 class NgramSolo(Solo):
-    """Solo with n-gram drafts. Not pipelined: each step reads its forward's tokens at once
-    (a step may return several)."""
+    """Solo with n-gram drafts. A drafting step is not pipelined: it reads its forward's tokens
+    at once (and may return several). Where drafts do not help (no n-gram matches, or drafts
+    rejected six times in a row) it decodes a stretch of tokens the plain pipelined way, so a
+    sequence that never repeats itself runs at Solo's speed; the stretch doubles while drafts
+    keep failing and starts over at the first accepted one."""
 
     def __init__(self, *args, context: list[int], k_max: int, stats: DraftStats, **kw):
         super().__init__(*args, **kw)
         self.seen = list(context)  # every token of the sequence so far; the last is the next input
         self.k_max, self.k = k_max, max(1, k_max // 2)
         self.stats = stats
+        self.plain = 0  # steps left in a plain stretch
+        self.stretch = PLAIN_STRETCH[0]
+        self.misses = 0  # drafting steps in a row that accepted nothing
+        self.until_match = False
+
+    def _go_plain(self, until_match: bool = False) -> None:
+        """Into a plain stretch: Solo's state, with the next input not yet in the cache.
+        until_match: it began for want of an n-gram match, and ends early once one appears."""
+        self.plain, self.stretch = self.stretch, min(2 * self.stretch, PLAIN_STRETCH[1])
+        self.until_match = until_match
+        self.last, self.y = self.seen[-1], None
+
+    def _plain_step(self):
+        if self.until_match and self.plain > 1 and propose(self.seen, 1):  # (runs while the queued forward does)
+            self.plain = 1
+        self.plain -= 1
+        if self.plain > 0 or self.y is None:
+            got = super().step()  # returns a token and queues the next one's forward
+        else:  # the stretch ends: the queued token comes out and nothing new is queued,
+            token, lp = self.y.item(), self.lp  # so the last token is again the next input
+            self.y = self.lp = None
+            self.n += 1
+            got = [token], lp, finish_for(token, self.n, self.max_tokens, self.stop_ids)
+        self.seen += got[0]
+        return got
 
     def _propose(self, k: int) -> list[int]:
         return propose(self.seen, k)
@@ -82,8 +114,13 @@ class NgramSolo(Solo):
     def step(self):
         if self.pending:
             return super().step()
+        if self.plain:
+            return self._plain_step()
         before = len(self.seen)
         draft = self._propose(min(self.k, self.max_tokens - self.n - 1))
+        if not draft and self.max_tokens - self.n > 1:
+            self._go_plain(until_match=True)
+            return self._plain_step()
         inputs = mx.array([self.seen[-1], *draft])[None]
         logits = self.model(inputs, cache=self.cache)[0]
         self._quantize()
@@ -108,6 +145,9 @@ class NgramSolo(Solo):
             self.k = min(self.k + 1, self.k_max)
         elif draft and m < len(draft) // 2:  # one shorter after one that mostly missed
             self.k = max(1, self.k - 1)
+        self.misses = self.misses + 1 if m == 0 else 0
+        if m:
+            self.stretch = PLAIN_STRETCH[0]
         out, finish = [], None
         for token in emitted:
             self.n += 1
@@ -116,10 +156,14 @@ class NgramSolo(Solo):
             if finish is not None:
                 break
         self.seen += out
+        if self.misses >= MISSES_BEFORE_PLAIN and finish is None:
+            self.misses = 0
+            self._go_plain()
         return out, None, finish  # no logprob row: rows that ask for logprobs are never drafted
 
     def handover(self):
-        """To the batch: the KV holds every token but the last, which the batch feeds next."""
-        if self.pending:
+        """To the batch: the KV holds every token but the last, which the batch feeds next
+        (in a plain stretch: Solo's handover, the queued token pending)."""
+        if self.pending or self.y is not None:
             return super().handover()
         return [self.seen[-1]], self.cache, None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,7 +82,9 @@ class ModelPool:
         entry = self.find(spec) if spec else None
         if entry is None:
             model_id, path, aliases = resolve(spec)
-            entry = self.entries.get(model_id) or next((e for e in self.entries.values() if e.path == path), None)
+            real = os.path.realpath(path)  # a symlinked or relative path to the same weights is the same entry
+            entry = self.entries.get(model_id) or next((e for e in self.entries.values()
+                                                        if os.path.realpath(e.path) == real), None)
             if entry is None:
                 kind = "vlm" if Path(path).is_dir() and classify(Path(path)) == "vlm" else "llm"
                 entry = self.entries[model_id] = Entry(model_id, spec, aliases, kind=kind, path=path)

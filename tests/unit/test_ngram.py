@@ -160,3 +160,33 @@ def test_draft_with_another_tokenizer_is_left_out(tiny_model, tmp_path):
     eng = draft_engine(tiny_model, odd)
     text, fin = generate(eng, PROMPTS[0], 10)
     assert fin.usage.completion_tokens == 10 and "draft_model" not in eng.stats()["engine"]["batches"]["tiny-llama"]
+
+
+def test_drafts_that_keep_missing_fall_back_to_plain_pipelined_stretches(tiny_model, monkeypatch):
+    """A drafter whose proposals are always rejected: after six misses the sequence decodes in
+    plain stretches (8, 16, 32, 64 tokens), so drafting forwards are few and the output is the
+    plain one, also across a handover to the batch in the middle of a stretch."""
+    from novamlx_worker.engine.ngram import NgramSolo
+
+    plain = engine(tiny_model, 0)
+    want, _ = generate(plain, PROMPTS[2], 120)
+    want_b, _ = generate(plain, PROMPTS[0], 10)
+    monkeypatch.setattr(NgramSolo, "_propose", lambda self, k: [49151] * k)  # a token the model never picks here
+    spec = engine(tiny_model, 4)
+    got, _ = generate(spec, PROMPTS[2], 120)
+    assert got == want
+    drafts = spec.stats()["engine"]["batches"]["tiny-llama"]["ngram"]
+    assert drafts["accepted"] == 0 and drafts["steps"] <= 30  # of 120 tokens: 6 misses, then 8, 16, 32, 64 plain ones
+
+    eng = engine(tiny_model, 4)
+    eng.handle(m.Generate("a", "tiny-llama", m.Sampling(temperature=0, max_tokens=120, ignore_eos=True),
+                          prompt_tokens=PROMPTS[2]))
+    for _ in range(11):  # prefill, six missed drafts, then inside the first plain stretch
+        eng.step()
+    assert eng.runners["tiny-llama"].solo.plain > 0
+    eng.handle(m.Generate("b", "tiny-llama", m.Sampling(temperature=0, max_tokens=10, ignore_eos=True),
+                          prompt_tokens=PROMPTS[0]))
+    while not {"a", "b"} <= {e.id for e in eng.events if isinstance(e, m.Finished)}:
+        eng.step()
+    text = lambda rid: "".join(d.text for e in eng.events if isinstance(e, m.Step) for d in e.deltas if d.id == rid)  # noqa: E731
+    assert text("a") == want and text("b") == want_b
