@@ -76,19 +76,28 @@ class QuantizedSlotKV(SlotKV):
 
 
 class StepIndex:
-    """What every layer of one decode step shares, built once: write positions, lengths, mask."""
+    """What every layer of one decode step shares, built once: write positions, lengths, mask.
+    width: tokens each row feeds this step (1; more when drafts are verified, spec_batch.py),
+    written at columns offset..offset+width-1, each attending to the columns up to its own."""
 
-    def __init__(self, offset: mx.array, ragged: bool, used: int):
-        self.offset, self.ragged, self.used = offset, ragged, used
+    def __init__(self, offset: mx.array, ragged: bool, used: int, width: int = 1):
+        self.offset, self.ragged, self.used, self.width = offset, ragged, used, width
         self._at: dict[tuple, mx.array] = {}
         self.lens = offset + 1
-        self.mask = None if ragged else (mx.arange(used)[None, :] < self.lens[:, None])[:, None, None, :]
+        if ragged:
+            self.mask = None
+        elif width == 1:
+            self.mask = (mx.arange(used)[None, :] < self.lens[:, None])[:, None, None, :]
+        else:
+            last = offset[:, None] + mx.arange(width)[None, :]  # (rows, width): each query's own column
+            self.mask = (mx.arange(used)[None, None, :] <= last[:, :, None])[:, None, :, :]
 
     def write_at(self, shape: tuple) -> mx.array:
-        """The step's write column of every slot, shaped for one part (slots, heads, 1, last)."""
+        """The step's write columns of every slot, shaped for one part (slots, heads, width, last)."""
         key = (shape[0], shape[1], shape[3])
         if key not in self._at:
-            self._at[key] = mx.broadcast_to(self.offset[:, None, None, None], (shape[0], shape[1], 1, shape[3]))
+            cols = self.offset[:, None, None, None] + mx.arange(self.width)[None, None, :, None]
+            self._at[key] = mx.broadcast_to(cols, (shape[0], shape[1], self.width, shape[3]))
         return self._at[key]
 
 
@@ -104,6 +113,8 @@ class Row:
     n: int = 0  # tokens generated
     length: int = 0  # columns of its slot holding KV
     context: mx.array | None = None  # for logits processors: last prompt token, then generated
+    history: list[int] | None = None  # rows that draft (spec_batch.py): every token so far, the last is the next input
+    k: int = 0  # its current draft length
 
 
 @dataclass(eq=False)
@@ -163,8 +174,9 @@ def _row_of(x, i: int):
 
 class Batch:
     def __init__(self, model, max_batch: int, prefill_step: int, prefill_batch: int, min_slots: int = 1,
-                 kv: KVFormat = KVFormat()):
+                 kv: KVFormat = KVFormat(), drafts=None):
         self.model = model
+        self.drafts = drafts  # n-gram drafting steps (spec_batch.BatchDrafts), or None
         self.max_batch, self.prefill_step, self.prefill_batch = max_batch, prefill_step, prefill_batch
         self.min_slots = min(min_slots, max_batch)
         self.kv = kv
@@ -377,6 +389,10 @@ class Batch:
         if self.prefill is not None:
             self._prefill_chunk()
         self._fit()
+        if self.drafts is not None and self.drafts.due(self):  # a drafting step reads its tokens at once
+            out = self._read(self.inflight, keep_inputs=True)
+            self.inflight = None
+            return out + self.drafts.step(self)
         queued = self._queue()
         out = self._read(self.inflight)
         self.inflight = queued
@@ -416,13 +432,18 @@ class Batch:
         return tokens, lp, members
 
     def _forward(self, y: mx.array, offset: mx.array, keys: list, values: list, used: int):
-        step = StepIndex(offset, self.use_kernel, used)
+        """y: each slot's input (slots,), or its inputs (slots, width) when drafts are verified
+        (then the logits of every position come back, (slots, width, vocab))."""
+        wide = y.ndim == 2
+        step = StepIndex(offset, self.use_kernel and not wide, used, y.shape[1] if wide else 1)
         slot_kv = QuantizedSlotKV if self.kv.quantized else SlotKV
         caches = [slot_kv(k, v, step, self.kv) for k, v in zip(keys, values)]
-        logits = self.model(y[:, None], cache=caches)[:, -1, :]
-        return logits, [c.keys for c in caches], [c.values for c in caches]
+        logits = self.model(y if wide else y[:, None], cache=caches)
+        return (logits if wide else logits[:, -1, :]), [c.keys for c in caches], [c.values for c in caches]
 
-    def _read(self, inflight) -> list[TokenOut]:
+    def _read(self, inflight, keep_inputs: bool = False) -> list[TokenOut]:
+        """The queued step's tokens; keep_inputs: each continuing row's token becomes its known
+        next input (in `fresh`), for a step that does not take the queued tokens on the device."""
         if inflight is None:
             return []
         tokens, lp, members = inflight
@@ -434,11 +455,15 @@ class Batch:
             token = values[s]
             r.n += 1
             r.known += 1
+            if r.history is not None:
+                r.history.append(token)
             finish = finish_for(token, r.n, r.max_tokens, r.stop_ids)
             cache = None
             if finish is not None:
                 self.slots[s] = None
                 self.fresh.pop(s, None)
                 cache = self._extract(s, min(r.length, r.known))
+            elif keep_inputs:
+                self.fresh[s] = token
             out.append(TokenOut(r.rid, [token], finish, cache, lp, s))
         return out

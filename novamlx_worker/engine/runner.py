@@ -23,6 +23,7 @@ from .path import TokenOut
 from .sequence import Sequence
 from .draft import DraftSolo
 from .ngram import DraftStats, NgramSolo
+from .spec_batch import BatchDrafts
 from .solo import Solo
 
 
@@ -59,7 +60,8 @@ class Runner:
         if not self.cacheable:
             self.kv = KVFormat()  # windows and SSM state stay as the model makes them
         if self.cacheable:
-            self.batch = Batch(loaded.model, max_batch, prefill_step, prefill_batch, kv=kv)
+            drafts = BatchDrafts(ngram_k, self.drafts) if ngram_k and draft is None else None
+            self.batch = Batch(loaded.model, max_batch, prefill_step, prefill_batch, kv=kv, drafts=drafts)
         else:
             self.batch = MlxLmBatch(loaded.model, max_batch, prefill_step, prefill_batch, snapshot_bytes)
         self.vocab_size = loaded.model.args.vocab_size
@@ -110,8 +112,8 @@ class Runner:
             processors = self._processors(seq)
             args = (self.loaded.model, rid, tokens, cache or make_prompt_cache(self.loaded.model), seq.sampler,
                     processors, seq.max_tokens - seq.generated, self._stop_ids(seq), self.prefill_step, self.kv)
-            # drafts need a cache that can be cut back (plain KV); rows drafts do not serve (yet)
-            plain = processors or seq.sampling.logprobs or not seq.speculative or not self.cacheable
+            # drafts need a cache that can be cut back (plain KV)
+            plain = not self._drafts_serve(seq, processors) or not self.cacheable
             if self.draft is not None and not plain:
                 self.solo = DraftSolo(*args, context=seq.tokens, k_max=self.draft_k, stats=self.drafts,
                                       draft_model=self.draft.model)
@@ -133,9 +135,17 @@ class Runner:
         return set() if seq.sampling.ignore_eos else self.eos_ids
 
     def _insert(self, rid: int, seq: Sequence, tokens: list[int], cache: list | None) -> int:
-        row = Row(rid, seq.sampler, self._processors(seq), self._stop_ids(seq), seq.max_tokens - seq.generated,
+        processors = self._processors(seq)
+        row = Row(rid, seq.sampler, processors, self._stop_ids(seq), seq.max_tokens - seq.generated,
                   known=(held(cache) if cache else 0) + len(tokens), logprobs=seq.sampling.logprobs)
+        if getattr(self.batch, "drafts", None) is not None and self._drafts_serve(seq, processors) and seq.sampler is None:
+            row.history = list(seq.tokens)  # greedy rows draft in the batch (spec_batch.py)
         return self.batch.add(row, tokens, cache) or 0
+
+    @staticmethod
+    def _drafts_serve(seq: Sequence, processors: list) -> bool:
+        """Rows drafts serve (yet): no logits processors, no logprobs, not turned off by the request."""
+        return not processors and not seq.sampling.logprobs and seq.speculative
 
     def _processors(self, seq: Sequence) -> list:
         return processors_for(seq, self.loaded, self.vocab_size)

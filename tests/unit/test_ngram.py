@@ -18,10 +18,10 @@ def test_propose_takes_the_longest_latest_match():
     assert propose([4, 4], 0) == [] and propose([4], 3) == []
 
 
-def engine(path, k):
+def engine(path, k, kv=(0, 64)):
     events = []
     eng = Engine(ModelPool([str(path)], [], "auto"), events.append, MemoryEnforcer("90%"), max_batch=8, ngram_k=k,
-                 prefix_cache_bytes=0)
+                 prefix_cache_bytes=0, kv=kv)
     eng.events = events
     return eng
 
@@ -190,3 +190,45 @@ def test_drafts_that_keep_missing_fall_back_to_plain_pipelined_stretches(tiny_mo
         eng.step()
     text = lambda rid: "".join(d.text for e in eng.events if isinstance(e, m.Step) for d in e.deltas if d.id == rid)  # noqa: E731
     assert text("a") == want and text("b") == want_b
+
+
+def run_together(eng, requests):
+    """requests: (rid, prompt, n, sampling kwargs), submitted together; returns each text."""
+    for rid, prompt, n, kw in requests:
+        kw = dict(kw)
+        speculative = kw.pop("speculative", True)
+        eng.handle(m.Generate(rid, "tiny-llama", m.Sampling(**{"temperature": 0, "max_tokens": n, "ignore_eos": True,
+                                                              **kw}), prompt_tokens=prompt, speculative=speculative))
+    ids = {r[0] for r in requests}
+    while not ids <= {e.id for e in eng.events if isinstance(e, (m.Finished, m.Error))}:
+        eng.step()
+    assert not [e for e in eng.events if isinstance(e, m.Error) and e.id in ids]
+    return {rid: "".join(d.text for e in eng.events if isinstance(e, m.Step) for d in e.deltas if d.id == rid)
+            for rid in ids}
+
+
+@pytest.fixture(scope="module")
+def wide_llama(tmp_path_factory):
+    from tests.fixtures.tiny_models import build_tiny_llama
+    from tests.unit.test_kv_quant import WIDE
+
+    return build_tiny_llama(tmp_path_factory.mktemp("ngram-wide") / "tiny-llama", seed=3, cfg=WIDE)
+
+
+@pytest.mark.parametrize("kv", [(0, 64), (8, 64)])
+def test_batched_rows_with_and_without_drafts_equal_plain_decoding(tiny_model, wide_llama, kv):
+    """Greedy rows draft inside the slot batch; a seeded sampled row, a logprob row and a
+    `speculative: false` row share the same forwards without drafts: every answer equals the
+    plain engine's, and the drafting rows got several tokens per forward."""
+    requests = [("g0", PROMPTS[0], 60, {}), ("g1", PROMPTS[1], 50, {}), ("g2", PROMPTS[2], 40, {}),
+                ("s", PROMPTS[1], 30, {"temperature": 0.9, "seed": 3}), ("l", PROMPTS[0], 20, {"logprobs": True}),
+                ("x", PROMPTS[1], 30, {"speculative": False})]
+    model = wide_llama if kv[0] else tiny_model  # quantized KV needs a head dim of a whole group
+    want = run_together(engine(model, 0, kv), requests)
+    spec = engine(model, 4, kv)
+    got = run_together(spec, requests)
+    assert got == want
+    drafts = spec.stats()["engine"]["batches"]["tiny-llama"]["ngram"]
+    assert drafts["accepted"] > 20 and drafts["tokens_per_step"] > 1.5
+    runner = spec.runners["tiny-llama"]
+    assert runner.solo is None and runner.batch.kv.bits == kv[0]  # every row ran in the batch, in this KV format

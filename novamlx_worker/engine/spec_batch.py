@@ -1,0 +1,120 @@
+"""N-gram drafts inside the slot batch: rows with drafts and rows without share one forward.
+
+A drafting step feeds every slot its next input plus, for the rows that have one, an n-gram
+draft (ngram.propose over the row's own tokens): `width` = 1 + the longest draft, shorter rows
+padded. Each greedy row keeps its draft while it equals the target's argmax and adds the
+target's own next token; rows without drafts (sampled, with logits processors or logprobs)
+take position 0 exactly as a plain step would. Rejected drafts need no rollback: the slot's
+length advances only over kept tokens, so their KV columns are simply written over later.
+
+A drafting step reads its tokens before the next forward (it must know them to draft), so it
+cannot be pipelined like a plain step; where drafts do not help (no row has a match, or no
+draft was kept several steps in a row) the batch decodes plain pipelined stretches of 8 to 64
+steps, as the solo path does (ngram.py).
+"""
+from __future__ import annotations
+
+import mlx.core as mx
+
+from .batch import CAPACITY_STEP, Batch, pick_tokens
+from .ngram import MISSES_BEFORE_PLAIN, PLAIN_STRETCH, DraftStats, propose
+from .path import TokenOut, finish_for
+
+
+class BatchDrafts:
+    def __init__(self, k_max: int, stats: DraftStats):
+        self.k_max, self.stats = k_max, stats
+        self.plain = 0  # plain steps left in a stretch
+        self.stretch = PLAIN_STRETCH[0]
+        self.misses = 0
+
+    def due(self, batch: Batch) -> bool:
+        """Whether this step drafts: some row may, and no plain stretch is running."""
+        if self.plain > 0:
+            self.plain -= 1
+            return False
+        return any(r is not None and r.history is not None for r in batch.slots)
+
+    def _go_plain(self) -> None:
+        self.plain, self.stretch = self.stretch, min(2 * self.stretch, PLAIN_STRETCH[1])
+        self.misses = 0
+
+    def _drafts(self, members: list) -> dict[int, list[int]]:
+        out = {}
+        for s, r in members:
+            if r.history is None:
+                continue
+            r.k = r.k or max(1, self.k_max // 2)
+            draft = propose(r.history, min(r.k, r.max_tokens - r.n - 1))
+            if draft:
+                out[s] = draft
+        return out
+
+    def step(self, b: Batch) -> list[TokenOut]:
+        """One drafting step over every occupied slot (each row's next input is in b.fresh)."""
+        members = [(s, r) for s, r in enumerate(b.slots) if r is not None]
+        if not members:
+            return []
+        drafts = self._drafts(members)
+        width = 1 + max((len(d) for d in drafts.values()), default=0)
+        used = max(r.length for _, r in members) + width
+        while used > b._capacity():
+            b._resize(len(b.slots), b._capacity() + CAPACITY_STEP)
+        rows = [[b.fresh.get(s, 0)] + drafts.get(s, []) for s in range(len(b.slots))]
+        y = mx.array([row + [0] * (width - len(row)) for row in rows], dtype=mx.uint32)
+        offset = mx.array([r.length if r is not None else 0 for r in b.slots], dtype=mx.int32)
+        logits, b.keys, b.values = b._forward(y if width > 1 else y[:, 0], offset, b.keys, b.values, used)
+        first_logits = logits[:, 0, :] if width > 1 else logits
+        first, lp = pick_tokens(first_logits, y[:, 0], members)
+        target = mx.argmax(logits, axis=-1) if drafts else None
+        mx.eval(first, *([target] if target is not None else []), b.keys, b.values)
+        first, target = first.tolist(), (target.tolist() if target is not None else None)
+        b.fresh = {}
+        out, accepted = [], 0
+        for s, r in members:
+            draft = drafts.get(s)
+            if draft:
+                m = 0
+                while m < len(draft) and draft[m] == target[s][m]:
+                    m += 1
+                emitted = draft[:m] + [target[s][m]]
+                accepted += m
+                self.stats.proposed += len(draft)
+                self.stats.accepted += m
+                self.stats.steps += 1
+                r.k = min(r.k + 1, self.k_max) if m == len(draft) else max(1, r.k - 1) if m < len(draft) // 2 else r.k
+            else:
+                emitted = [first[s]]
+            out.append(self._advance(b, s, r, emitted, lp))
+        if not drafts:
+            self._go_plain()
+        else:
+            self.misses = 0 if accepted else self.misses + 1
+            if accepted:
+                self.stretch = PLAIN_STRETCH[0]
+            elif self.misses >= MISSES_BEFORE_PLAIN:
+                self._go_plain()
+        return out
+
+    @staticmethod
+    def _advance(b: Batch, s: int, r, emitted: list[int], lp) -> TokenOut:
+        """A row's tokens this step, cut at its finish; its KV now holds its input and every
+        kept token but the last, which is its next input."""
+        tokens, finish = [], None
+        for token in emitted:
+            r.n += 1
+            r.known += 1
+            tokens.append(token)
+            finish = finish_for(token, r.n, r.max_tokens, r.stop_ids)
+            if finish is not None:
+                break
+        r.length += len(tokens)
+        if r.history is not None:
+            r.history += tokens
+        cache = None
+        if finish is not None:
+            b.slots[s] = None
+            cache = b._extract(s, min(r.length, r.known))
+        else:
+            b.fresh[s] = tokens[-1]
+        return TokenOut(r.rid, tokens, finish, cache, lp, s)
