@@ -138,8 +138,8 @@ class Runner:
         processors = self._processors(seq)
         row = Row(rid, seq.sampler, processors, self._stop_ids(seq), seq.max_tokens - seq.generated,
                   known=(held(cache) if cache else 0) + len(tokens), logprobs=seq.sampling.logprobs)
-        if getattr(self.batch, "drafts", None) is not None and self._drafts_serve(seq, processors) and seq.sampler is None:
-            row.history = list(seq.tokens)  # greedy rows draft in the batch (spec_batch.py)
+        if getattr(self.batch, "drafts", None) is not None and self._drafts_serve(seq, processors):
+            row.history = list(seq.tokens)  # it drafts in the batch (spec_batch.py)
         return self.batch.add(row, tokens, cache) or 0
 
     @staticmethod

@@ -2,9 +2,10 @@
 
 A drafting step feeds every slot its next input plus, for the rows that have one, an n-gram
 draft (ngram.propose over the row's own tokens): `width` = 1 + the longest draft, shorter rows
-padded. Each greedy row keeps its draft while it equals the target's argmax and adds the
-target's own next token; rows without drafts (sampled, with logits processors or logprobs)
-take position 0 exactly as a plain step would. Rejected drafts need no rollback: the slot's
+padded. A greedy row keeps its draft while it equals the target's argmax, a sampled one by
+rejection sampling against its own sampling distribution (ngram.verify_sampled: the output
+distribution is exactly the target's), and each adds the target's next token; rows without
+drafts (logits processors, logprobs, or none found) take position 0 as a plain step would. Rejected drafts need no rollback: the slot's
 length advances only over kept tokens, so their KV columns are simply written over later.
 
 A drafting step reads its tokens before the next forward (it must know them to draft), so it
@@ -17,7 +18,7 @@ from __future__ import annotations
 import mlx.core as mx
 
 from .batch import CAPACITY_STEP, Batch, pick_tokens
-from .ngram import MISSES_BEFORE_PLAIN, PLAIN_STRETCH, DraftStats, propose
+from .ngram import MISSES_BEFORE_PLAIN, PLAIN_STRETCH, DraftStats, propose, verify_sampled
 from .path import TokenOut, finish_for
 
 
@@ -65,7 +66,7 @@ class BatchDrafts:
         offset = mx.array([r.length if r is not None else 0 for r in b.slots], dtype=mx.int32)
         logits, b.keys, b.values = b._forward(y if width > 1 else y[:, 0], offset, b.keys, b.values, used)
         first_logits = logits[:, 0, :] if width > 1 else logits
-        first, lp = pick_tokens(first_logits, y[:, 0], members)
+        first, lp = pick_tokens(first_logits, y[:, 0], [(s, r) for s, r in members if s not in drafts])
         target = mx.argmax(logits, axis=-1) if drafts else None
         mx.eval(first, *([target] if target is not None else []), b.keys, b.values)
         first, target = first.tolist(), (target.tolist() if target is not None else None)
@@ -74,10 +75,8 @@ class BatchDrafts:
         for s, r in members:
             draft = drafts.get(s)
             if draft:
-                m = 0
-                while m < len(draft) and draft[m] == target[s][m]:
-                    m += 1
-                emitted = draft[:m] + [target[s][m]]
+                emitted = self._verify(draft, target[s], logits[s, :len(draft) + 1], r.sampler)
+                m = len(emitted) - 1
                 accepted += m
                 self.stats.proposed += len(draft)
                 self.stats.accepted += m
@@ -95,6 +94,19 @@ class BatchDrafts:
             elif self.misses >= MISSES_BEFORE_PLAIN:
                 self._go_plain()
         return out
+
+    @staticmethod
+    def _verify(draft: list[int], target: list[int], logits: mx.array, sampler) -> list[int]:
+        """The draft's kept tokens plus the target's own next one: while the draft is the argmax
+        (greedy), or by rejection sampling against the row's sampling distribution (exact)."""
+        if sampler is None:
+            m = 0
+            while m < len(draft) and draft[m] == target[m]:
+                m += 1
+            return draft[:m] + [target[m]]
+        lp = logits.astype(mx.float32)
+        lp = lp - mx.logsumexp(lp, axis=-1, keepdims=True)
+        return verify_sampled(sampler.probs(lp), draft, sampler.uniform(len(draft)).tolist(), sampler.categorical)
 
     @staticmethod
     def _advance(b: Batch, s: int, r, emitted: list[int], lp) -> TokenOut:
