@@ -11,6 +11,8 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
+from protocol import messages as m
+
 from .api.anthropic_messages import count_tokens, messages
 from .api.cloud_proxy import parse_cloud_models
 from .api.health import health
@@ -25,9 +27,11 @@ from .admission import Admission
 from .catalog import Catalog
 from .config import Config
 from .errors import HANDLERS
+from .metrics import Metrics, RecordRequests, metrics_endpoint
 from .middleware import LOCAL_ORIGINS, APIKeyAuth, BodyLimit, CancelOnDisconnect, HostCheck, RequestID
 from .stores.responses import ResponseStore
 from .stores.settings import SettingsStore
+from .stores.usage import UsageStats
 from .worker_client import WorkerClient
 
 
@@ -45,8 +49,13 @@ def create_app(cfg: Config, worker: WorkerClient | None = None) -> Starlette:
         if found:
             log.info("found on disk: %s", ", ".join(f.id for f in found))
         await worker.start()
-        yield
-        await worker.stop()
+        saver = asyncio.get_running_loop().create_task(_save_usage(app.state.usage))
+        try:
+            yield
+        finally:
+            saver.cancel()
+            await worker.stop()
+            app.state.usage.save()
 
     routes = [
         Route("/health", health, methods=["GET"]),
@@ -65,8 +74,11 @@ def create_app(cfg: Config, worker: WorkerClient | None = None) -> Starlette:
         Route("/v2/rerank", rerank, methods=["POST"]),
         Route("/v1/messages", messages, methods=["POST"]),
         Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
     ]
+    metrics = Metrics()
     middleware = [
+        Middleware(RecordRequests, metrics=metrics, routes=routes),
         # Browsers: localhost pages, plus configured origins ("*" opts in to every page).
         Middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_origin_regex=LOCAL_ORIGINS,
                    allow_methods=["*"], allow_headers=["*"], expose_headers=["x-request-id"]),
@@ -85,4 +97,27 @@ def create_app(cfg: Config, worker: WorkerClient | None = None) -> Starlette:
     app.state.catalog = Catalog(cfg, worker, app.state.settings)
     app.state.cloud = parse_cloud_models(cfg.cloud_models)
     app.state.started_at = time.time()
+    app.state.metrics = metrics
+    metrics.watch(app)
+    app.state.usage = UsageStats(cfg.data_path / "usage_stats.json")
+    worker.observers.append(lambda cmd, ev: _observe(app, cmd, ev))
     return app
+
+
+def _observe(app, cmd, ev) -> None:
+    """A generation ended: count it in the usage stats and the Prometheus metrics."""
+    if isinstance(ev, m.Finished):
+        u = ev.usage
+        app.state.usage.finished(cmd.model, u.prompt_tokens, u.completion_tokens, u.cached_tokens,
+                                 max(ev.total_s - ev.ttft_s, 0.0))
+        app.state.metrics.finished(cmd.model, u.prompt_tokens, u.completion_tokens, u.cached_tokens, ev.ttft_s,
+                                   ev.total_s)
+    else:
+        app.state.usage.error(ev.kind)
+        app.state.metrics.errors.labels(ev.kind).inc()
+
+
+async def _save_usage(usage, every: float = 5.0) -> None:
+    while True:
+        await asyncio.sleep(every)
+        await asyncio.to_thread(usage.save)

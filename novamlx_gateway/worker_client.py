@@ -47,6 +47,7 @@ class WorkerClient:
         self.rejected: dict[str, int] = {}  # 4xx answers by error code (the gateway's, never the worker's)
         self.supervisor.annotate = lambda: {"rejected": dict(self.rejected), "poison_requests": self.crashes_by_request}
         self.crashes_by_request = 0  # worker crashes pinned on one request (failed, not replayed)
+        self.observers: list = []  # called with (Generate, Finished | Error) as each generation ends
 
     @property
     def state(self):
@@ -74,16 +75,16 @@ class WorkerClient:
         for rid, p in list(self.pending.items()):
             if p.produced or not isinstance(p.cmd, m.Generate):
                 self.pending.pop(rid, None)
-                p.queue.put_nowait(m.Error(rid, f"The model worker crashed (exit code {code}) while generating; "
-                                                "the request was not completed. Please retry.", "worker_crashed"))
+                self._end(p, m.Error(rid, f"The model worker crashed (exit code {code}) while generating; "
+                                          "the request was not completed. Please retry.", "worker_crashed"))
                 continue
             p.crashes += p.started
             if p is poison or p.crashes > 1:
                 self.pending.pop(rid, None)
                 log.error("request %s was in flight when the worker crashed: failed, not replayed", rid)
-                p.queue.put_nowait(m.Error(rid, f"The model worker crashed (exit code {code}) while handling this "
-                                                "request; it is not retried, so that it cannot crash the worker "
-                                                "again.", "worker_crashed_on_request"))
+                self._end(p, m.Error(rid, f"The model worker crashed (exit code {code}) while handling this "
+                                          "request; it is not retried, so that it cannot crash the worker "
+                                          "again.", "worker_crashed_on_request"))
             p.sent, p.started = 0, False
         self.crashes_by_request += 1 if poison is not None else 0
 
@@ -102,7 +103,7 @@ class WorkerClient:
         elif isinstance(ev, (m.Finished, m.Error, m.Result, m.Embeddings, m.Scores)):
             p = self.pending.pop(ev.id, None)
             if p is not None:
-                p.queue.put_nowait(ev)
+                self._end(p, ev)
             elif isinstance(ev, m.Error) and not ev.id:
                 log.error("worker: %s", ev.message)
         elif isinstance(ev, m.Health):
@@ -111,6 +112,16 @@ class WorkerClient:
             self._on_hello(ev)
         elif isinstance(ev, m.Models):
             self.models = ev.models
+
+    def _end(self, p: Pending, ev) -> None:
+        """A request's last event: to its queue, and to the observers (stats, metrics) for a generation."""
+        p.queue.put_nowait(ev)
+        if isinstance(p.cmd, m.Generate) and isinstance(ev, (m.Finished, m.Error)):
+            for observe in self.observers:
+                try:
+                    observe(p.cmd, ev)
+                except Exception:  # noqa: BLE001 - counting must never break a request
+                    log.exception("stats observer failed")
 
     def _on_hello(self, ev: m.Hello) -> None:
         if ev.version != PROTOCOL_VERSION:
@@ -182,7 +193,7 @@ class WorkerClient:
         shutdown, a stream still running at the deadline ends in its wire's error, not a cut."""
         rids = list(self.pending)
         for rid in rids:
-            self.pending[rid].queue.put_nowait(m.Error(rid, message, kind))
+            self._end(self.pending[rid], m.Error(rid, message, kind))
             self.abort(rid)
         return len(rids)
 

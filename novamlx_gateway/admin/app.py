@@ -158,6 +158,20 @@ async def downloads(request: Request):
     return JSONResponse({"object": "list", "data": [t.to_dict() for t in tasks]})
 
 
+async def usage_stats(request: Request):
+    return JSONResponse(request.app.state.usage.snapshot())
+
+
+async def clear_stats(request: Request):
+    """{"scope": "session" | "all_time" | "all"} (default "session"): those counters start over."""
+    body = await json_body(request) if await request.body() else {}
+    scope = body.get("scope", "session") if isinstance(body, dict) else None
+    if scope not in ("session", "all_time", "all"):
+        raise APIError(400, 'Send {"scope": "session" | "all_time" | "all"}.', "invalid_value", "scope")
+    request.app.state.usage.clear(scope)
+    return JSONResponse({"cleared": scope, **request.app.state.usage.snapshot()})
+
+
 async def download_task(request: Request):
     catalog = request.app.state.catalog
     if request.method == "DELETE" or request.url.path.endswith("/cancel"):
@@ -165,12 +179,14 @@ async def download_task(request: Request):
     return JSONResponse(catalog.task(request.path_params["task"]).to_dict())
 
 
-def create_admin_app(cfg: Config, worker, catalog) -> Starlette | None:
+def create_admin_app(cfg: Config, worker, catalog, usage=None) -> Starlette | None:
     keys = admin_keys(cfg)
     if not keys:
         return None
     app = Starlette(routes=[Route("/admin/api/memory", memory, methods=["GET", "PUT"]),
                             Route("/admin/api/turboquant", turboquant, methods=["GET", "PUT"]),
+                            Route("/admin/api/stats", usage_stats, methods=["GET"]),
+                            Route("/admin/api/stats/clear", clear_stats, methods=["POST"]),
                             Route("/admin/api/sessions", sessions, methods=["GET"]),
                             Route("/admin/api/sessions/{id}", sessions, methods=["DELETE"]),
                             Route("/admin/api/sessions/{id}/{action}", session_action, methods=["POST"]),
@@ -190,4 +206,5 @@ def create_admin_app(cfg: Config, worker, catalog) -> Starlette | None:
     app.state.worker = worker
     app.state.config = cfg
     app.state.catalog = catalog
+    app.state.usage = usage
     return app

@@ -1,4 +1,5 @@
-"""GET /v1/stats: scheduler, prefix cache and request metrics, as of this request."""
+"""GET /v1/stats: scheduler, prefix cache and request metrics, as of this request; session and
+all-time inference counters."""
 from __future__ import annotations
 
 from starlette.requests import Request
@@ -18,4 +19,5 @@ async def stats(request: Request):
         "tokens_total": h.get("tokens_total", 0),
         "tokens_per_s": h.get("tokens_per_s", 0.0),
         "as_of": h.get("time"),
+        **request.app.state.usage.snapshot(),  # "session" and "all_time" counters (stores/usage.py)
     })
