@@ -66,17 +66,23 @@ def test_handover_to_the_batch_mid_stream_keeps_the_output(tiny_model):
     plain = engine(tiny_model, 0)
     want_a, _ = generate(plain, PROMPTS[1], 40)
     want_b, _ = generate(plain, PROMPTS[2], 20)
-    eng = engine(tiny_model, 4)
-    eng.handle(m.Generate("a", "tiny-llama", m.Sampling(temperature=0, max_tokens=40, ignore_eos=True),
-                          prompt_tokens=PROMPTS[1]))
-    for _ in range(6):
-        eng.step()
-    eng.handle(m.Generate("b", "tiny-llama", m.Sampling(temperature=0, max_tokens=20, ignore_eos=True),
-                          prompt_tokens=PROMPTS[2]))
+    assert second_arrives(engine(tiny_model, 4), (PROMPTS[1], 40), (PROMPTS[2], 20), steps=6) == (want_a, want_b)
+
+
+def second_arrives(eng, a, b, steps, meanwhile=lambda eng: None):
+    """Request a (prompt, max_tokens) runs alone for `steps` steps (then `meanwhile(eng)`), then b
+    arrives; returns both texts once both end."""
+    for rid, (prompt, n) in (("a", a), ("b", b)):
+        eng.handle(m.Generate(rid, "tiny-llama", m.Sampling(temperature=0, max_tokens=n, ignore_eos=True),
+                              prompt_tokens=prompt))
+        for _ in range(steps if rid == "a" else 0):
+            eng.step()
+        if rid == "a":
+            meanwhile(eng)
     while not {"a", "b"} <= {e.id for e in eng.events if isinstance(e, m.Finished)}:
         eng.step()
     text = lambda rid: "".join(d.text for e in eng.events if isinstance(e, m.Step) for d in e.deltas if d.id == rid)  # noqa: E731
-    assert text("a") == want_a and text("b") == want_b
+    return text("a"), text("b")
 
 
 def test_rejection_sampling_keeps_the_target_distribution():
@@ -178,18 +184,12 @@ def test_drafts_that_keep_missing_fall_back_to_plain_pipelined_stretches(tiny_mo
     drafts = spec.stats()["engine"]["batches"]["tiny-llama"]["ngram"]
     assert drafts["accepted"] == 0 and drafts["steps"] <= 30  # of 120 tokens: 6 misses, then 8, 16, 32, 64 plain ones
 
-    eng = engine(tiny_model, 4)
-    eng.handle(m.Generate("a", "tiny-llama", m.Sampling(temperature=0, max_tokens=120, ignore_eos=True),
-                          prompt_tokens=PROMPTS[2]))
-    for _ in range(11):  # prefill, six missed drafts, then inside the first plain stretch
-        eng.step()
-    assert eng.runners["tiny-llama"].solo.plain > 0
-    eng.handle(m.Generate("b", "tiny-llama", m.Sampling(temperature=0, max_tokens=10, ignore_eos=True),
-                          prompt_tokens=PROMPTS[0]))
-    while not {"a", "b"} <= {e.id for e in eng.events if isinstance(e, m.Finished)}:
-        eng.step()
-    text = lambda rid: "".join(d.text for e in eng.events if isinstance(e, m.Step) for d in e.deltas if d.id == rid)  # noqa: E731
-    assert text("a") == want and text("b") == want_b
+    def in_a_stretch(eng):
+        assert eng.runners["tiny-llama"].solo.plain > 0
+
+    # 11 steps: prefill, six missed drafts, then inside the first plain stretch
+    got = second_arrives(engine(tiny_model, 4), (PROMPTS[2], 120), (PROMPTS[0], 10), steps=11, meanwhile=in_a_stretch)
+    assert got == (want, want_b)
 
 
 def run_together(eng, requests):
