@@ -11,32 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
 from .platform import preload_openblas
 
 TEXT = Path(__file__).resolve().parent.parent / "docs" / "architecture.md"
-
-
-def perplexity(model, ids: list[int], bits: int, group: int, chunk: int = 128) -> float:
-    import mlx.core as mx
-    from mlx_lm.generate import maybe_quantize_kv_cache
-    from mlx_lm.models.cache import make_prompt_cache
-
-    cache = make_prompt_cache(model)
-    nll, n = 0.0, 0
-    for start in range(0, len(ids) - 1, chunk):
-        x = ids[start:start + chunk]
-        y = ids[start + 1:start + chunk + 1]
-        logits = model(mx.array(x)[None], cache=cache)[0, : len(y)].astype(mx.float32)
-        if bits:
-            maybe_quantize_kv_cache(cache, 0, group, bits)
-        lp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-        nll -= mx.take_along_axis(lp, mx.array(y)[:, None], axis=-1).sum().item()
-        n += len(y)
-    return math.exp(nll / n)
 
 
 def decode_rate(path: str, bits: int, group: int, streams: int, tokens: int) -> float:
@@ -84,6 +64,7 @@ def main(argv=None) -> None:
     preload_openblas()
     from protocol.naming import default_model_path
 
+    from .engine.perplexity import perplexity
     from .models.pool import ModelPool, kv_bytes_per_token
 
     path = args.model or default_model_path()
@@ -94,7 +75,7 @@ def main(argv=None) -> None:
     base_ppl = base_rate = None
     for bits in (int(b) for b in args.bits.split(",")):
         per_token = kv_bytes_per_token(lm, bits, args.group_size)
-        ppl = perplexity(lm.model, ids, bits, args.group_size) if ids else float("nan")  # --ppl-tokens 0: skip
+        ppl = perplexity(lm.model, ids, 128, bits, args.group_size) if ids else float("nan")  # --ppl-tokens 0: skip
         rate, ran = decode_rate(path, bits, args.group_size, args.streams, args.tokens)
         base_ppl, base_rate = base_ppl or ppl, base_rate or rate
         print(json.dumps({"kv_bits": bits or "plain", "group_size": args.group_size if bits else None,

@@ -93,6 +93,14 @@ class Abort(msgspec.Struct, tag="abort"):
     id: str
 
 
+class Perplexity(msgspec.Struct, tag="perplexity", omit_defaults=True):
+    """The perplexity of one text under a model (answered by a Result: perplexity, tokens)."""
+    id: str
+    model: str
+    text: str
+    chunk: int = 512
+
+
 class CountTokens(msgspec.Struct, tag="count_tokens", omit_defaults=True):
     id: str
     model: str
@@ -179,7 +187,7 @@ class Shutdown(msgspec.Struct, tag="shutdown"):
     pass
 
 
-Command = (Generate | Abort | CountTokens | Embed | Rerank | Settings | LoadModel | UnloadModel | Register | Forget
+Command = (Generate | Abort | CountTokens | Perplexity | Embed | Rerank | Settings | LoadModel | UnloadModel | Register | Forget
            | Policies | SessionOp | Stats | Ping | Shutdown)
 
 

@@ -18,6 +18,7 @@ from ..errors import HANDLERS, APIError
 from ..hub import download as dl
 from ..middleware import RequestID, _send_error
 from .common import json_body, worker_settings
+from .jobs import Job, bench_start, job_cancel, job_status, ppl_start
 from .sessions import session_action, sessions
 from .turboquant import turboquant
 
@@ -187,6 +188,12 @@ def create_admin_app(cfg: Config, worker, catalog, usage=None) -> Starlette | No
                             Route("/admin/api/turboquant", turboquant, methods=["GET", "PUT"]),
                             Route("/admin/api/stats", usage_stats, methods=["GET"]),
                             Route("/admin/api/stats/clear", clear_stats, methods=["POST"]),
+                            Route("/admin/api/bench/start", bench_start, methods=["POST"]),
+                            Route("/admin/api/ppl/start", ppl_start, methods=["POST"]),
+                            Route("/admin/api/bench/status", job_status, methods=["GET"]),
+                            Route("/admin/api/bench/cancel", job_cancel, methods=["POST"]),
+                            Route("/admin/api/ppl/status", job_status, methods=["GET"]),
+                            Route("/admin/api/ppl/cancel", job_cancel, methods=["POST"]),
                             Route("/admin/api/sessions", sessions, methods=["GET"]),
                             Route("/admin/api/sessions/{id}", sessions, methods=["DELETE"]),
                             Route("/admin/api/sessions/{id}/{action}", session_action, methods=["POST"]),
@@ -207,4 +214,5 @@ def create_admin_app(cfg: Config, worker, catalog, usage=None) -> Starlette | No
     app.state.config = cfg
     app.state.catalog = catalog
     app.state.usage = usage
+    app.state.bench, app.state.ppl = Job("benchmark"), Job("perplexity")
     return app

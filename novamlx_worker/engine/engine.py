@@ -66,10 +66,13 @@ class Engine:
         self.peak_batch = 0
         self.fault = FaultSwitch()
         self.pressure = Pressure()  # the machine's memory pressure, and MLX's cache given back when idle
-        self.jobs = Jobs(emit)  # embedding and reranking, a batch at a time between decode steps
+        self.jobs = Jobs(emit)  # embedding, reranking and perplexity, a piece at a time between decode steps
         answer = lambda fn: lambda cmd: self.emit(m.Result(cmd.id, data=fn(cmd)))  # noqa: E731 - one Result
         self.handlers = {
-            m.Generate: self._accept, m.Abort: self._abort, m.Embed: self._embed, m.Rerank: self._embed,
+            m.Generate: self._accept, m.Abort: self._abort,
+            m.Embed: lambda cmd: self.jobs.embed(self.models.embedder(cmd.model), cmd),
+            m.Rerank: lambda cmd: self.jobs.embed(self.models.embedder(cmd.model), cmd),
+            m.Perplexity: lambda cmd: self.jobs.perplexity(self._model(cmd.model), cmd),
             m.CountTokens: lambda cmd: self.emit(m.Result(cmd.id, tokens=intake.count_tokens(self._model(cmd.model), cmd))),
             m.Settings: answer(self._settings),
             m.LoadModel: answer(lambda cmd: self.models.load(cmd.spec, cmd.pin, self._refuse_load)),
@@ -165,14 +168,6 @@ class Engine:
             self._finish(seq, "abort")
         elif self.jobs.abort(cmd.id):
             self.counters["aborted"] += 1
-
-    def _embed(self, cmd) -> None:
-        emb = self.models.embedder(cmd.model)
-        if isinstance(cmd, m.Embed):
-            self.jobs.add(cmd.id, emb.embed_steps(cmd.texts, cmd.tokens, cmd.truncate),
-                          lambda done: m.Embeddings(cmd.id, done[0].tolist(), done[1]))
-        else:
-            self.jobs.add(cmd.id, emb.rerank_steps(cmd.query, cmd.documents), lambda done: m.Scores(cmd.id, *done))
 
     def _settings(self, cmd: m.Settings) -> dict:
         if cmd.max_process_memory is not None:
