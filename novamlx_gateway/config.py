@@ -28,6 +28,7 @@ class Config:
     prefill_step: int = 512
     prefill_batch: int = 16
     dequantize: str = "auto"
+    gguf_bits: str = "auto"  # block-quantized GGUF tensors re-quantized to 4 or 8 bits ("auto": by type)
     health_interval: float = 5.0
     health_log_max_mb: float = 10.0
     worker_start_timeout: float = 600.0
@@ -123,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefill-step", type=int)
     p.add_argument("--prefill-batch", type=int, help="prompts prefilled together")
     p.add_argument("--dequantize", choices=["auto", "on", "off"])
+    p.add_argument("--gguf-bits", choices=["auto", "4", "8"],
+                   help="GGUF K-quants etc. re-quantized to MLX 4- or 8-bit (auto: <=4.5-bit types to 4, Q5/Q6/Q8 to 8)")
     p.add_argument("--health-interval", type=float)
     p.add_argument("--ping-timeout", type=float, help="seconds without a ping answer before a worker counts as hung")
     p.add_argument("--worker-start-timeout", type=float)

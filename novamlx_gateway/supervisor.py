@@ -78,7 +78,7 @@ class Supervisor:
         self.annotate: Callable[[], dict] = lambda: {}  # the gateway's own counters, added to each log record
 
     def argv(self) -> list[str]:
-        a = [sys.executable, "-m", "novamlx_worker", "--dequantize", self.cfg.dequantize,
+        a = [sys.executable, "-m", "novamlx_worker", "--dequantize", self.cfg.dequantize, "--gguf-bits", self.cfg.gguf_bits,
              "--max-batch", str(self.cfg.max_batch), "--prefill-step", str(self.cfg.prefill_step),
              "--prefill-batch", str(self.cfg.prefill_batch),
              "--health-interval", str(self.cfg.health_interval),

@@ -26,6 +26,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="novamlx_worker")
     p.add_argument("--model", action="append", default=[], help="model path or hub id (repeatable)")
     p.add_argument("--dequantize", default="auto", choices=["auto", "on", "off"])
+    p.add_argument("--gguf-bits", default="auto", choices=["auto", "4", "8"])
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--prefill-step", type=int, default=512)
     p.add_argument("--prefill-batch", type=int, default=16)
@@ -119,7 +120,7 @@ def main(argv=None) -> None:
 
     try:
         pool = ModelPool(args.model or [None], args.pin, args.dequantize, lockstep.group if lockstep else None,
-                         args.vision_cache_dir or None)
+                         args.vision_cache_dir or None, gguf_bits=None if args.gguf_bits == "auto" else int(args.gguf_bits))
         for entry in pool.entries.values():
             pool.get(entry.id)
         memory = MemoryEnforcer(args.max_process_memory)

@@ -1,17 +1,32 @@
 """GGUF files straight into mlx-lm model classes.
 
-`mx.load` reads GGUF tensors; Q4_0/Q4_1/Q8_0 come back already in MLX's affine
-quantized layout (weight/scales/biases, group size 32) and stay quantized; F16/F32
-stay dense. Q and K are in GGUF's rotary order, which `rope_traditional=True` expects.
+Files whose tensors are all F32/F16/Q4_0/Q4_1/Q8_0 go through `mx.load`: the quantized ones
+come back already in MLX's affine layout (weight/scales/biases, group size 32) and stay
+quantized. Any other type (the K-quants Q2_K..Q6_K most downloads use, Q5_0/Q5_1, IQ4_NL,
+BF16) is read with the gguf package and dequantized block by block in numpy
+(ggml_blocks.py; MLX's own GGUF reader refuses Q3_K/Q5_K and misreads Q4_K), then
+re-quantized to MLX's affine format by a stated rule: types of about 4 bits or fewer
+(Q2_K, Q3_K, Q4_K, Q4_0, Q4_1, IQ4_NL) to 4 bits, Q5_x, Q6_K and Q8_0 to 8 bits, groups of
+32 (`--gguf-bits 4|8` forces one width). Dense loading (--dequantize, CPUs) keeps floats
+and says what that costs. Q and K are in GGUF's rotary order, which `rope_traditional=True`
+expects.
 """
 from __future__ import annotations
 
+import logging
+
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 
 from ..text.tokenizer import TextTokenizer, from_gguf_metadata
+from . import ggml_blocks
+
+log = logging.getLogger("novamlx.gguf")
 
 GROUP_SIZE = 32
+MLX_NATIVE = {0, 1, 2, 3, 8}  # F32, F16, Q4_0, Q4_1, Q8_0: what mx.load keeps as they are
+F32, F16, BF16 = 0, 1, 30
 
 _LAYER_NAMES = {
     "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
@@ -75,15 +90,23 @@ def _quant_params(weights: dict) -> dict[str, dict]:
     return out
 
 
-def load_gguf(path: str, dequantize: bool = False, dtype=None) -> tuple[nn.Module, TextTokenizer, dict]:
+def load_gguf(path: str, dequantize: bool = False, dtype=None, bits: int | None = None
+              ) -> tuple[nn.Module, TextTokenizer, dict]:
+    """bits: 4 or 8 to re-quantize every block-quantized tensor to that width (None: by type)."""
+    from gguf import GGUFReader
     from mlx_lm.utils import _get_classes
 
-    raw, meta = mx.load(path, return_metadata=True)
-    weights = {hf_name(k): v for k, v in raw.items()}
+    reader = GGUFReader(path)
+    if all(int(t.tensor_type) in MLX_NATIVE for t in reader.tensors):
+        raw, meta = mx.load(path, return_metadata=True)
+        weights = {hf_name(k): v for k, v in raw.items()}
+        quant = _quant_params(weights)
+    else:
+        meta = {name: field.contents() for name, field in reader.fields.items()}
+        weights, quant = _read_blocks(reader, dense=dequantize, bits=bits, dtype=dtype or mx.float32)
     config = model_config(meta, weights)
     model_class, args_class = _get_classes(config)
     model = model_class(args_class.from_dict(config))
-    quant = _quant_params(weights)
     if quant:
         nn.quantize(model, class_predicate=lambda p, m: quant.get(p, False))
     model.load_weights(list(weights.items()), strict=True)
@@ -92,8 +115,46 @@ def load_gguf(path: str, dequantize: bool = False, dtype=None) -> tuple[nn.Modul
     elif dtype is not None:
         model.set_dtype(dtype)
     mx.eval(model.parameters())
-    config["quantization"] = None if (dequantize or not quant) else {"group_size": GROUP_SIZE, "bits": 4}
+    widths = sorted({q["bits"] for q in quant.values()})
+    config["quantization"] = None if (dequantize or not quant) else {"group_size": GROUP_SIZE, "bits": widths[-1]}
     return model, from_gguf_metadata(meta), config
+
+
+def _read_blocks(reader, dense: bool, bits: int | None, dtype) -> tuple[dict, dict]:
+    """Every tensor of a file mx.load cannot keep as it is: block-quantized ones dequantized
+    (ggml_blocks) and re-quantized to MLX's affine layout, or kept dense in `dtype`."""
+    weights, quant, kept, dense_bytes = {}, {}, {}, 0
+    for t in reader.tensors:
+        name, tid = hf_name(t.name), int(t.tensor_type)
+        shape = tuple(int(n) for n in reversed(t.shape))  # GGUF lists dimensions fastest first
+        if tid in (F32, F16):
+            weights[name] = mx.array(np.asarray(t.data).reshape(shape))
+            continue
+        if tid == BF16:
+            weights[name] = mx.array(np.asarray(t.data).view(np.uint16).reshape(shape)).view(mx.bfloat16)
+            continue
+        if tid not in ggml_blocks.TYPES:
+            raise ValueError(f"GGUF tensor {t.name} has type {getattr(t.tensor_type, 'name', tid)}, which is not "
+                             f"supported (F32, F16, BF16, {', '.join(ggml_blocks.NAMES.values())} are)")
+        w = mx.array(ggml_blocks.dequantize(t.data, tid, shape))
+        kept[ggml_blocks.NAMES[tid]] = kept.get(ggml_blocks.NAMES[tid], 0) + 1
+        if dense:
+            weights[name] = w.astype(dtype)
+            dense_bytes += weights[name].nbytes
+            continue
+        width = bits or ggml_blocks.TYPES[tid][3]
+        base = name[: -len(".weight")]
+        weights[name], weights[base + ".scales"], weights[base + ".biases"] = mx.quantize(
+            w, group_size=GROUP_SIZE, bits=width)
+        quant[base] = {"group_size": GROUP_SIZE, "bits": width, "mode": "affine"}
+        mx.eval(weights[name])
+    types = ", ".join(f"{n} x{c}" for n, c in sorted(kept.items()))
+    if dense:
+        log.info("GGUF %s dequantized to %s: %.2f GB of dense weights", types, dtype, dense_bytes / 1e9)
+    else:
+        log.info("GGUF %s re-quantized to MLX affine %s-bit, group %d", types,
+                 "/".join(str(b) for b in sorted({q["bits"] for q in quant.values()})), GROUP_SIZE)
+    return weights, quant
 
 
 def dequantize_model(model: nn.Module, dtype=mx.float32) -> nn.Module:

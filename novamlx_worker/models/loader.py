@@ -68,11 +68,13 @@ def resolve(spec: str | None) -> tuple[str, str, list[str]]:
     raise FileNotFoundError(f"model {spec!r} not found: give a folder, a .gguf file or a hub id on disk")
 
 
-def load(spec: str | None, dequantize: str = "auto", features=None, group=None) -> LoadedModel:
+def load(spec: str | None, dequantize: str = "auto", features=None, group=None, gguf_bits: int | None = None
+         ) -> LoadedModel:
     """dequantize: "auto" (on CPU-only machines, where quantized matmul is slow), "on", "off".
     features: the worker's vision FeatureCache, for vision-language models.
     group: an mlx.distributed group of several ranks: the model is sharded over it (tensor
-    parallel, mlx-lm's `shard`), each rank keeping its slice of every layer."""
+    parallel, mlx-lm's `shard`), each rank keeping its slice of every layer.
+    gguf_bits: 4 or 8 to re-quantize a GGUF's block-quantized tensors to that width (None: by type)."""
     sharded = group is not None and group.size() > 1
     from ..platform import on_cpu_only
 
@@ -87,7 +89,7 @@ def load(spec: str | None, dequantize: str = "auto", features=None, group=None) 
     dense = dequantize == "on" or (dequantize == "auto" and on_cpu_only())
     dtype = mx.float32 if dense and on_cpu_only() else None
     if path.endswith(".gguf"):
-        model, tokenizer, config = load_gguf(path, dequantize=dense, dtype=dtype)
+        model, tokenizer, config = load_gguf(path, dequantize=dense, dtype=dtype, bits=gguf_bits)
         ctx = int(config.get("max_position_embeddings") or 4096)
     else:
         from mlx_lm.utils import load as mlx_lm_load

@@ -66,10 +66,11 @@ def kv_bytes_per_token(lm: LoadedModel, bits: int = 0, group_size: int = 64) -> 
 
 class ModelPool:
     def __init__(self, specs: list[str | None], pinned: list[str], dequantize: str, group=None,
-                 vision_cache_dir: str | None = None):
+                 vision_cache_dir: str | None = None, gguf_bits: int | None = None):
         from .vision import FeatureCache
 
         self.dequantize = dequantize
+        self.gguf_bits = gguf_bits  # GGUF block-quantized tensors re-quantized to this width (None: by type)
         self.group = group  # models are sharded over this mlx.distributed group when it has several ranks
         self.features = FeatureCache(folder=vision_cache_dir)  # vision-tower outputs, shared by the VLMs
         self.entries: dict[str, Entry] = {}
@@ -107,7 +108,7 @@ class ModelPool:
         e = self.entries[model_id]
         if e.loaded is None:
             t = time.monotonic()
-            e.loaded = load(e.spec, self.dequantize, self.features, self.group)
+            e.loaded = load(e.spec, self.dequantize, self.features, self.group, self.gguf_bits)
             e.context_length, e.created = e.loaded.context_length, e.loaded.created
             log.info("loaded %s in %.1fs", model_id, time.monotonic() - t)
         e.last_used = time.monotonic()
