@@ -32,7 +32,9 @@ _LAYER_NAMES = {
     "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
     "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+    "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",  # qwen3
 }
+ARCHITECTURES = ("llama", "qwen2", "qwen3")  # mistral's GGUFs say "llama"
 _TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 
 
@@ -51,8 +53,9 @@ def hf_name(gguf_name: str) -> str:
 
 def model_config(meta: dict, weights: dict) -> dict:
     arch = meta["general.architecture"]
-    if arch not in ("llama", "qwen2"):
-        raise ValueError(f"GGUF architecture {arch!r} is not supported (llama, qwen2 are)")
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"GGUF architecture {arch!r} is not supported ({', '.join(ARCHITECTURES)} are; "
+                         "convert the original model with mlx-lm instead)")
     g = lambda k, d=None: _num(meta, f"{arch}.{k}", d)  # noqa: E731
     n_heads = int(g("attention.head_count"))
     hidden = int(g("embedding_length"))
@@ -69,11 +72,10 @@ def model_config(meta: dict, weights: dict) -> dict:
         "vocab_size": vocab,
         "max_position_embeddings": int(g("context_length", 4096)),
         "tie_word_embeddings": "output.weight" not in weights,
-        # llama.cpp permutes Q/K for its interleaved rope; qwen2 GGUFs keep HF order.
+        # llama.cpp permutes Q/K for its interleaved rope; qwen GGUFs keep HF order.
         "rope_traditional": arch == "llama",
+        "head_dim": int(g("attention.key_length", 0) or hidden // n_heads),
     }
-    if arch == "llama":
-        config["head_dim"] = hidden // n_heads
     return config
 
 

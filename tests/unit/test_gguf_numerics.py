@@ -88,3 +88,37 @@ def test_kquant_gguf_loads_exactly_dense_and_requantized_by_the_rule(tmp_path, q
     forced, _, cfg = load_gguf(str(path), bits=8)
     assert cfg["quantization"]["bits"] == 8
     assert np.abs(np.array(forced(mx.array(PROMPT)[None])[0].astype(mx.float32)) - ref).max() / np.abs(ref).max() < 0.05
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
+@pytest.mark.parametrize("qtype,tol", [("F32", 1e-4), ("Q8_0", 3e-2), ("Q4_K_M", 1e-4)])
+def test_qwen_gguf_logits_match_mlx_lm(tmp_path, arch, qtype, tol):
+    """qwen2 (q/k/v biases) and qwen3 (q/k norms, head_dim from attention.key_length): the
+    dense-loaded GGUF's logits equal mlx-lm's own architecture on the file's values."""
+    import importlib
+
+    from tests.fixtures.tiny_models import TINY_LLAMA_256
+
+    path, stored = build_tiny_gguf(tmp_path / f"tiny-{arch}.gguf", qtype, cfg=TINY_LLAMA_256, arch=arch)
+    family = importlib.import_module(f"mlx_lm.models.{arch}")
+    ref_model = family.Model(family.ModelArgs.from_dict({**TINY_LLAMA_256, "model_type": arch}))
+    ref_model.load_weights([(k, mx.array(v)) for k, v in stored.items()], strict=True)
+    ref = np.array(ref_model(mx.array(PROMPT)[None])[0].astype(mx.float32))
+    model, _, cfg = load_gguf(str(path), dequantize=True)
+    assert cfg["model_type"] == arch and type(model).__module__ == family.__name__
+    ours = np.array(model(mx.array(PROMPT)[None])[0].astype(mx.float32))
+    assert np.abs(ours - ref).max() / np.abs(ref).max() < tol
+    assert (ours.argmax(-1) == ref.argmax(-1)).mean() >= 0.85
+
+
+def test_unknown_gguf_architecture_is_refused_by_name(tmp_path):
+    import gguf
+
+    w = gguf.GGUFWriter(str(tmp_path / "x.gguf"), "mamba")
+    w.add_tensor("token_embd.weight", np.zeros((8, 8), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(ValueError, match="'mamba' is not supported"):
+        load_gguf(str(tmp_path / "x.gguf"))
