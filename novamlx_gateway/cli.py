@@ -93,6 +93,13 @@ def novamlx_main(argv: list[str] | None = None) -> None:
         return bench_main(argv[1:])
     if argv and argv[0] == "serve":
         return main(argv[1:])
+    if argv and argv[0] == "convert":
+        from novamlx_worker.platform import preload_openblas
+
+        preload_openblas()
+        from novamlx_worker.models.export import main as convert_main
+
+        return convert_main(argv[1:])
     if argv and argv[0] in ("models", "launchd-plist", "systemd-unit"):
         return main(argv)
     print(NOVAMLX_USAGE, file=sys.stderr if argv and argv[0] not in ("-h", "--help", "help") else sys.stdout)
@@ -104,6 +111,7 @@ NOVAMLX_USAGE = """usage: novamlx COMMAND ...
 commands:
   serve [flags]                    start the server (the same as novamlx-gateway [flags])
   models list|search|pull|rm       the model store (novamlx-gateway models ...)
+  convert SRC OUT [--bits 4|8]     a .gguf file or a Hugging Face folder -> an MLX model folder
   bench load|agent|prefix|compare|embed|mask|shardcheck|probe|kv
                                    benchmarks against a running server and its peers (docs/benchmarks.md)
   launchd-plist [flags]            print a launchd plist that runs the server with these flags
