@@ -144,10 +144,14 @@ def from_gguf_metadata(meta: dict) -> TextTokenizer:
                 pre_tokenizers.Split(Regex(pattern), behavior="isolated", invert=False), byte_level])
         tok.decoder = decoders.ByteLevel()
     elif kind == "llama":
+        # SentencePiece BPE (llama 2, mistral): merges recovered from the vocabulary's scores, a
+        # metaspace before the first word, bytes for what the vocabulary lacks; what the original
+        # tokenizer.json holds and transformers rebuilds from a GGUF.
         scores = _as_list(meta.get("tokenizer.ggml.scores")) or [0.0] * len(tokens)
-        tok = Tokenizer(models.Unigram([(t, float(s)) for t, s in zip(tokens, scores)],
-                                       unk_id=int(_scalar(meta.get("tokenizer.ggml.unknown_token_id", 0))), byte_fallback=True))
-        tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        vocab = {t: i for i, t in enumerate(tokens)}
+        tok = Tokenizer(models.BPE(vocab=vocab, merges=_merges_from_scores(vocab, dict(zip(tokens, scores))),
+                                   byte_fallback=True, fuse_unk=True))
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
         tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
     else:
         raise ValueError(f"unsupported GGUF tokenizer model {kind!r}")
@@ -161,6 +165,17 @@ def from_gguf_metadata(meta: dict) -> TextTokenizer:
     add_bos = bool(_scalar(meta.get("tokenizer.ggml.add_bos_token", kind == "llama")))
     return TextTokenizer(tok, meta.get("tokenizer.chat_template"), tok_name("tokenizer.ggml.bos_token_id"),
                          tok_name("tokenizer.ggml.eos_token_id"), add_bos, END_OF_TURN)
+
+
+def _merges_from_scores(vocab: dict[str, int], scores: dict[str, float]) -> list[tuple[str, str]]:
+    """Every split of a piece into two pieces of the vocabulary is a merge, ranked by the piece's
+    score (best first; ties: shorter left part first), as SentencePiece's BPE merges them."""
+    merges = []
+    for piece, score in scores.items():
+        pairs = [(piece[:i], piece[i:]) for i in range(1, len(piece)) if piece[:i] in vocab and piece[i:] in vocab]
+        merges += [(a, b, score) for a, b in sorted(pairs, key=lambda p: (vocab[p[0]], vocab[p[1]]))]
+    merges.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)
+    return [(a, b) for a, b, _ in merges]
 
 
 def _scalar(v):
