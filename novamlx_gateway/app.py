@@ -27,6 +27,8 @@ from .admission import Admission
 from .catalog import Catalog
 from .config import Config
 from .errors import HANDLERS
+from .api.mcp import mcp_execute, mcp_tools
+from .mcp_hub import McpHub
 from .metrics import Metrics, RecordRequests, metrics_endpoint
 from .middleware import LOCAL_ORIGINS, APIKeyAuth, BodyLimit, CancelOnDisconnect, HostCheck, RequestID
 from .stores.responses import ResponseStore
@@ -49,11 +51,13 @@ def create_app(cfg: Config, worker: WorkerClient | None = None) -> Starlette:
         if found:
             log.info("found on disk: %s", ", ".join(f.id for f in found))
         await worker.start()
+        await app.state.mcp.start()
         saver = asyncio.get_running_loop().create_task(_save_usage(app.state.usage))
         try:
             yield
         finally:
             saver.cancel()
+            await app.state.mcp.stop()
             await worker.stop()
             app.state.usage.save()
 
@@ -75,6 +79,8 @@ def create_app(cfg: Config, worker: WorkerClient | None = None) -> Starlette:
         Route("/v1/messages", messages, methods=["POST"]),
         Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/v1/mcp/tools", mcp_tools, methods=["GET"]),
+        Route("/v1/mcp/execute", mcp_execute, methods=["POST"]),
     ]
     metrics = Metrics()
     middleware = [
@@ -100,6 +106,7 @@ def create_app(cfg: Config, worker: WorkerClient | None = None) -> Starlette:
     app.state.metrics = metrics
     metrics.watch(app)
     app.state.usage = UsageStats(cfg.data_path / "usage_stats.json")
+    app.state.mcp = McpHub(cfg.mcp_servers, cfg.data_path)
     worker.observers.append(lambda cmd, ev: _observe(app, cmd, ev))
     return app
 

@@ -50,6 +50,7 @@ class Config:
     ssd_cache: bool = True
     ssd_cache_gb: float = 100.0
     shutdown_grace: float = 30.0
+    mcp_servers: list = field(default_factory=list)  # [[mcp_servers]] tables: name, transport, command/url, ...
     cloud_models: list = field(default_factory=list)  # [{id, url, model, key_env}] remote OpenAI-compatible models
     turn_stop_patterns: list[str] = field(default_factory=list)  # text that ends any answer (TurnStopProcessor)
     tool_parser: str = "auto"  # or families: hermes, glm, deepseek, gemma, llama, marker, tool, mistral, function, namespaced

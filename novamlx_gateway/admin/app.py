@@ -19,6 +19,7 @@ from ..hub import download as dl
 from ..middleware import RequestID, _send_error
 from .common import json_body, worker_settings
 from .jobs import Job, bench_start, job_cancel, job_status, ppl_start
+from .mcp import mcp_server, mcp_servers, mcp_tools
 from .sessions import session_action, sessions
 from .turboquant import turboquant
 
@@ -180,7 +181,7 @@ async def download_task(request: Request):
     return JSONResponse(catalog.task(request.path_params["task"]).to_dict())
 
 
-def create_admin_app(cfg: Config, worker, catalog, usage=None) -> Starlette | None:
+def create_admin_app(cfg: Config, worker, catalog, usage=None, mcp=None) -> Starlette | None:
     keys = admin_keys(cfg)
     if not keys:
         return None
@@ -188,6 +189,10 @@ def create_admin_app(cfg: Config, worker, catalog, usage=None) -> Starlette | No
                             Route("/admin/api/turboquant", turboquant, methods=["GET", "PUT"]),
                             Route("/admin/api/stats", usage_stats, methods=["GET"]),
                             Route("/admin/api/stats/clear", clear_stats, methods=["POST"]),
+                            Route("/admin/api/mcp/servers", mcp_servers, methods=["GET", "POST"]),
+                            Route("/admin/api/mcp/servers/{name}", mcp_server, methods=["DELETE"]),
+                            Route("/admin/api/mcp/servers/{name}/{action}", mcp_server, methods=["POST"]),
+                            Route("/admin/api/mcp/tools", mcp_tools, methods=["GET"]),
                             Route("/admin/api/bench/start", bench_start, methods=["POST"]),
                             Route("/admin/api/ppl/start", ppl_start, methods=["POST"]),
                             Route("/admin/api/bench/status", job_status, methods=["GET"]),
@@ -214,5 +219,6 @@ def create_admin_app(cfg: Config, worker, catalog, usage=None) -> Starlette | No
     app.state.config = cfg
     app.state.catalog = catalog
     app.state.usage = usage
+    app.state.mcp = mcp
     app.state.bench, app.state.ppl = Job("benchmark"), Job("perplexity")
     return app

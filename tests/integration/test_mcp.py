@@ -1,0 +1,120 @@
+"""The MCP client against real MCP servers written with the official SDK (stdio and streamable
+HTTP): discovery and namespacing, execute, admin add/disable/remove, a tool timeout, a server
+that dies mid-call (a clear error, then it is reconnected)."""
+import json
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT, Server, free_port
+
+ADMIN = {"authorization": "Bearer adm"}
+SERVER_PY = str(ROOT / "tests" / "fixtures" / "mcp_server.py")
+
+
+@pytest.fixture(scope="module")
+def http_mcp():
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, SERVER_PY, "http", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/mcp"
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            httpx.get(url, timeout=1)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    yield url
+    proc.kill()
+
+
+@pytest.fixture(scope="module")
+def mserver(tiny_model, http_mcp, tmp_path_factory):
+    data = tmp_path_factory.mktemp("mcp")
+    (data / "settings.toml").write_text(
+        "[[mcp_servers]]\n"
+        f'name = "local"\ntransport = "stdio"\ncommand = {json.dumps(sys.executable)}\n'
+        f'args = [{json.dumps(SERVER_PY)}, "stdio"]\ntimeout = 2\n')
+    s = Server(["--model", str(tiny_model), "--admin-key", "adm", "--embedding-model", "none",
+                "--config", str(data / "settings.toml")], data).wait_ready()
+    yield s
+    s.stop()
+
+
+def admin(s, path):
+    return f"http://127.0.0.1:{s.admin_port}/admin/api/mcp/{path}"
+
+
+def tools(s) -> list[str]:
+    return [t["function"]["name"] for t in httpx.get(s.base_url + "/v1/mcp/tools", headers=s.headers).json()["data"]]
+
+
+def wait_for(predicate, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def execute(s, name, arguments=None):
+    return httpx.post(s.base_url + "/v1/mcp/execute", headers=s.headers, json={"name": name, "arguments": arguments},
+                      timeout=30)
+
+
+def test_stdio_server_from_settings_discovered_and_executed(mserver):
+    assert wait_for(lambda: "local__add" in tools(mserver))
+    assert {"local__add", "local__echo", "local__slow", "local__die"} <= set(tools(mserver))
+    add = next(t for t in httpx.get(mserver.base_url + "/v1/mcp/tools", headers=mserver.headers).json()["data"]
+               if t["function"]["name"] == "local__add")
+    assert add["function"]["parameters"]["required"] == ["a", "b"] and add["function"]["description"]
+    r = execute(mserver, "local__add", {"a": 2, "b": 40})
+    assert r.status_code == 200 and r.json()["text"] == "42" and r.json()["is_error"] is False
+    assert execute(mserver, "local__echo", {"text": "héllo ✓"}).json()["text"] == "héllo ✓"
+    assert execute(mserver, "local__nope").status_code == 404
+    assert execute(mserver, "nobody__add").status_code == 404
+    assert execute(mserver, "plainname").status_code == 400
+    assert execute(mserver, "local__add", [1, 2]).status_code == 400
+    bad = execute(mserver, "local__add", {"a": "x"})  # the server's own validation: an error result, not a crash
+    assert bad.status_code == 200 and bad.json()["is_error"] is True
+
+
+def test_timeout_and_a_server_that_dies(mserver):
+    assert wait_for(lambda: "local__slow" in tools(mserver))
+    t = time.time()
+    r = execute(mserver, "local__slow", {"seconds": 10})
+    assert r.status_code == 504 and time.time() - t < 8 and "within 2 s" in r.json()["error"]["message"]
+    r = execute(mserver, "local__die")
+    assert r.status_code in (502, 503, 504) and r.json()["error"]["code"].startswith("mcp_")
+    # it is reconnected (a fresh subprocess) and serves again
+    assert wait_for(lambda: execute(mserver, "local__add", {"a": 1, "b": 1}).status_code == 200, 60)
+    servers = httpx.get(admin(mserver, "servers"), headers=ADMIN).json()["servers"]
+    local = next(x for x in servers if x["name"] == "local")
+    assert local["status"] == "ready" and local["source"] == "settings"
+
+
+def test_admin_adds_http_server_disables_and_removes_it(mserver, http_mcp):
+    bad = httpx.post(admin(mserver, "servers"), headers=ADMIN, json={"name": "a__b", "transport": "http", "url": http_mcp})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "name"
+    bad = httpx.post(admin(mserver, "servers"), headers=ADMIN, json={"name": "web", "transport": "http"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "url"
+    r = httpx.post(admin(mserver, "servers"), headers=ADMIN,
+                   json={"name": "web", "transport": "http", "url": http_mcp, "headers": {"x-token": "secret"}})
+    assert r.status_code == 201 and r.json()["headers"] == {"x-token": "***"}  # secrets never shown
+    assert wait_for(lambda: "web__add" in tools(mserver))
+    assert execute(mserver, "web__add", {"a": 5, "b": 6}).json()["text"] == "11"
+    assert "local__add" in tools(mserver)  # namespaced side by side
+    assert httpx.post(admin(mserver, "servers/web/disable"), headers=ADMIN).json()["status"] == "disabled"
+    assert "web__add" not in tools(mserver) and execute(mserver, "web__add", {"a": 1, "b": 1}).status_code == 503
+    assert httpx.post(admin(mserver, "servers/web/enable"), headers=ADMIN).status_code == 200
+    assert wait_for(lambda: "web__add" in tools(mserver))
+    assert httpx.get(admin(mserver, "tools"), headers=ADMIN).status_code == 200
+    assert httpx.delete(admin(mserver, "servers/local"), headers=ADMIN).status_code == 409  # from the settings file
+    assert httpx.delete(admin(mserver, "servers/web"), headers=ADMIN).status_code == 200
+    assert "web__add" not in tools(mserver)
+    assert httpx.delete(admin(mserver, "servers/web"), headers=ADMIN).status_code == 404
