@@ -57,15 +57,23 @@ class FaultSwitch:
 
 
 def scripted_output(messages) -> str | None:
-    """Test-only: with NOVAMLX_TEST_SCRIPTS=DIR set, a chat whose last message is "SCRIPT:name"
+    """Test-only: with NOVAMLX_TEST_SCRIPTS=DIR set, a chat whose last user message is "SCRIPT:name"
     is answered with exactly the text of DIR/name.txt (then EOS), so tests can drive a tiny
-    random model through tool calls and reasoning. Off unless the variable is set."""
+    random model through tool calls and reasoning; after k tool results that follow it, with
+    DIR/name.k.txt (a tool loop's next round). Off unless the variable is set."""
     folder = os.environ.get("NOVAMLX_TEST_SCRIPTS")
     if not folder or not messages:
         return None
-    last = (messages[-1].content or "").strip()
-    if not last.startswith("SCRIPT:"):
+    users = [i for i, msg in enumerate(messages) if msg.role == "user"]
+    if not users:
         return None
-    name = os.path.basename(last[len("SCRIPT:"):].strip())
+    last = (messages[users[-1]].content or "").strip()
+    after = messages[users[-1] + 1:]
+    if not last.startswith("SCRIPT:") or any(msg.role not in ("assistant", "tool") for msg in after):
+        return None
+    rounds = sum(msg.role == "tool" for msg in after)
+    if after and after[-1].role != "tool":
+        return None  # a turn that ends in an assistant message is not a script's
+    name = os.path.basename(last[len("SCRIPT:"):].strip()) + (f".{rounds}" if rounds else "")
     path = os.path.join(folder, f"{name}.txt")
     return open(path, encoding="utf-8").read() if os.path.exists(path) else None

@@ -10,9 +10,10 @@ from protocol import messages as m
 from .. import images, sse
 from .cloud_proxy import passthrough
 from ..errors import APIError
-from ..generation import Generation
+from ..generation import Generation, usage_dict
 from .common import arguments_text, parse_body, priority_of
 from .generate_args import CHAT, GenerateArgs, start_generation
+from .mcp_loop import mcp_loop_of
 from .openai_schema import ChatMessageIn, ChatRequest, check_stream_options, response_format_of, sampling_fields
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
@@ -112,8 +113,10 @@ async def chat_completions(request: Request):
         raise APIError(400, "Invalid 'top_logprobs': 'logprobs' must be set to true when 'top_logprobs' is used.",
                        "invalid_value", "top_logprobs")
     tools, parse_tools, force = tools_of(req)
+    loop, tools = mcp_loop_of(request, req.mcp, req.mcp_max_rounds, 1 if req.n is None else req.n, tools)
     args = GenerateArgs(
-        req.model, messages=to_messages(req), tools=tools, parse_tools=parse_tools, force_tool=force,
+        req.model, messages=to_messages(req), tools=tools, parse_tools=parse_tools or loop is not None,
+        force_tool=force,
         **sampling_fields(req),
         max_tokens=req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens,
         logprobs=bool(req.logprobs), top_logprobs=req.top_logprobs or 0,
@@ -125,19 +128,38 @@ async def chat_completions(request: Request):
     field = request.app.state.config.reasoning_field
     rid = f"chatcmpl-{base}"
     fingerprint = f"fp_novamlx_{info.id[:16]}"
+    next_round = (lambda: start_generation(request, args, CHAT)) if loop is not None else None
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return StreamingResponse(_stream(gen, rid, info.id, fingerprint, include_usage, bool(req.logprobs), field),
+        return StreamingResponse(_stream(gen, rid, info.id, fingerprint, include_usage, bool(req.logprobs), field,
+                                         loop, args.messages, next_round),
                                  media_type="text/event-stream", headers=sse.SSE_HEADERS)
     choices = await gen.collect()
-    return JSONResponse({
+    usage = gen.usage()
+    while loop is not None:  # MCP rounds: run the calls, generate again
+        c = choices[0]
+        loop.usage.append(_usage_tuple(gen.usage()))
+        if not loop.continues(c.tool_calls, c.finish_reason, len(loop.usage)):
+            usage = usage_dict(*loop.total_usage())
+            break
+        await loop.run("".join(c.text), c.tool_calls, args.messages)
+        _, gen = await next_round()
+        choices = await gen.collect()
+    body = {
         "id": rid, "object": "chat.completion", "created": gen.created, "model": info.id,
         "system_fingerprint": fingerprint,
         "choices": [{"index": i, "message": _message(c, field),
                      "logprobs": _logprobs_obj(c.logprobs) if req.logprobs else None,
                      "finish_reason": finish_reason(c.finish_reason)} for i, c in enumerate(choices)],
-        "usage": gen.usage(),
-    })
+        "usage": usage,
+    }
+    if loop is not None:
+        body["mcp"] = loop.summary()
+    return JSONResponse(body)
+
+
+def _usage_tuple(u: dict) -> tuple[int, int, int]:
+    return u["prompt_tokens"], u["completion_tokens"], u["prompt_tokens_details"]["cached_tokens"]
 
 
 def _message(c, field: str) -> dict:
@@ -155,8 +177,41 @@ def finish_reason(reason: str | None) -> str:
     return reason if reason in ("length", "tool_calls") else "stop"
 
 
+async def _round(gen: Generation, chunk, logprobs: bool, field: str, ends: dict | None):
+    """One generation's chunks: text, reasoning and tool-call deltas, and each choice's finish
+    chunk as it ends; with `ends`, the finish reasons and tool calls go there instead (index ->
+    (reason, calls, text)), for an MCP loop to decide whether this was the last round."""
+    calls: dict[int, list] = {}
+    texts: dict[int, list] = {}
+    async for i, ev in gen.events():
+        if isinstance(ev, m.Delta):
+            texts.setdefault(i, []).append(ev.text or "")
+            calls.setdefault(i, []).extend(ev.tool_calls or [])
+            if ev.reasoning:
+                yield chunk([{"index": i, "delta": {field: ev.reasoning}, "logprobs": None, "finish_reason": None}])
+            if ev.text or ev.logprobs or not (ev.tool_calls or ev.reasoning):
+                yield chunk([{"index": i, "delta": {"content": ev.text},
+                              "logprobs": _logprobs_obj(ev.logprobs or []) if logprobs else None,
+                              "finish_reason": None}])
+            for call in ev.tool_calls or []:
+                # id and name on the first delta of a call, then the arguments as fragments.
+                yield chunk([{"index": i, "delta": {"tool_calls": [{"index": call.index, "id": call.id,
+                              "type": "function", "function": {"name": call.name, "arguments": ""}}]},
+                              "logprobs": None, "finish_reason": None}])
+                yield chunk([{"index": i, "delta": {"tool_calls": [{"index": call.index,
+                              "function": {"arguments": call.arguments}}]}, "logprobs": None, "finish_reason": None}])
+        elif isinstance(ev, m.Finished) and ends is None:
+            yield chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": finish_reason(ev.finish_reason)}])
+        elif isinstance(ev, m.Finished):
+            ends[i] = (ev.finish_reason, calls.get(i, []), "".join(texts.get(i, [])))
+        elif isinstance(ev, m.Error):
+            raise gen.error(ev)
+
+
 async def _stream(gen: Generation, rid: str, model: str, fingerprint: str, include_usage: bool, logprobs: bool,
-                  field: str):
+                  field: str, loop=None, messages=None, next_round=None):
+    """The chat.completion.chunk stream; with an MCP loop, each round's chunks, then one chunk per
+    tool result (delta role "tool" with tool_call_id and content), then the next round's."""
     def chunk(choices, usage=None):
         obj = {"id": rid, "object": "chat.completion.chunk", "created": gen.created, "model": model,
                "system_fingerprint": fingerprint, "choices": choices}
@@ -168,31 +223,30 @@ async def _stream(gen: Generation, rid: str, model: str, fingerprint: str, inclu
         for i in range(len(gen.cmds)):
             yield chunk([{"index": i, "delta": {"role": "assistant", "content": "", "refusal": None},
                           "logprobs": None, "finish_reason": None}])
-        async for i, ev in gen.events():
-            if isinstance(ev, m.Delta):
-                if ev.reasoning:
-                    yield chunk([{"index": i, "delta": {field: ev.reasoning}, "logprobs": None,
-                                  "finish_reason": None}])
-                if ev.text or ev.logprobs or not (ev.tool_calls or ev.reasoning):
-                    yield chunk([{"index": i, "delta": {"content": ev.text},
-                                  "logprobs": _logprobs_obj(ev.logprobs or []) if logprobs else None,
-                                  "finish_reason": None}])
-                for call in ev.tool_calls or []:
-                    # id and name on the first delta of a call, then the arguments as fragments.
-                    yield chunk([{"index": i, "delta": {"tool_calls": [{"index": call.index, "id": call.id,
-                                  "type": "function", "function": {"name": call.name, "arguments": ""}}]},
-                                  "logprobs": None, "finish_reason": None}])
-                    yield chunk([{"index": i, "delta": {"tool_calls": [{"index": call.index,
-                                  "function": {"arguments": call.arguments}}]}, "logprobs": None, "finish_reason": None}])
-            elif isinstance(ev, m.Finished):
-                yield chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": finish_reason(ev.finish_reason)}])
-            elif isinstance(ev, m.Error):
-                yield sse.data(gen.error(ev).body())
-                return
+        while True:
+            ends: dict | None = {} if loop is not None else None
+            async for piece in _round(gen, chunk, logprobs, field, ends):
+                yield piece
+            if loop is None:
+                usage = gen.usage()
+                break
+            loop.usage.append(_usage_tuple(gen.usage()))
+            reason, calls, text = ends[0]
+            if not loop.continues(calls, reason, len(loop.usage)):
+                usage = usage_dict(*loop.total_usage())
+                break
+            for r in await loop.run(text, calls, messages):
+                yield chunk([{"index": 0, "delta": {"role": "tool", "tool_call_id": r["id"], "name": r["name"],
+                                                    "content": r["result"], "is_error": r["is_error"]},
+                              "logprobs": None, "finish_reason": None}])
+            gen.abort()
+            _, gen = await next_round()
+        for i in sorted(ends or {}):
+            yield chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": finish_reason(ends[i][0])}])
         if include_usage:
-            yield chunk([], gen.usage())
+            yield chunk([], usage)
         yield sse.DONE
-    except APIError as e:  # a timeout after the first byte: end the stream with an error event
+    except APIError as e:  # an error event, or a timeout after the first byte: end the stream with it
         yield sse.data(e.body())
     finally:
         gen.abort()

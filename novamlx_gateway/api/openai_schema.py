@@ -61,6 +61,8 @@ class ChatRequest(_SamplingFields, kw_only=True):
     thinking_budget: int | None = None
     enable_thinking: bool | None = None
     chat_template_kwargs: dict | None = None
+    mcp: bool | list[str] | None = None  # offer the MCP servers' tools and run the calls (api/mcp_loop.py)
+    mcp_max_rounds: int | None = None
 
 
 class CompletionRequest(_SamplingFields, kw_only=True):

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import ROOT, Server, free_port
+from tests.conftest import ROOT, SCRIPTS, Server, free_port
 
 ADMIN = {"authorization": "Bearer adm"}
 SERVER_PY = str(ROOT / "tests" / "fixtures" / "mcp_server.py")
@@ -40,7 +40,7 @@ def mserver(tiny_model, http_mcp, tmp_path_factory):
         f'name = "local"\ntransport = "stdio"\ncommand = {json.dumps(sys.executable)}\n'
         f'args = [{json.dumps(SERVER_PY)}, "stdio"]\ntimeout = 2\n')
     s = Server(["--model", str(tiny_model), "--admin-key", "adm", "--embedding-model", "none",
-                "--config", str(data / "settings.toml")], data).wait_ready()
+                "--config", str(data / "settings.toml")], data, env={"NOVAMLX_TEST_SCRIPTS": str(SCRIPTS)}).wait_ready()
     yield s
     s.stop()
 
@@ -118,3 +118,46 @@ def test_admin_adds_http_server_disables_and_removes_it(mserver, http_mcp):
     assert httpx.delete(admin(mserver, "servers/web"), headers=ADMIN).status_code == 200
     assert "web__add" not in tools(mserver)
     assert httpx.delete(admin(mserver, "servers/web"), headers=ADMIN).status_code == 404
+
+
+def test_chat_tool_loop_through_the_openai_sdk(mserver):
+    """The model (scripted) calls local__add, then local__echo, then answers: the gateway runs both
+    calls and returns the final answer, with what ran under `mcp`; streamed, the tool results come
+    as chunks with role "tool" between the rounds' deltas."""
+    assert wait_for(lambda: "local__add" in tools(mserver))
+    c = mserver.openai()
+    r = c.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "SCRIPT:mcp_add"}],
+                                  extra_body={"mcp": ["local"]})
+    assert r.choices[0].message.content == "The answer is 42." and r.choices[0].finish_reason == "stop"
+    ran = r.model_extra["mcp"]
+    assert ran["rounds"] == 3 and [x["name"] for x in ran["calls"]] == ["local__add", "local__echo"]
+    assert [x["result"] for x in ran["calls"]] == ["42", "forty-two"]
+    assert r.usage.completion_tokens > len("The answer is 42.") // 8  # three rounds counted
+
+    stream = c.chat.completions.create(model="tiny-llama", stream=True, extra_body={"mcp": True},
+                                       messages=[{"role": "user", "content": "SCRIPT:mcp_add"}])
+    text, results, finish, names = "", [], None, []
+    for chunk in stream:
+        for ch in chunk.choices:
+            if ch.delta.role == "tool":
+                results.append((ch.delta.model_extra["tool_call_id"], ch.delta.content))
+                continue
+            text += ch.delta.content or ""
+            names += [d.function.name for d in ch.delta.tool_calls or [] if d.function and d.function.name]
+            finish = ch.finish_reason or finish
+    assert names == ["local__add", "local__echo"] and [x[1] for x in results] == ["42", "forty-two"]
+    assert text == "I will add them.Now echo it.The answer is 42." and finish == "stop"
+
+
+def test_tool_loop_is_bounded_and_refusals(mserver):
+    assert wait_for(lambda: "local__add" in tools(mserver))
+    c = mserver.openai()
+    r = c.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "SCRIPT:mcp_loop"}],
+                                  extra_body={"mcp": True, "mcp_max_rounds": 2})
+    assert r.choices[0].finish_reason == "tool_calls" and r.choices[0].message.tool_calls  # handed to the client
+    assert len(r.model_extra["mcp"]["calls"]) == 2
+    for body, param in (({"mcp": ["nobody"]}, "mcp"), ({"mcp": "yes"}, "mcp"), ({"mcp": True, "mcp_max_rounds": 0},
+                        "mcp_max_rounds"), ({"mcp": True, "n": 2}, "n")):
+        bad = httpx.post(mserver.base_url + "/v1/chat/completions", headers=mserver.headers,
+                         json={"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], **body})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == param, (body, bad.text)
