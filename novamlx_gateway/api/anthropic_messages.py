@@ -20,11 +20,13 @@ from protocol import messages as m
 from .. import images, sse
 from ..errors import APIError
 from ..generation import Generation, model_or_404
+from ..mcp_hub import SEP
 from .blocks import Block, Blocks, Piece, Start, close_json, collect
 from .cloud_proxy import passthrough
 from .common import parse_body, priority_of
 from .generate_args import MESSAGES, GenerateArgs, start_generation
 from .limits import check_prompt_text, check_tools, message_texts
+from .mcp_loop import mcp_loop_of
 
 
 class ContentBlock(msgspec.Struct, kw_only=True):
@@ -81,6 +83,8 @@ class MessagesRequest(msgspec.Struct, kw_only=True):
     priority: str | int | None = None
     speculative: bool | None = None  # false: no speculative drafts for this request
     session_id: str | None = None  # keep this conversation's KV state across turns (or the x-session-id header)
+    mcp: bool | list[str] | None = None  # offer the MCP servers' tools and run the calls (api/mcp_loop.py)
+    mcp_max_rounds: int | None = None
 
 
 class CountRequest(msgspec.Struct, kw_only=True):
@@ -182,19 +186,31 @@ def _input(call: m.ToolCallDelta) -> dict:
     return value if isinstance(value, dict) else {"value": value}
 
 
-def _tool_id(call: m.ToolCallDelta) -> str:
-    return call.id if call.id.startswith("toolu_") else "toolu_" + call.id.removeprefix("call_")
+def _tool_id(call_id: str) -> str:
+    return call_id if call_id.startswith("toolu_") else "toolu_" + call_id.removeprefix("call_")
 
 
-def _tool_use(call: m.ToolCallDelta) -> dict:
-    return {"type": "tool_use", "id": _tool_id(call), "name": call.name, "input": _input(call)}
+def _tool_use(call: m.ToolCallDelta, loop=None, with_input: bool = True) -> dict:
+    """A tool_use block; a call to an MCP tool the gateway runs is an mcp_tool_use block, as
+    Anthropic's MCP connector writes it (the tool's own name and its server's)."""
+    block = {"type": "tool_use", "id": _tool_id(call.id), "name": call.name}
+    if loop is not None and loop.owns(call.name):
+        server, tool = call.name.split(SEP, 1)
+        block = {"type": "mcp_tool_use", "id": _tool_id(call.id), "name": tool, "server_name": server}
+    block["input"] = _input(call) if with_input else {}
+    return block
 
 
-def _content(block: Block) -> dict:
+def _mcp_result(r: dict) -> dict:
+    return {"type": "mcp_tool_result", "tool_use_id": _tool_id(r["id"]), "is_error": r["is_error"],
+            "content": [{"type": "text", "text": r["result"]}]}
+
+
+def _content(block: Block, loop=None) -> dict:
     if block.kind == "thinking":
         return {"type": "thinking", "thinking": block.text, "signature": ""}
     if block.kind == "tool_call":
-        return _tool_use(block.call)
+        return _tool_use(block.call, loop)
     return {"type": "text", "text": block.text}
 
 
@@ -239,36 +255,53 @@ async def messages(request: Request):
         raise APIError(400, "max_tokens: Field required", None, "max_tokens")
     chat, tools = to_protocol(req)
     parse, force = _tool_choice(req.tool_choice, tools)
-    args = GenerateArgs(req.model, messages=chat, tools=tools, parse_tools=parse, force_tool=force,
+    loop, tools = mcp_loop_of(request, req.mcp, req.mcp_max_rounds, 1, tools)
+    args = GenerateArgs(req.model, messages=chat, tools=tools, parse_tools=parse or loop is not None, force_tool=force,
                         temperature=req.temperature, top_p=req.top_p,
                         top_k=req.top_k if req.top_k is None else max(req.top_k, 0), max_tokens=req.max_tokens,
                         stop=list(req.stop_sequences or []), priority=priority_of(request, req.priority),
                         speculative=req.speculative, session=req.session_id, **_thinking(req.thinking))
     rid = f"msg_{uuid.uuid4().hex[:24]}"
     info, gen = await start_generation(request, args, MESSAGES)
+    next_round = (lambda: start_generation(request, args, MESSAGES)) if loop is not None else None
     if req.stream:
-        return StreamingResponse(_stream(gen, rid, info.id), media_type="text/event-stream", headers=sse.SSE_HEADERS)
-    blocks, fin = await collect(gen)
-    u = fin.usage
+        return StreamingResponse(_stream(gen, rid, info.id, loop, args.messages, next_round),
+                                 media_type="text/event-stream", headers=sse.SSE_HEADERS)
+    content = []
+    while True:
+        blocks, fin = await collect(gen)
+        content += [_content(b, loop) for b in blocks]
+        u = fin.usage
+        if loop is None:
+            break
+        loop.usage.append((u.prompt_tokens, u.completion_tokens, u.cached_tokens))
+        calls = [b.call for b in blocks if b.kind == "tool_call"]
+        if not loop.continues(calls, fin.finish_reason, len(loop.usage)):
+            u = m.Usage(*loop.total_usage())  # (prompt, completion, cached) over every round
+            break
+        text = "".join(b.text for b in blocks if b.kind == "text")
+        content += [_mcp_result(r) for r in await loop.run(text, calls, args.messages)]
+        _, gen = await next_round()
     return JSONResponse({
-        "id": rid, "type": "message", "role": "assistant", "model": info.id,
-        "content": [_content(b) for b in blocks],
+        "id": rid, "type": "message", "role": "assistant", "model": info.id, "content": content,
         "stop_reason": _stop_reason(fin.finish_reason, fin.stop), "stop_sequence": fin.stop,
         "usage": _usage(u.prompt_tokens, u.cached_tokens, u.completion_tokens),
     })
 
 
-def _events(ev) -> list[bytes]:
-    """One block event as Anthropic's content_block_* frames."""
+
+def _events(ev, offset: int = 0, loop=None) -> list[bytes]:
+    """One block event as Anthropic's content_block_* frames (offset: blocks of earlier MCP rounds)."""
     b = ev.block
+    index = b.index + offset
     if isinstance(ev, Start):
         if b.kind == "tool_call":
-            start = {"type": "tool_use", "id": _tool_id(b.call), "name": b.call.name, "input": {}}
+            start = _tool_use(b.call, loop, with_input=False)
         elif b.kind == "thinking":
             start = {"type": "thinking", "thinking": "", "signature": ""}
         else:
             start = {"type": "text", "text": ""}
-        return [sse.event("content_block_start", {"type": "content_block_start", "index": b.index, "content_block": start})]
+        return [sse.event("content_block_start", {"type": "content_block_start", "index": index, "content_block": start})]
     if isinstance(ev, Piece):
         if b.kind == "text":
             delta = {"type": "text_delta", "text": ev.text}
@@ -276,37 +309,57 @@ def _events(ev) -> list[bytes]:
             delta = {"type": "thinking_delta", "thinking": ev.text}
         else:
             delta = {"type": "input_json_delta", "partial_json": json.dumps(_input(b.call))}
-        return [sse.event("content_block_delta", {"type": "content_block_delta", "index": b.index, "delta": delta})]
-    return [sse.event("content_block_stop", {"type": "content_block_stop", "index": b.index})]
+        return [sse.event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})]
+    return [sse.event("content_block_stop", {"type": "content_block_stop", "index": index})]
 
 
-async def _stream(gen: Generation, rid: str, model: str):
+async def _stream(gen: Generation, rid: str, model: str, loop=None, messages=None, next_round=None):
+    """Anthropic's event stream; with an MCP loop, each round's blocks (mcp_tool_use for the calls
+    the gateway runs), an mcp_tool_result block per result, then the next round's, in one message."""
     cid = gen.cmds[0].id
-    blocks = Blocks()
+    offset = 0
     try:
         yield sse.event("message_start", {"type": "message_start", "message": {
             "id": rid, "type": "message", "role": "assistant", "model": model, "content": [],
             "stop_reason": None, "stop_sequence": None,
             "usage": _usage(gen.prompt_counts.get(cid, 0), gen.cached_tokens.get(cid, 0), 1)}})
         yield sse.event("ping", {"type": "ping"})
-        async for _, ev in gen.events():
-            if isinstance(ev, m.Delta):
-                for e in blocks.feed(ev):
-                    for frame in _events(e):
-                        yield frame
-            elif isinstance(ev, m.Finished):
-                for e in blocks.finish():
-                    for frame in _events(e):
-                        yield frame
-                u = ev.usage
-                yield sse.event("message_delta", {
-                    "type": "message_delta",
-                    "delta": {"stop_reason": _stop_reason(ev.finish_reason, ev.stop), "stop_sequence": ev.stop},
-                    "usage": _usage(u.prompt_tokens, u.cached_tokens, u.completion_tokens)})
-                yield sse.event("message_stop", {"type": "message_stop"})
-            elif isinstance(ev, m.Error):
-                yield sse.event("error", gen.error(ev).anthropic()[1])
-                return
+        while True:
+            blocks, fin = Blocks(), None
+            async for _, ev in gen.events():
+                if isinstance(ev, m.Delta):
+                    for e in blocks.feed(ev):
+                        for frame in _events(e, offset, loop):
+                            yield frame
+                elif isinstance(ev, m.Finished):
+                    fin = ev
+                    for e in blocks.finish():
+                        for frame in _events(e, offset, loop):
+                            yield frame
+                elif isinstance(ev, m.Error):
+                    raise gen.error(ev)
+            u = fin.usage
+            offset += len(blocks.blocks)
+            if loop is None:
+                break
+            loop.usage.append((u.prompt_tokens, u.completion_tokens, u.cached_tokens))
+            calls = [b.call for b in blocks.blocks if b.kind == "tool_call"]
+            if not loop.continues(calls, fin.finish_reason, len(loop.usage)):
+                u = m.Usage(*loop.total_usage())  # (prompt, completion, cached) over every round
+                break
+            text = "".join(b.text for b in blocks.blocks if b.kind == "text")
+            for r in await loop.run(text, calls, messages):
+                yield sse.event("content_block_start", {"type": "content_block_start", "index": offset,
+                                                        "content_block": _mcp_result(r)})
+                yield sse.event("content_block_stop", {"type": "content_block_stop", "index": offset})
+                offset += 1
+            gen.abort()
+            _, gen = await next_round()
+        yield sse.event("message_delta", {
+            "type": "message_delta",
+            "delta": {"stop_reason": _stop_reason(fin.finish_reason, fin.stop), "stop_sequence": fin.stop},
+            "usage": _usage(u.prompt_tokens, u.cached_tokens, u.completion_tokens)})
+        yield sse.event("message_stop", {"type": "message_stop"})
     except APIError as e:
         yield sse.event("error", e.anthropic()[1])
     finally:

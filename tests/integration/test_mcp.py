@@ -161,3 +161,35 @@ def test_tool_loop_is_bounded_and_refusals(mserver):
         bad = httpx.post(mserver.base_url + "/v1/chat/completions", headers=mserver.headers,
                          json={"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], **body})
         assert bad.status_code == 400 and bad.json()["error"]["param"] == param, (body, bad.text)
+
+
+def test_messages_tool_loop_through_the_anthropic_sdk(mserver):
+    """Anthropic Messages: the calls the gateway runs come back as mcp_tool_use and mcp_tool_result
+    blocks (the MCP connector's wire), in one message, streamed and not."""
+    import anthropic
+
+    assert wait_for(lambda: "local__add" in tools(mserver))
+    c = anthropic.Anthropic(base_url=mserver.base_url, api_key=mserver.keys[0], max_retries=0)
+    r = c.messages.create(model="tiny-llama", max_tokens=200, extra_body={"mcp": True},
+                          messages=[{"role": "user", "content": "SCRIPT:mcp_add"}])
+    kinds = [b.type for b in r.content]
+    assert kinds == ["text", "mcp_tool_use", "mcp_tool_result", "text", "mcp_tool_use", "mcp_tool_result", "text"]
+    use, result = r.content[1], r.content[2]
+    assert use.name == "add" and use.server_name == "local" and use.input == {"a": 2, "b": 40}
+    assert result.tool_use_id == use.id and result.content[0]["text"] == "42" and result.is_error is False
+    assert r.content[-1].text == "The answer is 42." and r.stop_reason == "end_turn"
+
+    with httpx.stream("POST", mserver.base_url + "/v1/messages", headers=mserver.headers, timeout=60, json={
+            "model": "tiny-llama", "max_tokens": 200, "stream": True, "mcp": True,
+            "messages": [{"role": "user", "content": "SCRIPT:mcp_add"}]}) as resp:
+        events = [json.loads(line[6:]) for line in resp.iter_lines() if line.startswith("data: ")]
+    starts = [e for e in events if e["type"] == "content_block_start"]
+    assert [e["index"] for e in starts] == list(range(7))
+    assert [e["content_block"]["type"] for e in starts] == kinds
+    assert [e["type"] for e in events].count("message_start") == 1 and events[-1]["type"] == "message_stop"
+    stop = [e for e in events if e["type"] == "message_delta"]
+    assert len(stop) == 1 and stop[0]["delta"]["stop_reason"] == "end_turn"
+    with c.messages.stream(model="tiny-llama", max_tokens=200, extra_body={"mcp": True},
+                           messages=[{"role": "user", "content": "SCRIPT:mcp_add"}]) as s:
+        final = s.get_final_message()
+    assert [b.type for b in final.content] == kinds
