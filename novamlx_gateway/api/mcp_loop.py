@@ -59,6 +59,9 @@ class McpLoop:
             done.append(entry)
         return done
 
+    def ran(self, call_id: str) -> dict | None:
+        return next((c for c in self.calls if c["id"] == call_id), None)
+
     def summary(self) -> dict:
         return {"rounds": len(self.usage), "calls": self.calls}
 

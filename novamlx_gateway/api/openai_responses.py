@@ -21,10 +21,12 @@ from protocol import messages as m
 from .. import images, sse
 from ..errors import APIError
 from ..generation import Generation
+from ..mcp_hub import SEP
 from .blocks import Block, Blocks, Piece, Start, collect
 from .cloud_proxy import passthrough
 from .common import arguments_text, parse_body, priority_of
 from .generate_args import RESPONSES, GenerateArgs, start_generation
+from .mcp_loop import mcp_loop_of
 from .openai_schema import response_format_of
 
 
@@ -56,6 +58,8 @@ class ResponsesRequest(msgspec.Struct, kw_only=True):
     priority: str | int | None = None
     speculative: bool | None = None  # false: no speculative drafts for this request
     session_id: str | None = None  # keep this conversation's KV state across turns (or the x-session-id header)
+    mcp: bool | list[str] | None = None  # offer the gateway's MCP servers' tools and run the calls (api/mcp_loop.py)
+    mcp_max_rounds: int | None = None
 
 
 def _new_id(prefix: str) -> str:
@@ -132,7 +136,17 @@ def to_protocol(items: list[dict], instructions: str | None) -> list[m.ChatMessa
             output, cid = item.get("output"), item.get("call_id")
             out.append(m.ChatMessage("tool", output if isinstance(output, str) else _text_of(output, where),
                                      tool_call_id=cid if isinstance(cid, str) else None))
-        elif kind == "reasoning":
+        elif kind == "mcp_call":  # a call the gateway ran (mcp_loop.py): the call and its output
+            server, name = item.get("server_label"), item.get("name")
+            if not isinstance(server, str) or not isinstance(name, str):
+                raise APIError(400, f"Invalid '{where}': an mcp_call needs server_label and name.", "invalid_value",
+                               where)
+            cid = item.get("id") if isinstance(item.get("id"), str) else _new_id("mcp")
+            out.append(m.ChatMessage("assistant", "", tool_calls=[m.ToolCall(
+                cid, f"{server}{SEP}{name}", arguments_text(item.get("arguments"), f"{where}.arguments"))]))
+            result = item.get("output") if item.get("output") is not None else f"Error: {item.get('error')}"
+            out.append(m.ChatMessage("tool", str(result), tool_call_id=cid))
+        elif kind in ("reasoning", "mcp_list_tools"):
             continue
         else:
             raise APIError(400, f"{where}.type: unsupported input item type {kind!r}.", "invalid_value", f"{where}.type")
@@ -198,15 +212,23 @@ def _response(req: ResponsesRequest, rid: str, model: str, created: int, status:
     }
 
 
-def _usage(fin: m.Finished) -> dict:
-    u = fin.usage
+def _usage(u: m.Usage) -> dict:
     return {"input_tokens": u.prompt_tokens,
             "input_tokens_details": {"cached_tokens": u.cached_tokens, "cache_write_tokens": 0},
             "output_tokens": u.completion_tokens, "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": u.prompt_tokens + u.completion_tokens}
 
 
-def _item(b: Block, namespaces: set[str], done: bool = True) -> dict:
+def _mcp_item(call: m.ToolCallDelta, ran: dict | None, done: bool = True) -> dict:
+    """A call the gateway runs (or would have, had the loop gone on) as the API's mcp_call item."""
+    server, name = call.name.split(SEP, 1)
+    status = ("failed" if ran["is_error"] else "completed") if ran else ("incomplete" if done else "in_progress")
+    return {"type": "mcp_call", "id": "mcp_" + call.id.removeprefix("call_"), "server_label": server, "name": name,
+            "arguments": call.arguments if done else "", "output": ran["result"] if ran and not ran["is_error"] else None,
+            "error": ran["result"] if ran and ran["is_error"] else None, "status": status}
+
+
+def _item(b: Block, namespaces: set[str], done: bool = True, loop=None) -> dict:
     """A block as its Responses output item; `done` False: as output_item.added shows it."""
     if b.kind == "thinking":
         return {"type": "reasoning", "id": f"rs_{b.id}", "summary": [],
@@ -217,6 +239,8 @@ def _item(b: Block, namespaces: set[str], done: bool = True) -> dict:
                 "role": "assistant",
                 "content": [{"type": "output_text", "text": b.text, "annotations": [], "logprobs": []}] if done else []}
     call = b.call
+    if loop is not None and loop.owns(call.name):
+        return _mcp_item(call, loop.ran(call.id), done)
     status = ("incomplete" if call.incomplete else "completed") if done else "in_progress"
     return {"type": "function_call", "id": "fc_" + call.id.removeprefix("call_"), "call_id": call.id,
             **_call_name(call.name, namespaces), "arguments": call.arguments if done else "", "status": status}
@@ -252,6 +276,7 @@ async def create_response(request: Request):
         raise APIError(400, f"Invalid 'tool_choice': {choice!r}; use none, auto, required or a function.",
                        "invalid_value", "tool_choice")
     force = ("required" if choice == "required" else named) if tools else None
+    loop, tools = mcp_loop_of(request, req.mcp, req.mcp_max_rounds, 1, tools)
     args = GenerateArgs(req.model, messages=chat, tools=tools, parse_tools=bool(tools) and choice != "none",
                         force_tool=force, temperature=req.temperature, top_p=req.top_p,
                         max_tokens=req.max_output_tokens,
@@ -263,29 +288,45 @@ async def create_response(request: Request):
     rid = _new_id("resp")
     created = int(time.time())
 
-    def finish(blocks: list[Block], fin: m.Finished) -> dict:
+    def finish(out: list[dict], fin: m.Finished, usage: m.Usage) -> dict:
         incomplete = "max_output_tokens" if fin.finish_reason == "length" else None
-        out = [_item(b, namespaces) for b in blocks]
         for o in out:
             if incomplete and o["type"] == "message":
                 o["status"] = "incomplete"
-        obj = _response(req, rid, info.id, created, "incomplete" if incomplete else "completed", out, _usage(fin),
+        obj = _response(req, rid, info.id, created, "incomplete" if incomplete else "completed", out, _usage(usage),
                         incomplete)
         if req.store:
             store.save(rid, {"response": obj, "input_items": items,
                              "conversation": history + items + [{k: v for k, v in o.items() if k != "status"} for o in out]})
         return obj
 
+    next_round = (lambda: start_generation(request, args, RESPONSES)) if loop is not None else None
     if req.stream:
-        return StreamingResponse(_stream(gen, req, rid, info.id, created, finish, namespaces),
-                                 media_type="text/event-stream", headers=sse.SSE_HEADERS)
-    blocks, fin = await collect(gen)
-    return JSONResponse(finish(blocks, fin))
+        return StreamingResponse(_stream(gen, req, rid, info.id, created, finish, namespaces, loop, args.messages,
+                                         next_round), media_type="text/event-stream", headers=sse.SSE_HEADERS)
+    rounds: list[list[Block]] = []
+    while True:
+        blocks, fin = await collect(gen)
+        rounds.append(blocks)
+        usage = fin.usage
+        if loop is None:
+            break
+        loop.usage.append((usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens))
+        calls = [b.call for b in blocks if b.kind == "tool_call"]
+        if not loop.continues(calls, fin.finish_reason, len(loop.usage)):
+            usage = m.Usage(*loop.total_usage())
+            break
+        await loop.run("".join(b.text for b in blocks if b.kind == "text"), calls, args.messages)
+        _, gen = await next_round()
+    return JSONResponse(finish([_item(b, namespaces, loop=loop) for blocks in rounds for b in blocks], fin, usage))
 
 
 async def _stream(gen: Generation, req: ResponsesRequest, rid: str, model: str, created: int, finish,
-                  namespaces: set[str]):
-    seq = 0
+                  namespaces: set[str], loop=None, messages=None, next_round=None):
+    """The Responses event stream; with an MCP loop, every round's items at continuing output
+    indexes, the calls the gateway runs as mcp_call items (arguments, then completed or failed
+    with their output once run), in one response."""
+    seq, offset = 0, 0
 
     def ev(kind: str, **fields):
         nonlocal seq
@@ -293,10 +334,13 @@ async def _stream(gen: Generation, req: ResponsesRequest, rid: str, model: str, 
         seq += 1
         return frame
 
+    def mcp(b) -> bool:
+        return b.kind == "tool_call" and loop is not None and loop.owns(b.call.name)
+
     def frames(e):
-        """One block event as Responses events (the block's index is its output_index)."""
+        """One block event as Responses events (output_index: the block's place in the whole response)."""
         b = e.block
-        at = {"output_index": b.index}
+        at = {"output_index": b.index + offset}
         if b.kind == "text":
             where = {"item_id": f"msg_{b.id}", **at, "content_index": 0}
             if isinstance(e, Start):
@@ -319,6 +363,15 @@ async def _stream(gen: Generation, req: ResponsesRequest, rid: str, model: str, 
             else:
                 yield ev("response.reasoning_text.done", **where, text=b.text)
                 yield ev("response.output_item.done", **at, item=_item(b, namespaces))
+        elif mcp(b):  # its item is done once the call has run (after the round)
+            item_id = "mcp_" + b.call.id.removeprefix("call_")
+            if isinstance(e, Start):
+                yield ev("response.output_item.added", **at, item=_item(b, namespaces, done=False, loop=loop))
+                yield ev("response.mcp_call.in_progress", item_id=item_id, **at)
+            elif isinstance(e, Piece):
+                yield ev("response.mcp_call_arguments.delta", item_id=item_id, **at, delta=e.text)
+            else:
+                yield ev("response.mcp_call_arguments.done", item_id=item_id, **at, arguments=b.text)
         else:
             item_id = "fc_" + b.call.id.removeprefix("call_")
             if isinstance(e, Start):
@@ -330,31 +383,59 @@ async def _stream(gen: Generation, req: ResponsesRequest, rid: str, model: str, 
                          name=b.call.name)
                 yield ev("response.output_item.done", **at, item=_item(b, namespaces))
 
+    def ran(b):
+        """An MCP call's end: completed or failed with its output (or left incomplete)."""
+        item = _item(b, namespaces, loop=loop)
+        at = {"output_index": b.index + offset}
+        if item["status"] in ("completed", "failed"):
+            yield ev(f"response.mcp_call.{item['status']}", item_id=item["id"], **at)
+        yield ev("response.output_item.done", **at, item=item)
+
     def failed(code: str | None, message: str):
         obj = _response(req, rid, model, created, "failed", [], None,
                         error={"code": code or "server_error", "message": message})
         return ev("response.failed", response=obj)
 
-    blocks = Blocks()
     try:
         start = _response(req, rid, model, created, "in_progress", [], None)
         yield ev("response.created", response=start)
         yield ev("response.in_progress", response=start)
-        async for _, e in gen.events():
-            if isinstance(e, m.Delta):
-                for be in blocks.feed(e):
-                    for frame in frames(be):
-                        yield frame
-            elif isinstance(e, m.Finished):
-                for be in blocks.finish():
-                    for frame in frames(be):
-                        yield frame
-                obj = finish(blocks.blocks, e)
-                yield ev("response.incomplete" if obj["status"] == "incomplete" else "response.completed", response=obj)
-            elif isinstance(e, m.Error):
-                err = gen.error(e)
-                yield failed(err.code, err.message)
-                return
+        out: list[dict] = []
+        while True:
+            blocks, fin = Blocks(), None
+            async for _, e in gen.events():
+                if isinstance(e, m.Delta):
+                    for be in blocks.feed(e):
+                        for frame in frames(be):
+                            yield frame
+                elif isinstance(e, m.Finished):
+                    fin = e
+                    for be in blocks.finish():
+                        for frame in frames(be):
+                            yield frame
+                elif isinstance(e, m.Error):
+                    raise gen.error(e)
+            usage, going = fin.usage, False
+            if loop is not None:
+                loop.usage.append((usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens))
+                calls = [b.call for b in blocks.blocks if b.kind == "tool_call"]
+                going = loop.continues(calls, fin.finish_reason, len(loop.usage))
+                if going:
+                    await loop.run("".join(b.text for b in blocks.blocks if b.kind == "text"), calls, messages)
+                else:
+                    usage = m.Usage(*loop.total_usage())
+                for b in blocks.blocks:
+                    if mcp(b):
+                        for frame in ran(b):
+                            yield frame
+            out += [_item(b, namespaces, loop=loop) for b in blocks.blocks]
+            offset += len(blocks.blocks)
+            if not going:
+                break
+            gen.abort()
+            _, gen = await next_round()
+        obj = finish(out, fin, usage)
+        yield ev("response.incomplete" if obj["status"] == "incomplete" else "response.completed", response=obj)
     except APIError as e:
         yield failed(e.code, e.message)
     finally:

@@ -193,3 +193,29 @@ def test_messages_tool_loop_through_the_anthropic_sdk(mserver):
                            messages=[{"role": "user", "content": "SCRIPT:mcp_add"}]) as s:
         final = s.get_final_message()
     assert [b.type for b in final.content] == kinds
+
+
+def test_responses_tool_loop_through_the_openai_sdk(mserver):
+    """Responses: the calls the gateway runs are mcp_call output items (server_label, name,
+    arguments, output), streamed with mcp_call events; the stored response continues."""
+    assert wait_for(lambda: "local__add" in tools(mserver))
+    c = mserver.openai()
+    r = c.responses.create(model="tiny-llama", input="SCRIPT:mcp_add", extra_body={"mcp": True})
+    kinds = [o.type for o in r.output]
+    assert kinds == ["message", "mcp_call", "message", "mcp_call", "message"], kinds
+    first = r.output[1]
+    assert (first.server_label, first.name, first.output, first.error) == ("local", "add", "42", None)
+    assert json.loads(first.arguments) == {"a": 2, "b": 40} and r.output_text.endswith("The answer is 42.")
+    assert r.status == "completed" and r.usage.output_tokens > 0
+
+    with c.responses.stream(model="tiny-llama", input="SCRIPT:mcp_add", extra_body={"mcp": True}) as s:
+        events = list(s)
+        final = s.get_final_response()
+    names = [e.type for e in events]
+    assert names.count("response.mcp_call.completed") == 2 and names.count("response.mcp_call_arguments.done") == 2
+    assert [o.type for o in final.output] == kinds and final.output[3].output == "forty-two"
+    indexes = [e.output_index for e in events if e.type == "response.output_item.added"]
+    assert indexes == list(range(5))
+    # the stored response, mcp_call items included, is a conversation the next request continues
+    nxt = c.responses.create(model="tiny-llama", input="thanks", previous_response_id=r.id, max_output_tokens=4)
+    assert nxt.status in ("completed", "incomplete")
