@@ -151,6 +151,7 @@ def test_poison_request_is_not_replayed(tiny_long, tmp_path):
             time.sleep(1.0)  # the streams are decoding
             poison = pool.submit(lambda: c.chat.completions.create(
                 model="tiny-long", messages=[{"role": "user", "content": "POISON-PILL"}], max_tokens=4))
+            time.sleep(0.5)  # the poison reaches the worker first (a later request it overtook would be cut)
             later = [pool.submit(lambda: c.chat.completions.create(model="tiny-long", messages=HI, max_tokens=4))
                      for _ in range(3)]
             with pytest.raises(openai.InternalServerError) as e:
