@@ -1,6 +1,7 @@
 """`novamlx-gateway`: parse settings, start the worker, serve with Hypercorn.
 
 `novamlx-gateway models list|search|pull|rm` manages the model store;
+`novamlx-gateway agents list|config NAME` finds coding agents and prints (or writes) their config;
 `novamlx-gateway launchd-plist [flags]` and `novamlx-gateway systemd-unit [flags]` print
 a service file that runs the gateway with those flags.
 """
@@ -38,6 +39,8 @@ def main(argv: list[str] | None = None) -> None:
         from .hub.cli import main as models_main
 
         raise SystemExit(models_main(argv[1:]))
+    if argv and argv[0] == "agents":
+        raise SystemExit(agents_main(argv[1:]))
     if argv and argv[0] in ("launchd-plist", "systemd-unit"):
         cfg = load_config(argv[1:])
         print(launchd_plist(argv[1:], cfg.data_dir) if argv[0] == "launchd-plist" else systemd_unit(argv[1:]), end="")
@@ -80,6 +83,40 @@ def main(argv: list[str] | None = None) -> None:
     asyncio.run(run())
 
 
+def agents_main(argv: list[str]) -> int:
+    """`agents list` | `agents config NAME [--write] [--env] [--model M] [--context N] [server flags]`."""
+    import argparse
+    import json
+
+    from . import agents
+
+    if not argv or argv[0] not in ("list", "config"):
+        print("usage: novamlx-gateway agents list | config NAME [--write] [--env] [--model M] [--context N] "
+              f"[--port P --api-key K ...]\nagents: {', '.join(agents.AGENTS)}", file=sys.stderr)
+        return 2
+    if argv[0] == "list":
+        for a in agents.detect():
+            where = a["binary"] if a["installed"] else f"not found ({a['install']})"
+            print(f"{a['name']:12} {where:50} config {a['config_path']}")
+        return 0
+    p = argparse.ArgumentParser(prog="novamlx-gateway agents config")
+    p.add_argument("name", choices=list(agents.AGENTS))
+    p.add_argument("--write", action="store_true", help="write the agent's config file (a backup keeps the old one)")
+    p.add_argument("--env", action="store_true", help="the environment form (OpenCode, Claude Code, Codex's key)")
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--context", type=int, default=0, help="the model's context window, for the agent's limits")
+    own, rest = p.parse_known_args(argv[1:])
+    cfg = load_config(rest)
+    host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
+    target = agents.Target(f"http://{host}:{cfg.port}", cfg.api_keys[0] if cfg.api_keys else None, own.model,
+                           own.context)
+    if own.write:
+        print(json.dumps(agents.write(own.name, target)))
+    else:
+        print(agents.config(own.name, target, env_form=own.env)[1], end="")
+    return 0
+
+
 if __name__ == "__main__":
     main()
 
@@ -100,7 +137,7 @@ def novamlx_main(argv: list[str] | None = None) -> None:
         from novamlx_worker.models.export import main as convert_main
 
         return convert_main(argv[1:])
-    if argv and argv[0] in ("models", "launchd-plist", "systemd-unit"):
+    if argv and argv[0] in ("models", "agents", "launchd-plist", "systemd-unit"):
         return main(argv)
     print(NOVAMLX_USAGE, file=sys.stderr if argv and argv[0] not in ("-h", "--help", "help") else sys.stdout)
     raise SystemExit(0 if argv and argv[0] in ("-h", "--help", "help") else 2)
@@ -111,6 +148,7 @@ NOVAMLX_USAGE = """usage: novamlx COMMAND ...
 commands:
   serve [flags]                    start the server (the same as novamlx-gateway [flags])
   models list|search|pull|rm       the model store (novamlx-gateway models ...)
+  agents list|config NAME          coding agents on this machine; their config for this server
   convert SRC OUT [--bits 4|8]     a .gguf file or a Hugging Face folder -> an MLX model folder
   bench load|agent|prefix|compare|embed|mask|shardcheck|probe|kv
                                    benchmarks against a running server and its peers (docs/benchmarks.md)

@@ -18,6 +18,7 @@ from ..errors import HANDLERS, APIError
 from ..hub import download as dl
 from ..middleware import RequestID, _send_error
 from .common import json_body, worker_settings
+from .agents import agent_config, agent_list
 from .jobs import Job, bench_start, job_cancel, job_status, ppl_start
 from .mcp import mcp_server, mcp_servers, mcp_tools
 from .sessions import session_action, sessions
@@ -189,6 +190,8 @@ def create_admin_app(cfg: Config, worker, catalog, usage=None, mcp=None) -> Star
                             Route("/admin/api/turboquant", turboquant, methods=["GET", "PUT"]),
                             Route("/admin/api/stats", usage_stats, methods=["GET"]),
                             Route("/admin/api/stats/clear", clear_stats, methods=["POST"]),
+                            Route("/admin/api/agents", agent_list, methods=["GET"]),
+                            Route("/admin/api/agents/{name}/config", agent_config, methods=["GET", "POST"]),
                             Route("/admin/api/mcp/servers", mcp_servers, methods=["GET", "POST"]),
                             Route("/admin/api/mcp/servers/{name}", mcp_server, methods=["DELETE"]),
                             Route("/admin/api/mcp/servers/{name}/{action}", mcp_server, methods=["POST"]),
