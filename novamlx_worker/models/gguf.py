@@ -34,7 +34,11 @@ _LAYER_NAMES = {
     "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
     "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",  # qwen3
 }
-ARCHITECTURES = ("llama", "qwen2", "qwen3")  # mistral's GGUFs say "llama"
+# Gemma 3 has four norms per layer; llama.cpp names the one before the MLP ffn_norm, as llama's
+# post-attention norm is named.
+_GEMMA3_NAMES = {**_LAYER_NAMES, "post_attention_norm": "post_attention_layernorm",
+                 "ffn_norm": "pre_feedforward_layernorm", "post_ffw_norm": "post_feedforward_layernorm"}
+ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")  # mistral's GGUFs say "llama"
 _TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 
 
@@ -43,12 +47,21 @@ def _num(meta, key, default=None):
     return v.item() if hasattr(v, "item") else v
 
 
-def hf_name(gguf_name: str) -> str:
+def hf_name(gguf_name: str, arch: str = "llama") -> str:
     parts = gguf_name.split(".")
     if parts[0] == "blk":
         layer, name, suffix = parts[1], parts[2], ".".join(parts[3:])
-        return f"model.layers.{layer}.{_LAYER_NAMES[name]}.{suffix}"
+        return f"model.layers.{layer}.{(_GEMMA3_NAMES if arch == 'gemma3' else _LAYER_NAMES)[name]}.{suffix}"
     return f"{_TOP_NAMES[parts[0]]}.{'.'.join(parts[1:])}"
+
+
+def _from_gguf_norms(weights: dict, arch: str) -> dict:
+    """Gemma multiplies by (1 + weight); llama.cpp's converter stores weight + 1 (ggml multiplies
+    by the weight itself): take the 1 back off for mlx-lm's Gemma."""
+    if arch != "gemma3":
+        return weights
+    return {k: (v.astype(mx.float32) - 1).astype(v.dtype) if k.endswith("norm.weight") else v
+            for k, v in weights.items()}
 
 
 def model_config(meta: dict, weights: dict) -> dict:
@@ -61,7 +74,7 @@ def model_config(meta: dict, weights: dict) -> dict:
     hidden = int(g("embedding_length"))
     vocab = int(g("vocab_size", 0) or len(meta["tokenizer.ggml.tokens"]))
     config = {
-        "model_type": arch,
+        "model_type": "gemma3_text" if arch == "gemma3" else arch,
         "hidden_size": hidden,
         "num_hidden_layers": int(g("block_count")),
         "intermediate_size": int(g("feed_forward_length")),
@@ -76,6 +89,16 @@ def model_config(meta: dict, weights: dict) -> dict:
         "rope_traditional": arch == "llama",
         "head_dim": int(g("attention.key_length", 0) or hidden // n_heads),
     }
+    if arch == "gemma3":
+        # llama.cpp's own rules for what a Gemma 3 GGUF does not carry: every sixth layer is
+        # global, local layers rotate at base 10,000, and the attention scale is the head
+        # dimension's (the 62-layer 27B: hidden / heads).
+        layers = config["num_hidden_layers"]
+        config.update({"sliding_window": int(g("attention.sliding_window", 1024)), "sliding_window_pattern": 6,
+                       "rope_local_base_freq": 10000.0, "rms_norm_eps": float(g("attention.layer_norm_rms_epsilon", 1e-6)),
+                       "query_pre_attn_scalar": hidden // n_heads if layers == 62 else config["head_dim"]})
+        if str(g("rope.scaling.type", "")) == "linear":
+            config["rope_scaling"] = {"rope_type": "linear", "factor": float(g("rope.scaling.factor", 1.0))}
     return config
 
 
@@ -99,16 +122,23 @@ def load_gguf(path: str, dequantize: bool = False, dtype=None, bits: int | None 
     from mlx_lm.utils import _get_classes
 
     reader = GGUFReader(path)
+    arch = str(reader.fields["general.architecture"].contents()) if "general.architecture" in reader.fields else ""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"GGUF architecture {arch!r} is not supported ({', '.join(ARCHITECTURES)} are; "
+                         "convert the original model with mlx-lm instead)")
     if all(int(t.tensor_type) in MLX_NATIVE for t in reader.tensors):
         raw, meta = mx.load(path, return_metadata=True)
-        weights = {hf_name(k): v for k, v in raw.items()}
+        weights = {hf_name(k, arch): v for k, v in raw.items()}
         quant = _quant_params(weights)
     else:
         meta = {name: field.contents() for name, field in reader.fields.items()}
-        weights, quant = _read_blocks(reader, dense=dequantize, bits=bits, dtype=dtype or mx.float32)
+        weights, quant = _read_blocks(reader, arch, dense=dequantize, bits=bits, dtype=dtype or mx.float32)
     config = model_config(meta, weights)
+    weights = _from_gguf_norms(weights, arch)
     model_class, args_class = _get_classes(config)
     model = model_class(args_class.from_dict(config))
+    if hasattr(model, "sanitize"):  # (gemma3_text: a missing lm_head means tied embeddings)
+        weights = model.sanitize(weights)
     if quant:
         nn.quantize(model, class_predicate=lambda p, m: quant.get(p, False))
     model.load_weights(list(weights.items()), strict=True)
@@ -122,12 +152,12 @@ def load_gguf(path: str, dequantize: bool = False, dtype=None, bits: int | None 
     return model, from_gguf_metadata(meta), config
 
 
-def _read_blocks(reader, dense: bool, bits: int | None, dtype) -> tuple[dict, dict]:
+def _read_blocks(reader, arch: str, dense: bool, bits: int | None, dtype) -> tuple[dict, dict]:
     """Every tensor of a file mx.load cannot keep as it is: block-quantized ones dequantized
     (ggml_blocks) and re-quantized to MLX's affine layout, or kept dense in `dtype`."""
     weights, quant, kept, dense_bytes = {}, {}, {}, 0
     for t in reader.tensors:
-        name, tid = hf_name(t.name), int(t.tensor_type)
+        name, tid = hf_name(t.name, arch), int(t.tensor_type)
         shape = tuple(int(n) for n in reversed(t.shape))  # GGUF lists dimensions fastest first
         if tid in (F32, F16):
             weights[name] = mx.array(np.asarray(t.data).reshape(shape))

@@ -122,3 +122,25 @@ def test_unknown_gguf_architecture_is_refused_by_name(tmp_path):
     w.close()
     with pytest.raises(ValueError, match="'mamba' is not supported"):
         load_gguf(str(tmp_path / "x.gguf"))
+
+
+@pytest.mark.parametrize("qtype", ["F32", "Q4_K_M"])
+def test_gemma3_gguf_logits_match_mlx_lm(tmp_path, qtype):
+    """Gemma 3 (text): four norms per layer stored as weight + 1 by llama.cpp, q/k norms, sliding
+    windows every layer but each sixth, tied embeddings: the dense-loaded GGUF equals mlx-lm's
+    gemma3_text on the file's values, past the window."""
+    from mlx_lm.models import gemma3_text
+
+    from tests.fixtures.tiny_models import TINY_LLAMA_256
+
+    cfg = {**TINY_LLAMA_256, "num_hidden_layers": 7, "sliding_window": 4}
+    path, stored = build_tiny_gguf(tmp_path / "tiny-gemma3.gguf", qtype, cfg=cfg, arch="gemma3")
+    ref_cfg = {**cfg, "model_type": "gemma3_text", "sliding_window_pattern": 6, "query_pre_attn_scalar": 64,
+               "rope_local_base_freq": 10000.0}
+    ref_model = gemma3_text.Model(gemma3_text.ModelArgs.from_dict(ref_cfg))
+    ref_model.load_weights([(k, mx.array(v)) for k, v in ref_model.sanitize(dict(stored)).items()], strict=True)
+    ref = np.array(ref_model(mx.array(PROMPT)[None])[0].astype(mx.float32))
+    model, _, got_cfg = load_gguf(str(path), dequantize=True)
+    assert got_cfg["model_type"] == "gemma3_text" and got_cfg["sliding_window"] == 4
+    ours = np.array(model(mx.array(PROMPT)[None])[0].astype(mx.float32))
+    assert np.abs(ours - ref).max() / np.abs(ref).max() < 1e-4
