@@ -274,10 +274,9 @@ async def messages(request: Request):
         u = fin.usage
         if loop is None:
             break
-        loop.usage.append((u.prompt_tokens, u.completion_tokens, u.cached_tokens))
         calls = [b.call for b in blocks if b.kind == "tool_call"]
-        if not loop.continues(calls, fin.finish_reason, len(loop.usage)):
-            u = m.Usage(*loop.total_usage())  # (prompt, completion, cached) over every round
+        if not loop.next_round(u, calls, fin.finish_reason):
+            u = loop.total_usage()
             break
         text = "".join(b.text for b in blocks if b.kind == "text")
         content += [_mcp_result(r) for r in await loop.run(text, calls, args.messages)]
@@ -342,10 +341,9 @@ async def _stream(gen: Generation, rid: str, model: str, loop=None, messages=Non
             offset += len(blocks.blocks)
             if loop is None:
                 break
-            loop.usage.append((u.prompt_tokens, u.completion_tokens, u.cached_tokens))
             calls = [b.call for b in blocks.blocks if b.kind == "tool_call"]
-            if not loop.continues(calls, fin.finish_reason, len(loop.usage)):
-                u = m.Usage(*loop.total_usage())  # (prompt, completion, cached) over every round
+            if not loop.next_round(u, calls, fin.finish_reason):
+                u = loop.total_usage()
                 break
             text = "".join(b.text for b in blocks.blocks if b.kind == "text")
             for r in await loop.run(text, calls, messages):

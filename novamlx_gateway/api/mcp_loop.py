@@ -27,17 +27,18 @@ class McpLoop:
     servers: list[str] | None  # None: every server
     rounds: int
     calls: list[dict] = field(default_factory=list)  # what ran: id, name, arguments, result text, is_error
-    usage: list[tuple[int, int, int]] = field(default_factory=list)  # (prompt, completion, cached) per round
+    usage: list[tuple[int, int, int]] = field(default_factory=list)  # (prompt, completion, cached) per generation
 
     def owns(self, name: str) -> bool:
         server = name.split(SEP, 1)[0] if SEP in name else None
         return server in self.hub.conns and (self.servers is None or server in self.servers)
 
-    def continues(self, calls: list[m.ToolCallDelta], finish: str | None, round_no: int) -> bool:
-        """Whether this round's answer (round_no: generations so far) is only calls to MCP tools,
-        to run before another generation; after `rounds` tool rounds the calls go to the client."""
+    def next_round(self, usage: m.Usage, calls: list[m.ToolCallDelta], finish: str | None) -> bool:
+        """Count a finished generation; whether its answer is only calls to MCP tools, to run before
+        another generation (after `rounds` tool rounds the calls go to the client)."""
+        self.usage.append((usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens))
         return (finish == "tool_calls" and bool(calls) and all(self.owns(c.name) for c in calls)
-                and not any(c.incomplete for c in calls) and round_no <= self.rounds)
+                and not any(c.incomplete for c in calls) and len(self.usage) <= self.rounds)
 
     async def run(self, text: str, calls: list[m.ToolCallDelta], messages: list[m.ChatMessage]) -> list[dict]:
         """Run the calls; append the assistant turn and the results to `messages`; return the results."""
@@ -65,8 +66,9 @@ class McpLoop:
     def summary(self) -> dict:
         return {"rounds": len(self.usage), "calls": self.calls}
 
-    def total_usage(self) -> tuple[int, int, int]:
-        return tuple(sum(u[k] for u in self.usage) for k in range(3))
+    def total_usage(self) -> m.Usage:
+        """Every round's usage together."""
+        return m.Usage(*(sum(u[k] for u in self.usage) for k in range(3)))
 
 
 def mcp_loop_of(request, value, rounds, n: int, tools: list[dict] | None) -> tuple[McpLoop | None, list[dict] | None]:

@@ -138,9 +138,8 @@ async def chat_completions(request: Request):
     usage = gen.usage()
     while loop is not None:  # MCP rounds: run the calls, generate again
         c = choices[0]
-        loop.usage.append(_usage_tuple(gen.usage()))
-        if not loop.continues(c.tool_calls, c.finish_reason, len(loop.usage)):
-            usage = usage_dict(*loop.total_usage())
+        if not loop.next_round(_usage_of(gen.usage()), c.tool_calls, c.finish_reason):
+            usage = _usage_dict(loop.total_usage())
             break
         await loop.run("".join(c.text), c.tool_calls, args.messages)
         _, gen = await next_round()
@@ -158,8 +157,12 @@ async def chat_completions(request: Request):
     return JSONResponse(body)
 
 
-def _usage_tuple(u: dict) -> tuple[int, int, int]:
-    return u["prompt_tokens"], u["completion_tokens"], u["prompt_tokens_details"]["cached_tokens"]
+def _usage_of(u: dict) -> m.Usage:
+    return m.Usage(u["prompt_tokens"], u["completion_tokens"], u["prompt_tokens_details"]["cached_tokens"])
+
+
+def _usage_dict(u: m.Usage) -> dict:
+    return usage_dict(u.prompt_tokens, u.completion_tokens, u.cached_tokens)
 
 
 def _message(c, field: str) -> dict:
@@ -230,10 +233,9 @@ async def _stream(gen: Generation, rid: str, model: str, fingerprint: str, inclu
             if loop is None:
                 usage = gen.usage()
                 break
-            loop.usage.append(_usage_tuple(gen.usage()))
             reason, calls, text = ends[0]
-            if not loop.continues(calls, reason, len(loop.usage)):
-                usage = usage_dict(*loop.total_usage())
+            if not loop.next_round(_usage_of(gen.usage()), calls, reason):
+                usage = _usage_dict(loop.total_usage())
                 break
             for r in await loop.run(text, calls, messages):
                 yield chunk([{"index": 0, "delta": {"role": "tool", "tool_call_id": r["id"], "name": r["name"],

@@ -311,10 +311,9 @@ async def create_response(request: Request):
         usage = fin.usage
         if loop is None:
             break
-        loop.usage.append((usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens))
         calls = [b.call for b in blocks if b.kind == "tool_call"]
-        if not loop.continues(calls, fin.finish_reason, len(loop.usage)):
-            usage = m.Usage(*loop.total_usage())
+        if not loop.next_round(usage, calls, fin.finish_reason):
+            usage = loop.total_usage()
             break
         await loop.run("".join(b.text for b in blocks if b.kind == "text"), calls, args.messages)
         _, gen = await next_round()
@@ -417,13 +416,12 @@ async def _stream(gen: Generation, req: ResponsesRequest, rid: str, model: str, 
                     raise gen.error(e)
             usage, going = fin.usage, False
             if loop is not None:
-                loop.usage.append((usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens))
                 calls = [b.call for b in blocks.blocks if b.kind == "tool_call"]
-                going = loop.continues(calls, fin.finish_reason, len(loop.usage))
+                going = loop.next_round(usage, calls, fin.finish_reason)
                 if going:
                     await loop.run("".join(b.text for b in blocks.blocks if b.kind == "text"), calls, messages)
                 else:
-                    usage = m.Usage(*loop.total_usage())
+                    usage = loop.total_usage()
                 for b in blocks.blocks:
                     if mcp(b):
                         for frame in ran(b):
