@@ -21,12 +21,12 @@ from .. import images, sse
 from ..errors import APIError
 from ..generation import Generation, model_or_404
 from ..mcp_hub import SEP
-from .blocks import Block, Blocks, Piece, Start, close_json, collect
+from .blocks import Block, Blocks, Piece, Start, close_json
 from .cloud_proxy import passthrough
 from .common import parse_body, priority_of
 from .generate_args import MESSAGES, GenerateArgs, start_generation
 from .limits import check_prompt_text, check_tools, message_texts
-from .mcp_loop import mcp_loop_of
+from .mcp_loop import collected_rounds, mcp_loop_of
 
 
 class ContentBlock(msgspec.Struct, kw_only=True):
@@ -268,19 +268,9 @@ async def messages(request: Request):
         return StreamingResponse(_stream(gen, rid, info.id, loop, args.messages, next_round),
                                  media_type="text/event-stream", headers=sse.SSE_HEADERS)
     content = []
-    while True:
-        blocks, fin = await collect(gen)
-        content += [_content(b, loop) for b in blocks]
-        u = fin.usage
-        if loop is None:
-            break
-        calls = [b.call for b in blocks if b.kind == "tool_call"]
-        if not loop.next_round(u, calls, fin.finish_reason):
-            u = loop.total_usage()
-            break
-        text = "".join(b.text for b in blocks if b.kind == "text")
-        content += [_mcp_result(r) for r in await loop.run(text, calls, args.messages)]
-        _, gen = await next_round()
+    async for blocks, fin, results in collected_rounds(gen, loop, args.messages, next_round):
+        content += [_content(b, loop) for b in blocks] + [_mcp_result(r) for r in results]
+    u = loop.total_usage() if loop is not None else fin.usage
     return JSONResponse({
         "id": rid, "type": "message", "role": "assistant", "model": info.id, "content": content,
         "stop_reason": _stop_reason(fin.finish_reason, fin.stop), "stop_sequence": fin.stop,

@@ -71,6 +71,22 @@ class McpLoop:
         return m.Usage(*(sum(u[k] for u in self.usage) for k in range(3)))
 
 
+async def collected_rounds(gen, loop: McpLoop | None, messages: list[m.ChatMessage], next_round):
+    """A non-streaming answer's generations: (blocks, finished, results of the MCP calls run after
+    it) per generation; without a loop, the one generation. The usage over all of them is
+    loop.total_usage()."""
+    from .blocks import collect
+
+    while True:
+        blocks, fin = await collect(gen)
+        calls = [b.call for b in blocks if b.kind == "tool_call"]
+        if loop is None or not loop.next_round(fin.usage, calls, fin.finish_reason):
+            yield blocks, fin, []
+            return
+        yield blocks, fin, await loop.run("".join(b.text for b in blocks if b.kind == "text"), calls, messages)
+        _, gen = await next_round()
+
+
 def mcp_loop_of(request, value, rounds, n: int, tools: list[dict] | None) -> tuple[McpLoop | None, list[dict] | None]:
     """(the loop, the tools to offer) for a request's `mcp` and `mcp_max_rounds` fields."""
     if value in (None, False):

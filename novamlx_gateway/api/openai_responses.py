@@ -22,11 +22,11 @@ from .. import images, sse
 from ..errors import APIError
 from ..generation import Generation
 from ..mcp_hub import SEP
-from .blocks import Block, Blocks, Piece, Start, collect
+from .blocks import Block, Blocks, Piece, Start
 from .cloud_proxy import passthrough
 from .common import arguments_text, parse_body, priority_of
 from .generate_args import RESPONSES, GenerateArgs, start_generation
-from .mcp_loop import mcp_loop_of
+from .mcp_loop import collected_rounds, mcp_loop_of
 from .openai_schema import response_format_of
 
 
@@ -304,20 +304,10 @@ async def create_response(request: Request):
     if req.stream:
         return StreamingResponse(_stream(gen, req, rid, info.id, created, finish, namespaces, loop, args.messages,
                                          next_round), media_type="text/event-stream", headers=sse.SSE_HEADERS)
-    rounds: list[list[Block]] = []
-    while True:
-        blocks, fin = await collect(gen)
-        rounds.append(blocks)
-        usage = fin.usage
-        if loop is None:
-            break
-        calls = [b.call for b in blocks if b.kind == "tool_call"]
-        if not loop.next_round(usage, calls, fin.finish_reason):
-            usage = loop.total_usage()
-            break
-        await loop.run("".join(b.text for b in blocks if b.kind == "text"), calls, args.messages)
-        _, gen = await next_round()
-    return JSONResponse(finish([_item(b, namespaces, loop=loop) for blocks in rounds for b in blocks], fin, usage))
+    out: list[dict] = []
+    async for blocks, fin, _ in collected_rounds(gen, loop, args.messages, next_round):
+        out += [_item(b, namespaces, loop=loop) for b in blocks]  # (an mcp_call item shows its run's output)
+    return JSONResponse(finish(out, fin, loop.total_usage() if loop is not None else fin.usage))
 
 
 async def _stream(gen: Generation, req: ResponsesRequest, rid: str, model: str, created: int, finish,
