@@ -1,4 +1,5 @@
-"""GGML's block-quantized tensor types, dequantized in numpy (ggml-quants.c's dequantize_row_*).
+"""GGML's block-quantized tensor types, dequantized in numpy (ggml-quants.c's dequantize_row_*): the classic
+32-value types, the K-quants and the 4-bit non-linear IQ4_NL / IQ4_XS.
 
 A tensor's bytes are a run of fixed-size blocks, each holding its own scales: 32 values for the
 classic types, 256 (a super-block of 8 or 16 sub-blocks with 6- or 8-bit scales) for the
@@ -51,6 +52,19 @@ def q8_0(b):
 def iq4_nl(b):
     qs = b[:, 2:18]
     return _f16(b, 0) * IQ4_NL_VALUES[np.concatenate([qs & 0xF, qs >> 4], axis=1)]
+
+
+def iq4_xs(b):
+    """IQ4_NL's non-linear 4-bit values in 8 sub-blocks of 32, each with a 6-bit scale (low 4 bits
+    in scales_l, high 2 in scales_h), minus 32."""
+    d = _f16(b, 0)
+    high = np.ascontiguousarray(b[:, 2:4]).view("<u2").astype(np.int32)  # (n, 1)
+    low = b[:, 4:8].astype(np.int32)
+    sub = np.arange(8)
+    ls = ((low[:, sub // 2] >> (4 * (sub % 2))) & 0xF) | (((high >> (2 * sub)) & 3) << 4)  # (n, 8)
+    qs = b[:, 8:136].reshape(-1, 8, 16)
+    values = IQ4_NL_VALUES[np.concatenate([qs & 0xF, qs >> 4], axis=2)]  # (n, 8, 32)
+    return (d[:, :, None] * (ls - 32)[:, :, None].astype(np.float32) * values).reshape(len(b), 256)
 
 
 def _scale_min_k4(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -143,10 +157,10 @@ def q3_k(b):
 TYPES = {
     2: (32, 18, q4_0, 4), 3: (32, 20, q4_1, 4), 6: (32, 22, q5_0, 8), 7: (32, 24, q5_1, 8), 8: (32, 34, q8_0, 8),
     10: (256, 84, q2_k, 4), 11: (256, 110, q3_k, 4), 12: (256, 144, q4_k, 4), 13: (256, 176, q5_k, 8),
-    14: (256, 210, q6_k, 8), 20: (32, 18, iq4_nl, 4),
+    14: (256, 210, q6_k, 8), 20: (32, 18, iq4_nl, 4), 23: (256, 136, iq4_xs, 4),
 }
 NAMES = {2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K",
-         14: "Q6_K", 20: "IQ4_NL"}
+         14: "Q6_K", 20: "IQ4_NL", 23: "IQ4_XS"}
 
 
 def dequantize(raw: np.ndarray, type_id: int, shape: tuple[int, ...]) -> np.ndarray:

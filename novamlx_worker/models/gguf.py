@@ -2,11 +2,11 @@
 
 Files whose tensors are all F32/F16/Q4_0/Q4_1/Q8_0 go through `mx.load`: the quantized ones
 come back already in MLX's affine layout (weight/scales/biases, group size 32) and stay
-quantized. Any other type (the K-quants Q2_K..Q6_K most downloads use, Q5_0/Q5_1, IQ4_NL,
+quantized. Any other type (the K-quants Q2_K..Q6_K most downloads use, Q5_0/Q5_1, IQ4_NL, IQ4_XS,
 BF16) is read with the gguf package and dequantized block by block in numpy
 (ggml_blocks.py; MLX's own GGUF reader refuses Q3_K/Q5_K and misreads Q4_K), then
 re-quantized to MLX's affine format by a stated rule: types of about 4 bits or fewer
-(Q2_K, Q3_K, Q4_K, Q4_0, Q4_1, IQ4_NL) to 4 bits, Q5_x, Q6_K and Q8_0 to 8 bits, groups of
+(Q2_K, Q3_K, Q4_K, Q4_0, Q4_1, IQ4_NL, IQ4_XS) to 4 bits, Q5_x, Q6_K and Q8_0 to 8 bits, groups of
 32 (`--gguf-bits 4|8` forces one width). Dense loading (--dequantize, CPUs) keeps floats
 and says what that costs. Q and K are in GGUF's rotary order, which `rope_traditional=True`
 expects.
