@@ -41,6 +41,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(models_main(argv[1:]))
     if argv and argv[0] == "agents":
         raise SystemExit(agents_main(argv[1:]))
+    if argv and argv[0] == "service":
+        from .service import service_main
+
+        raise SystemExit(service_main(argv[1:]))
     if argv and argv[0] in ("launchd-plist", "systemd-unit"):
         cfg = load_config(argv[1:])
         print(launchd_plist(argv[1:], cfg.data_dir) if argv[0] == "launchd-plist" else systemd_unit(argv[1:]), end="")
@@ -137,7 +141,7 @@ def novamlx_main(argv: list[str] | None = None) -> None:
         from novamlx_worker.models.export import main as convert_main
 
         return convert_main(argv[1:])
-    if argv and argv[0] in ("models", "agents", "launchd-plist", "systemd-unit"):
+    if argv and argv[0] in ("models", "agents", "service", "launchd-plist", "systemd-unit"):
         return main(argv)
     print(NOVAMLX_USAGE, file=sys.stderr if argv and argv[0] not in ("-h", "--help", "help") else sys.stdout)
     raise SystemExit(0 if argv and argv[0] in ("-h", "--help", "help") else 2)
@@ -152,6 +156,7 @@ commands:
   convert SRC OUT [--bits 4|8]     a .gguf file or a Hugging Face folder -> an MLX model folder
   bench load|agent|prefix|compare|embed|mask|shardcheck|probe|kv
                                    benchmarks against a running server and its peers (docs/benchmarks.md)
+  service install|uninstall|status|logs   run the server at login (launchd LaunchAgent / systemd user unit)
   launchd-plist [flags]            print a launchd plist that runs the server with these flags
   systemd-unit [flags]             print a systemd unit that runs the server with these flags
 
