@@ -452,18 +452,30 @@ class Batch:
         for s, r in members:
             if s >= len(self.slots) or self.slots[s] is not r:
                 continue  # left while its step was queued
-            token = values[s]
+            out.append(self.emit(s, r, [values[s]], lp, keep_input=keep_inputs))
+        return out
+
+    def emit(self, s: int, r: Row, tokens: list[int], lp, keep_input: bool, grow: bool = False) -> TokenOut:
+        """A row's tokens this step, cut at its finish and counted. A finished row leaves its slot
+        with its KV; a continuing one's last token becomes its known next input when asked.
+        grow: the step fed the kept tokens' predecessors (drafts), so its KV grows by as many."""
+        kept, finish = [], None
+        for token in tokens:
             r.n += 1
             r.known += 1
-            if r.history is not None:
-                r.history.append(token)
+            kept.append(token)
             finish = finish_for(token, r.n, r.max_tokens, r.stop_ids)
-            cache = None
             if finish is not None:
-                self.slots[s] = None
-                self.fresh.pop(s, None)
-                cache = self._extract(s, min(r.length, r.known))
-            elif keep_inputs:
-                self.fresh[s] = token
-            out.append(TokenOut(r.rid, [token], finish, cache, lp, s))
-        return out
+                break
+        if grow:
+            r.length += len(kept)
+        if r.history is not None:
+            r.history += kept
+        cache = None
+        if finish is not None:
+            self.slots[s] = None
+            self.fresh.pop(s, None)
+            cache = self._extract(s, min(r.length, r.known))
+        elif keep_input:
+            self.fresh[s] = kept[-1]
+        return TokenOut(r.rid, kept, finish, cache, lp, s)

@@ -56,15 +56,66 @@ def verify_sampled(probs: mx.array, draft: list[int], uniforms: list[float], dra
     return draft[:m] + [int(draw(mx.log(row)).item())]
 
 
+def verify(draft: list[int], logits: mx.array, sampler, target: list[int] | None = None) -> list[int]:
+    """The draft's kept tokens plus the target's own next one, from the target's logits at the
+    draft's positions (len(draft)+1, vocab): while the draft is the argmax (greedy; `target`, the
+    argmax when already read), or by rejection sampling against the row's sampling distribution."""
+    if sampler is None:
+        target = target if target is not None else mx.argmax(logits, axis=-1).tolist()
+        m = 0
+        while m < len(draft) and draft[m] == target[m]:
+            m += 1
+        return draft[:m] + [target[m]]
+    lp = logits.astype(mx.float32)
+    lp = lp - mx.logsumexp(lp, axis=-1, keepdims=True)
+    uniforms = sampler.uniform(len(draft)).tolist() if draft else []
+    return verify_sampled(sampler.probs(lp), draft, uniforms, sampler.categorical)
+
+
+def next_k(k: int, proposed: int, accepted: int, k_max: int) -> int:
+    """Adaptive draft length: one longer after a draft that landed whole, one shorter after one
+    that mostly missed."""
+    if proposed and accepted == proposed:
+        return min(k + 1, k_max)
+    if proposed and accepted < proposed // 2:
+        return max(1, k - 1)
+    return k
+
+
 @dataclass
 class DraftStats:
     steps: int = 0
     proposed: int = 0
     accepted: int = 0
 
+    def record(self, proposed: int, accepted: int) -> None:
+        self.steps += 1
+        self.proposed += proposed
+        self.accepted += accepted
+
 
 PLAIN_STRETCH = (8, 64)  # tokens decoded without drafts when drafts do not help: first, most (doubling)
 MISSES_BEFORE_PLAIN = 6  # drafting steps in a row that accepted nothing
+
+
+@dataclass
+class Stretches:
+    """When drafting pauses: a stretch of plain steps, 8 at first and doubling up to 64 while
+    drafts keep failing, back to 8 at the first accepted draft (solo and batch alike)."""
+    left: int = 0  # plain steps left in the current stretch
+    length: int = PLAIN_STRETCH[0]
+    misses: int = 0  # drafting steps in a row that accepted nothing
+
+    def start(self) -> None:
+        self.left, self.length, self.misses = self.length, min(2 * self.length, PLAIN_STRETCH[1]), 0
+
+    def after(self, accepted: int) -> bool:
+        """After a drafting step: whether a plain stretch is due now."""
+        if accepted:
+            self.misses, self.length = 0, PLAIN_STRETCH[0]
+            return False
+        self.misses += 1
+        return self.misses >= MISSES_BEFORE_PLAIN
 
 
 class NgramSolo(Solo):
@@ -79,23 +130,27 @@ class NgramSolo(Solo):
         self.seen = list(context)  # every token of the sequence so far; the last is the next input
         self.k_max, self.k = k_max, max(1, k_max // 2)
         self.stats = stats
-        self.plain = 0  # steps left in a plain stretch
-        self.stretch = PLAIN_STRETCH[0]
-        self.misses = 0  # drafting steps in a row that accepted nothing
+        self.stretches = Stretches()
         self.until_match = False
+
+    @property
+    def plain(self) -> int:
+        """Steps left in a plain stretch."""
+        return self.stretches.left
 
     def _go_plain(self, until_match: bool = False) -> None:
         """Into a plain stretch: Solo's state, with the next input not yet in the cache.
         until_match: it began for want of an n-gram match, and ends early once one appears."""
-        self.plain, self.stretch = self.stretch, min(2 * self.stretch, PLAIN_STRETCH[1])
+        self.stretches.start()
         self.until_match = until_match
         self.last, self.y = self.seen[-1], None
 
     def _plain_step(self):
-        if self.until_match and self.plain > 1 and propose(self.seen, 1):  # (runs while the queued forward does)
-            self.plain = 1
-        self.plain -= 1
-        if self.plain > 0 or self.y is None:
+        st = self.stretches
+        if self.until_match and st.left > 1 and propose(self.seen, 1):  # (runs while the queued forward does)
+            st.left = 1
+        st.left -= 1
+        if st.left > 0 or self.y is None:
             got = super().step()  # returns a token and queues the next one's forward
         else:  # the stretch ends: the queued token comes out and nothing new is queued,
             token, lp = self.y.item(), self.lp  # so the last token is again the next input
@@ -124,30 +179,14 @@ class NgramSolo(Solo):
         inputs = mx.array([self.seen[-1], *draft])[None]
         logits = self.model(inputs, cache=self.cache)[0]
         self._quantize()
-        if self.sampler is None:  # greedy: accepted while the draft is the argmax
-            target = mx.argmax(logits, axis=-1).tolist()
-            m = 0
-            while m < len(draft) and draft[m] == target[m]:
-                m += 1
-            emitted = draft[:m] + [target[m]]
-        else:
-            lp = logits.astype(mx.float32) - mx.logsumexp(logits.astype(mx.float32), axis=-1, keepdims=True)
-            uniforms = self.sampler.uniform(len(draft)).tolist() if draft else []
-            emitted = verify_sampled(self.sampler.probs(lp), draft, uniforms, self.sampler.categorical)
-            m = len(emitted) - 1
+        emitted = verify(draft, logits, self.sampler)
+        m = len(emitted) - 1
         if len(draft) > m:
             trim_prompt_cache(self.cache, len(draft) - m)  # the KV of rejected drafts goes
         self._accepted(draft, m, before)
-        self.stats.steps += 1
-        self.stats.proposed += len(draft)
-        self.stats.accepted += m
-        if draft and m == len(draft):  # adapt: one longer after a draft that landed whole,
-            self.k = min(self.k + 1, self.k_max)
-        elif draft and m < len(draft) // 2:  # one shorter after one that mostly missed
-            self.k = max(1, self.k - 1)
-        self.misses = self.misses + 1 if m == 0 else 0
-        if m:
-            self.stretch = PLAIN_STRETCH[0]
+        self.stats.record(len(draft), m)
+        self.k = next_k(self.k, len(draft), m, self.k_max)
+        stretch_due = self.stretches.after(m)
         out, finish = [], None
         for token in emitted:
             self.n += 1
@@ -156,8 +195,7 @@ class NgramSolo(Solo):
             if finish is not None:
                 break
         self.seen += out
-        if self.misses >= MISSES_BEFORE_PLAIN and finish is None:
-            self.misses = 0
+        if stretch_due and finish is None:
             self._go_plain()
         return out, None, finish  # no logprob row: rows that ask for logprobs are never drafted
 

@@ -3,7 +3,7 @@
 A drafting step feeds every slot its next input plus, for the rows that have one, an n-gram
 draft (ngram.propose over the row's own tokens): `width` = 1 + the longest draft, shorter rows
 padded. A greedy row keeps its draft while it equals the target's argmax, a sampled one by
-rejection sampling against its own sampling distribution (ngram.verify_sampled: the output
+rejection sampling against its own sampling distribution (ngram.verify, as the solo path: the output
 distribution is exactly the target's), and each adds the target's next token; rows without
 drafts (logits processors, logprobs, or none found) take position 0 as a plain step would. Rejected drafts need no rollback: the slot's
 length advances only over kept tokens, so their KV columns are simply written over later.
@@ -18,27 +18,21 @@ from __future__ import annotations
 import mlx.core as mx
 
 from .batch import CAPACITY_STEP, Batch, pick_tokens
-from .ngram import MISSES_BEFORE_PLAIN, PLAIN_STRETCH, DraftStats, propose, verify_sampled
-from .path import TokenOut, finish_for
+from .ngram import DraftStats, Stretches, next_k, propose, verify
+from .path import TokenOut
 
 
 class BatchDrafts:
     def __init__(self, k_max: int, stats: DraftStats):
         self.k_max, self.stats = k_max, stats
-        self.plain = 0  # plain steps left in a stretch
-        self.stretch = PLAIN_STRETCH[0]
-        self.misses = 0
+        self.stretches = Stretches()
 
     def due(self, batch: Batch) -> bool:
         """Whether this step drafts: some row may, and no plain stretch is running."""
-        if self.plain > 0:
-            self.plain -= 1
+        if self.stretches.left > 0:
+            self.stretches.left -= 1
             return False
         return any(r is not None and r.history is not None for r in batch.slots)
-
-    def _go_plain(self) -> None:
-        self.plain, self.stretch = self.stretch, min(2 * self.stretch, PLAIN_STRETCH[1])
-        self.misses = 0
 
     def _drafts(self, members: list) -> dict[int, list[int]]:
         out = {}
@@ -75,58 +69,15 @@ class BatchDrafts:
         for s, r in members:
             draft = drafts.get(s)
             if draft:
-                emitted = self._verify(draft, target[s], logits[s, :len(draft) + 1], r.sampler)
+                emitted = verify(draft, logits[s, :len(draft) + 1], r.sampler, target[s])
                 m = len(emitted) - 1
                 accepted += m
-                self.stats.proposed += len(draft)
-                self.stats.accepted += m
-                self.stats.steps += 1
-                r.k = min(r.k + 1, self.k_max) if m == len(draft) else max(1, r.k - 1) if m < len(draft) // 2 else r.k
+                self.stats.record(len(draft), m)
+                r.k = next_k(r.k, len(draft), m, self.k_max)
             else:
                 emitted = [first[s]]
-            out.append(self._advance(b, s, r, emitted, lp))
-        if not drafts:
-            self._go_plain()
-        else:
-            self.misses = 0 if accepted else self.misses + 1
-            if accepted:
-                self.stretch = PLAIN_STRETCH[0]
-            elif self.misses >= MISSES_BEFORE_PLAIN:
-                self._go_plain()
+            # its KV now holds its input and every kept token but the last, which is its next input
+            out.append(b.emit(s, r, emitted, lp, keep_input=True, grow=True))
+        if not drafts or self.stretches.after(accepted):
+            self.stretches.start()
         return out
-
-    @staticmethod
-    def _verify(draft: list[int], target: list[int], logits: mx.array, sampler) -> list[int]:
-        """The draft's kept tokens plus the target's own next one: while the draft is the argmax
-        (greedy), or by rejection sampling against the row's sampling distribution (exact)."""
-        if sampler is None:
-            m = 0
-            while m < len(draft) and draft[m] == target[m]:
-                m += 1
-            return draft[:m] + [target[m]]
-        lp = logits.astype(mx.float32)
-        lp = lp - mx.logsumexp(lp, axis=-1, keepdims=True)
-        return verify_sampled(sampler.probs(lp), draft, sampler.uniform(len(draft)).tolist(), sampler.categorical)
-
-    @staticmethod
-    def _advance(b: Batch, s: int, r, emitted: list[int], lp) -> TokenOut:
-        """A row's tokens this step, cut at its finish; its KV now holds its input and every
-        kept token but the last, which is its next input."""
-        tokens, finish = [], None
-        for token in emitted:
-            r.n += 1
-            r.known += 1
-            tokens.append(token)
-            finish = finish_for(token, r.n, r.max_tokens, r.stop_ids)
-            if finish is not None:
-                break
-        r.length += len(tokens)
-        if r.history is not None:
-            r.history += tokens
-        cache = None
-        if finish is not None:
-            b.slots[s] = None
-            cache = b._extract(s, min(r.length, r.known))
-        else:
-            b.fresh[s] = tokens[-1]
-        return TokenOut(r.rid, tokens, finish, cache, lp, s)
