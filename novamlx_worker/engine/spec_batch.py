@@ -3,10 +3,11 @@
 A drafting step feeds every slot its next input plus, for the rows that have one, an n-gram
 draft (ngram.propose over the row's own tokens): `width` = 1 + the longest draft, shorter rows
 padded. A greedy row keeps its draft while it equals the target's argmax, a sampled one by
-rejection sampling against its own sampling distribution (ngram.verify, as the solo path: the output
-distribution is exactly the target's), and each adds the target's next token; rows without
-drafts (logits processors, logprobs, or none found) take position 0 as a plain step would. Rejected drafts need no rollback: the slot's
-length advances only over kept tokens, so their KV columns are simply written over later.
+rejection sampling against its own sampling distribution (ngram.verify, as on the solo path:
+the output distribution is exactly the target's), and each adds the target's next token; rows
+without drafts (logits processors, logprobs, or none found) take position 0 as a plain step
+would. Rejected drafts need no rollback: the slot's length advances only over kept tokens, so
+their KV columns are simply written over later.
 
 A drafting step reads its tokens before the next forward (it must know them to draft), so it
 cannot be pipelined like a plain step; where drafts do not help (no row has a match, or no
