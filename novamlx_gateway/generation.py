@@ -138,12 +138,16 @@ class Generation:
         """A worker error in the route's words (its field names)."""
         return worker_error(ev, self.rename)
 
-    def usage(self) -> dict:
-        """OpenAI usage: each prompt counted once however many choices it has."""
+    def totals(self) -> m.Usage:
+        """Tokens in and out so far, each prompt counted once however many choices it has."""
         firsts = [c.id for c in self.cmds[:: self.n]]
         prompt = sum(self.prompt_counts.get(i, 0) for i in firsts)
         cached = sum(self.cached_tokens.get(i, 0) for i in firsts)
-        return usage_dict(prompt, self.completion_tokens, cached)
+        return m.Usage(prompt, self.completion_tokens, cached)
+
+    def usage(self) -> dict:
+        """OpenAI usage."""
+        return usage_dict(self.totals())
 
 
 def model_or_404(worker: WorkerClient, name: str, kinds: tuple[str, ...] = ("llm", "vlm")) -> m.ModelInfo:
@@ -158,9 +162,10 @@ def model_or_404(worker: WorkerClient, name: str, kinds: tuple[str, ...] = ("llm
     return info
 
 
-def usage_dict(prompt_tokens: int, completion_tokens: int, cached: int = 0) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+def usage_dict(u: m.Usage) -> dict:
+    """OpenAI's usage object for these counts."""
+    return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+            "total_tokens": u.prompt_tokens + u.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": u.cached_tokens, "audio_tokens": 0},
             "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
                                           "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}

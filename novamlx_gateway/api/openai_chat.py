@@ -138,8 +138,8 @@ async def chat_completions(request: Request):
     usage = gen.usage()
     while loop is not None:  # MCP rounds: run the calls, generate again
         c = choices[0]
-        if not loop.next_round(_usage_of(gen.usage()), c.tool_calls, c.finish_reason):
-            usage = _usage_dict(loop.total_usage())
+        if not loop.next_round(gen.totals(), c.tool_calls, c.finish_reason):
+            usage = usage_dict(loop.total_usage())
             break
         await loop.run("".join(c.text), c.tool_calls, args.messages)
         _, gen = await next_round()
@@ -155,14 +155,6 @@ async def chat_completions(request: Request):
     if loop is not None:
         body["mcp"] = loop.summary()
     return JSONResponse(body)
-
-
-def _usage_of(u: dict) -> m.Usage:
-    return m.Usage(u["prompt_tokens"], u["completion_tokens"], u["prompt_tokens_details"]["cached_tokens"])
-
-
-def _usage_dict(u: m.Usage) -> dict:
-    return usage_dict(u.prompt_tokens, u.completion_tokens, u.cached_tokens)
 
 
 def _message(c, field: str) -> dict:
@@ -188,8 +180,9 @@ async def _round(gen: Generation, chunk, logprobs: bool, field: str, ends: dict 
     texts: dict[int, list] = {}
     async for i, ev in gen.events():
         if isinstance(ev, m.Delta):
-            texts.setdefault(i, []).append(ev.text or "")
-            calls.setdefault(i, []).extend(ev.tool_calls or [])
+            if ends is not None:  # (only a loop needs the round's text and calls)
+                texts.setdefault(i, []).append(ev.text or "")
+                calls.setdefault(i, []).extend(ev.tool_calls or [])
             if ev.reasoning:
                 yield chunk([{"index": i, "delta": {field: ev.reasoning}, "logprobs": None, "finish_reason": None}])
             if ev.text or ev.logprobs or not (ev.tool_calls or ev.reasoning):
@@ -234,8 +227,8 @@ async def _stream(gen: Generation, rid: str, model: str, fingerprint: str, inclu
                 usage = gen.usage()
                 break
             reason, calls, text = ends[0]
-            if not loop.next_round(_usage_of(gen.usage()), calls, reason):
-                usage = _usage_dict(loop.total_usage())
+            if not loop.next_round(gen.totals(), calls, reason):
+                usage = usage_dict(loop.total_usage())
                 break
             for r in await loop.run(text, calls, messages):
                 yield chunk([{"index": 0, "delta": {"role": "tool", "tool_call_id": r["id"], "name": r["name"],
