@@ -6,6 +6,7 @@ from novamlx_worker.engine.engine import Engine
 from novamlx_worker.memory import MemoryEnforcer
 from novamlx_worker.models.pool import ModelPool
 from protocol import messages as m
+from tests.fixtures.events import text_of
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def run_alone(eng, rid, prompt, n):
                              prompt_tokens=prompt))
     while rid not in {e.id for e in eng.events if isinstance(e, m.Finished)}:
         pump(eng)
-    return "".join(d.text for e in eng.events if isinstance(e, m.Step) for d in e.deltas if d.id == rid)
+    return text_of(eng.events, rid)
 
 
 PREFIX = list(range(1000, 1100))
@@ -85,8 +86,7 @@ def test_solo_to_batch_handover_keeps_the_output(engine):
     assert runner.solo is None and runner.active == 2  # both in the batch now
     while not {"a", "b"} <= {e.id for e in engine.events if isinstance(e, m.Finished)}:
         pump(engine)
-    text = lambda rid: "".join(d.text for e in engine.events if isinstance(e, m.Step) for d in e.deltas if d.id == rid)  # noqa: E731
-    assert text("a") == alone and text("b") == b_alone
+    assert text_of(engine.events, "a") == alone and text_of(engine.events, "b") == b_alone
     fin = {e.id: e for e in engine.events if isinstance(e, m.Finished)}
     assert fin["a"].usage.completion_tokens == 40 and fin["b"].usage.completion_tokens == 20
 

@@ -7,6 +7,7 @@ from novamlx_worker.engine.engine import Engine
 from novamlx_worker.memory import MemoryEnforcer
 from novamlx_worker.models.pool import ModelPool
 from protocol import messages as m
+from tests.fixtures.events import tokens_of
 from tests.fixtures.tiny_models import TINY_GEMMA3, TINY_LFM2, build_tiny_mlx
 
 FAMILIES = {"tiny-gemma3-text": TINY_GEMMA3, "tiny-lfm2": TINY_LFM2}
@@ -40,13 +41,7 @@ def answer(eng, model, prompts, n=16):
         eng.step()
     fin = done()
     assert all(isinstance(fin[r], m.Finished) for r in rids), fin
-    texts = {r: [] for r in rids}
-    for e in eng.events:
-        if isinstance(e, m.Step):
-            for d in e.deltas:
-                if d.id in texts:
-                    texts[d.id] += [lp.token for lp in d.logprobs or []]
-    return [texts[r] for r in rids], [fin[r].usage.cached_tokens for r in rids]
+    return [tokens_of(eng.events, r) for r in rids], [fin[r].usage.cached_tokens for r in rids]
 
 
 def test_resent_prompt_restores_the_kept_state_and_answers_as_cold(family):
@@ -100,6 +95,5 @@ def test_lone_row_decodes_on_the_solo_path_and_hands_over_to_the_batch(family):
     assert eng.runners[name].solo is None
     while "a" not in {e.id for e in eng.events if isinstance(e, m.Finished)}:
         eng.step()
-    got_a = [lp.token for e in eng.events if isinstance(e, m.Step) for d in e.deltas if d.id == "a"
-             for lp in d.logprobs or []]
+    got_a = tokens_of(eng.events, "a")
     assert got_a == alone_a and got_b[0] == alone_b

@@ -9,6 +9,7 @@ from novamlx_worker.engine.engine import Engine
 from novamlx_worker.memory import MemoryEnforcer
 from novamlx_worker.models.pool import ModelPool, kv_bytes_per_token
 from protocol import messages as m
+from tests.fixtures.events import tokens_of
 from tests.fixtures.tiny_models import TINY_LLAMA, build_tiny_llama
 
 # head_dim 64: KV quantizes in groups of 32 or 64 along the head dimension
@@ -46,13 +47,7 @@ def run(eng, prompts, n=24, together=True):
         eng.step()
     errors = [e for e in eng.events if isinstance(e, m.Error)]
     assert not errors, errors
-    out = {r: [] for r in rids}
-    for e in eng.events:
-        if isinstance(e, m.Step):
-            for d in e.deltas:
-                if d.id in out:
-                    out[d.id] += [lp.token for lp in d.logprobs or []]
-    return [out[r] for r in rids]
+    return [tokens_of(eng.events, r) for r in rids]
 
 
 def mlx_lm_tokens(path, prompt, n, bits):

@@ -8,6 +8,7 @@ from novamlx_worker.engine.ngram import propose
 from novamlx_worker.memory import MemoryEnforcer
 from novamlx_worker.models.pool import ModelPool
 from protocol import messages as m
+from tests.fixtures.events import text_of
 
 
 def test_propose_takes_the_longest_latest_match():
@@ -34,7 +35,7 @@ def generate(eng, prompt, n, **sampling):
         eng.step()
     fin = next(e for e in eng.events if getattr(e, "id", None) == rid and isinstance(e, (m.Finished, m.Error)))
     assert isinstance(fin, m.Finished), fin
-    text = "".join(d.text for e in eng.events if isinstance(e, m.Step) for d in e.deltas if d.id == rid)
+    text = text_of(eng.events, rid)
     return text, fin
 
 
@@ -81,8 +82,7 @@ def second_arrives(eng, a, b, steps, meanwhile=lambda eng: None):
             meanwhile(eng)
     while not {"a", "b"} <= {e.id for e in eng.events if isinstance(e, m.Finished)}:
         eng.step()
-    text = lambda rid: "".join(d.text for e in eng.events if isinstance(e, m.Step) for d in e.deltas if d.id == rid)  # noqa: E731
-    return text("a"), text("b")
+    return text_of(eng.events, "a"), text_of(eng.events, "b")
 
 
 def test_rejection_sampling_keeps_the_target_distribution():
@@ -115,7 +115,7 @@ def test_sampled_rows_draft_and_stay_reproducible(tiny_model):
                                                             ignore_eos=True), prompt_tokens=PROMPTS[1]))
         while not any(isinstance(e, m.Finished) and e.id == rid for e in eng.events):
             eng.step()
-        rid_texts.append("".join(d.text for e in eng.events if isinstance(e, m.Step) for d in e.deltas if d.id == rid))
+        rid_texts.append(text_of(eng.events, rid))
     assert rid_texts[0] == rid_texts[1]
     assert eng.stats()["engine"]["batches"]["tiny-llama"]["ngram"]["steps"] > 0
 
@@ -203,8 +203,7 @@ def run_together(eng, requests):
     while not ids <= {e.id for e in eng.events if isinstance(e, (m.Finished, m.Error))}:
         eng.step()
     assert not [e for e in eng.events if isinstance(e, m.Error) and e.id in ids]
-    return {rid: "".join(d.text for e in eng.events if isinstance(e, m.Step) for d in e.deltas if d.id == rid)
-            for rid in ids}
+    return {rid: text_of(eng.events, rid) for rid in ids}
 
 
 @pytest.fixture(scope="module")

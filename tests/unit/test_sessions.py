@@ -10,6 +10,7 @@ from novamlx_worker.engine.sessions import Sessions
 from novamlx_worker.memory import MemoryEnforcer
 from novamlx_worker.models.pool import ModelPool
 from protocol import messages as m
+from tests.fixtures.events import tokens_of
 
 
 def engine(path, folder=None, capacity=64, ttl=1800.0):
@@ -28,9 +29,7 @@ def turn(eng, prompt, session=None, n=12):
         eng.step()
     fin = next(e for e in eng.events if getattr(e, "id", None) == rid and isinstance(e, (m.Finished, m.Error)))
     assert isinstance(fin, m.Finished), fin
-    texts = [lp.token for e in eng.events if isinstance(e, m.Step) for d in e.deltas if d.id == rid
-             for lp in d.logprobs or []]
-    return texts, fin.usage.cached_tokens
+    return tokens_of(eng.events, rid), fin.usage.cached_tokens
 
 
 def conversation(eng, session):
@@ -144,8 +143,7 @@ def test_other_cache_kinds_save_restore_and_continue(tmp_path, kind):
         while not any(isinstance(e, m.Finished) and e.id == rid for e in eng.events):
             eng.step()
         fin = next(e for e in eng.events if isinstance(e, m.Finished) and e.id == rid)
-        return [lp.token for e in eng.events if isinstance(e, m.Step) for d in e.deltas if d.id == rid
-                for lp in d.logprobs or []], fin.usage.cached_tokens
+        return tokens_of(eng.events, rid), fin.usage.cached_tokens
 
     eng = make()
     say(eng, list(range(900, 960)))

@@ -11,6 +11,7 @@ from novamlx_worker.engine.engine import Engine
 from novamlx_worker.memory import MemoryEnforcer
 from novamlx_worker.models.pool import ModelPool
 from protocol import messages as m
+from tests.fixtures.events import text_of
 from tests.fixtures.tiny_vlms import build_tiny_gemma3, build_tiny_qwen2_vl
 
 N = 20
@@ -51,8 +52,7 @@ def ask(eng, rid: str, i: int, images, temperature: float = 0.0, seed: int | Non
 def drain(eng, ids: set[str]) -> dict[str, str]:
     while not ids <= {e.id for e in eng.events if isinstance(e, m.Finished)}:
         eng.step()
-    return {rid: "".join(d.text for e in eng.events if isinstance(e, m.Step) for d in e.deltas if d.id == rid)
-            for rid in ids}
+    return {rid: text_of(eng.events, rid) for rid in ids}
 
 
 def forwards(eng) -> int:
