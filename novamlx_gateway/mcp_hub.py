@@ -188,8 +188,7 @@ class Connection:
 
     async def _relist(self) -> None:
         async with asyncio.timeout(self.cfg.timeout):
-            result = await self.client.list_tools(cache_mode="refresh") if _has_cache_mode(self.client) \
-                else await self.client.list_tools()
+            result = await self.client.list_tools(cache_mode="refresh")  # (the SDK's cache would hide a change)
         self.tools = list(result.tools)
 
     async def call(self, tool: str, arguments: dict):
@@ -208,12 +207,6 @@ class Connection:
             self.changed.set()  # (a vanished tool shows at the next listing)
             raise APIError(502, f"MCP server `{self.cfg.name}` failed on `{tool}`: {_describe(e)}", "mcp_call_failed") \
                 from None
-
-
-def _has_cache_mode(client) -> bool:
-    import inspect
-
-    return "cache_mode" in inspect.signature(client.list_tools).parameters
 
 
 def _describe(e: BaseException) -> str:
