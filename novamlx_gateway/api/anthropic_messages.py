@@ -82,6 +82,7 @@ class MessagesRequest(msgspec.Struct, kw_only=True):
     thinking: ThinkingIn | None = None
     priority: str | int | None = None
     speculative: bool | None = None  # false: no speculative drafts for this request
+    ignore_eos: bool = False  # extension (as on chat completions): run to max_tokens (benchmarks)
     session_id: str | None = None  # keep this conversation's KV state across turns (or the x-session-id header)
     mcp: bool | list[str] | None = None  # offer the MCP servers' tools and run the calls (api/mcp_loop.py)
     mcp_max_rounds: int | None = None
@@ -260,7 +261,8 @@ async def messages(request: Request):
                         temperature=req.temperature, top_p=req.top_p,
                         top_k=req.top_k if req.top_k is None else max(req.top_k, 0), max_tokens=req.max_tokens,
                         stop=list(req.stop_sequences or []), priority=priority_of(request, req.priority),
-                        speculative=req.speculative, session=req.session_id, **_thinking(req.thinking))
+                        speculative=req.speculative, ignore_eos=req.ignore_eos, session=req.session_id,
+                        **_thinking(req.thinking))
     rid = f"msg_{uuid.uuid4().hex[:24]}"
     info, gen = await start_generation(request, args, MESSAGES)
     next_round = (lambda: start_generation(request, args, MESSAGES)) if loop is not None else None

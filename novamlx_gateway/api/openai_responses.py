@@ -57,6 +57,7 @@ class ResponsesRequest(msgspec.Struct, kw_only=True):
     include: list[str] | None = None
     priority: str | int | None = None
     speculative: bool | None = None  # false: no speculative drafts for this request
+    ignore_eos: bool = False  # extension (as on chat completions): run to max_output_tokens (benchmarks)
     session_id: str | None = None  # keep this conversation's KV state across turns (or the x-session-id header)
     mcp: bool | list[str] | None = None  # offer the gateway's MCP servers' tools and run the calls (api/mcp_loop.py)
     mcp_max_rounds: int | None = None
@@ -283,7 +284,7 @@ async def create_response(request: Request):
                         response_format=response_format_of((req.text or {}).get("format"), "text.format"),
                         reasoning_effort=req.reasoning.effort if req.reasoning else None,
                         priority=priority_of(request, req.priority), speculative=req.speculative,
-                        session=req.session_id)
+                        ignore_eos=req.ignore_eos, session=req.session_id)
     info, gen = await start_generation(request, args, RESPONSES)
     rid = _new_id("resp")
     created = int(time.time())

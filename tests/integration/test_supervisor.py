@@ -224,8 +224,12 @@ def test_abandoned_requests_are_aborted(tiny_long, tmp_path):
                   "/v1/responses": {"input": "go", "max_output_tokens": 3500, "ignore_eos": True}}
         for route, body in bodies.items():
             aborted = s.stats()["engine"]["total_aborted"]
-            with pytest.raises(httpx.ReadTimeout):
-                httpx.post(s.base_url + route, json={"model": "tiny-long", **body}, headers=s.headers, timeout=1.5)
+            try:
+                r = httpx.post(s.base_url + route, json={"model": "tiny-long", **body}, headers=s.headers, timeout=1.5)
+            except httpx.ReadTimeout:
+                pass
+            else:
+                pytest.fail(f"{route} answered before the client gave up: {r.status_code} {r.text[:400]}")
             _wait_idle(s, timeout=5)
             assert s.stats()["engine"]["total_aborted"] == aborted + 1, route
         docs = [f"document {i} on the lighthouse keepers of the northern coast" for i in range(10000)]
