@@ -14,6 +14,18 @@ _ensure_gfortran() {
   fi
 }
 
+_ensure_chromium() {
+  # The browser tests (tests/integration/test_web_ui.py) drive Debian's chromium; they skip,
+  # saying why, where it cannot be installed.
+  [ "$(uname -s)" = Linux ] || return 0
+  command -v chromium >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing chromium for the browser tests" >&2
+    apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } \
+      || echo "note: chromium not installed; the browser tests will skip" >&2
+  fi
+}
+
 bootstrap() {
   local extras="${1:-}"
   local spec="$ROOT"
@@ -37,4 +49,5 @@ bootstrap() {
     echo "$want" > "$stamp"
   fi
   _ensure_gfortran
+  case ",$extras," in *,dev,*) _ensure_chromium ;; esac
 }

@@ -34,6 +34,7 @@ from .middleware import LOCAL_ORIGINS, APIKeyAuth, BodyLimit, CancelOnDisconnect
 from .stores.responses import ResponseStore
 from .stores.settings import SettingsStore
 from .stores.usage import UsageStats
+from .web import page_routes
 from .worker_client import WorkerClient
 
 
@@ -81,6 +82,7 @@ def create_app(cfg: Config, worker: WorkerClient | None = None) -> Starlette:
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/v1/mcp/tools", mcp_tools, methods=["GET"]),
         Route("/v1/mcp/execute", mcp_execute, methods=["POST"]),
+        *page_routes("/chat", "chat.html"),
     ]
     metrics = Metrics()
     middleware = [

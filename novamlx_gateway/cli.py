@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
                         format="%(asctime)s gateway %(levelname)s %(name)s: %(message)s")
     cfg.data_path.mkdir(parents=True, exist_ok=True)
     app = create_app(cfg)
-    admin = create_admin_app(cfg, app.state.worker, app.state.catalog, app.state.usage, app.state.mcp)
+    admin = create_admin_app(cfg, app)
 
     async def run() -> None:
         stop = asyncio.Event()

@@ -45,10 +45,11 @@ class RequestID:
 class APIKeyAuth:
     """Bearer keys (or x-api-key, as Anthropic clients send) compared in constant time.
 
-    No keys configured: auth is off. Paths in `public` (health, static UI) stay open.
+    No keys configured: auth is off. Paths in `public` stay open (an entry ending in "/" opens
+    everything under it): health, and the chat page with its assets (the page asks for the key).
     """
 
-    def __init__(self, app, keys: list[str], public: tuple[str, ...] = ("/health",)):
+    def __init__(self, app, keys: list[str], public: tuple[str, ...] = ("/health", "/chat", "/chat/")):
         self.app = app
         self.keys = [k.encode() for k in keys if k]
         self.public = public
@@ -62,7 +63,7 @@ class APIKeyAuth:
         return ok
 
     async def __call__(self, scope: Scope, receive, send):
-        if scope["type"] != "http" or not self.keys or scope["method"] == "OPTIONS" or scope["path"] in self.public:
+        if scope["type"] != "http" or not self.keys or scope["method"] == "OPTIONS" or is_public(scope["path"], self.public):
             return await self.app(scope, receive, send)
         if not self._authorized(dict(scope["headers"])):
             headers = dict(scope["headers"])
@@ -71,6 +72,10 @@ class APIKeyAuth:
             return await _send_error(send, APIError(401, msg, "invalid_api_key"),
                                      [(b"www-authenticate", b'Bearer realm="novamlx"')], scope["path"])
         await self.app(scope, receive, send)
+
+
+def is_public(path: str, public: tuple[str, ...]) -> bool:
+    return any(path == p or (p.endswith("/") and path.startswith(p)) for p in public)
 
 
 class BodyLimit:

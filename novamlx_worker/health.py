@@ -29,7 +29,7 @@ def snapshot(engine, last: dict | None = None) -> m.Health:
         running=len(engine.seqs) - queued, queued=queued, tokens_per_s=round(rate, 2),
         memory={**engine.memory.state(), "pressure": engine.pressure.state()}, kv_reserved_bytes=engine.scheduler.kv_reserved, **engine.stats(),
         engine_heartbeat_age_s=round(now - engine.heartbeat, 3), time=time.time(),
-        steps=engine.steps, tokens_total=tokens, peak_batch=engine.peak_batch,
+        steps=engine.steps, tokens_total=tokens, peak_batch=engine.peak_batch, device=str(mx.default_device()),
         ranks=[{"rank": i, "rss_bytes": b} for i, b in enumerate(engine.lockstep.rank_memory)] if engine.lockstep else [])
 
 

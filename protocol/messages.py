@@ -333,6 +333,7 @@ class Health(msgspec.Struct, tag="health", omit_defaults=True):
     tokens_total: int = 0
     peak_batch: int = 0  # most sequences decoded in one forward
     ranks: list[dict] = []  # a sharded model: [{"rank", "rss_bytes"}] for every rank
+    device: str = ""  # MLX's default device, e.g. "Device(gpu, 0)"
 
 
 Event = Hello | Started | Step | Finished | Error | Result | Embeddings | Scores | Models | Pong | Health

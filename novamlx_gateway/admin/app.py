@@ -16,13 +16,17 @@ from protocol import messages as m
 from ..config import Config, on_off
 from ..errors import HANDLERS, APIError
 from ..hub import download as dl
-from ..middleware import RequestID, _send_error
+from ..middleware import RequestID, _send_error, is_public
+from ..web import page_routes
 from .common import json_body, worker_settings
 from .agents import agent_config, agent_list
 from .jobs import Job, bench_start, job_cancel, job_status, ppl_start
 from .mcp import mcp_server, mcp_servers, mcp_tools
 from .sessions import session_action, sessions
+from .status import status
 from .turboquant import turboquant
+
+DASHBOARD = ("/admin/dashboard", "/admin/dashboard/")  # the page and its assets: it asks for the key itself
 
 
 class AdminAuth:
@@ -33,7 +37,7 @@ class AdminAuth:
         self.keys = [k.encode() for k in keys]
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
+        if scope["type"] != "http" or is_public(scope["path"], DASHBOARD):
             return await self.app(scope, receive, send)
         h = dict(scope["headers"])
         auth = h.get(b"authorization", b"")
@@ -182,11 +186,14 @@ async def download_task(request: Request):
     return JSONResponse(catalog.task(request.path_params["task"]).to_dict())
 
 
-def create_admin_app(cfg: Config, worker, catalog, usage=None, mcp=None) -> Starlette | None:
+def create_admin_app(cfg: Config, main: Starlette) -> Starlette | None:
+    """The admin API over the inference app `main`'s worker, catalogue, stats and MCP servers."""
     keys = admin_keys(cfg)
     if not keys:
         return None
-    app = Starlette(routes=[Route("/admin/api/memory", memory, methods=["GET", "PUT"]),
+    app = Starlette(routes=[*page_routes("/admin/dashboard", "dashboard.html"),
+                            Route("/admin/api/status", status, methods=["GET"]),
+                            Route("/admin/api/memory", memory, methods=["GET", "PUT"]),
                             Route("/admin/api/turboquant", turboquant, methods=["GET", "PUT"]),
                             Route("/admin/api/stats", usage_stats, methods=["GET"]),
                             Route("/admin/api/stats/clear", clear_stats, methods=["POST"]),
@@ -218,10 +225,9 @@ def create_admin_app(cfg: Config, worker, catalog, usage=None, mcp=None) -> Star
                             Route("/admin/models/{id:path}", delete_model, methods=["DELETE"])],
                     middleware=[Middleware(RequestID), Middleware(AdminAuth, keys=keys)],
                     exception_handlers=HANDLERS)
-    app.state.worker = worker
+    app.state.main = main.state
+    app.state.worker, app.state.catalog = main.state.worker, main.state.catalog
+    app.state.usage, app.state.mcp = main.state.usage, main.state.mcp
     app.state.config = cfg
-    app.state.catalog = catalog
-    app.state.usage = usage
-    app.state.mcp = mcp
     app.state.bench, app.state.ppl = Job("benchmark"), Job("perplexity")
     return app

@@ -335,7 +335,9 @@ def test_big_rerank_does_not_stall_streams_or_trip_the_watchdog(tiny_long, tmp_p
         assert r.status_code == 200 and len(r.json()["results"]) == 3
         during = [a for a in arrivals if t0 <= a <= t1]
         gaps = [b - a for a, b in zip(during, during[1:])]
-        assert len(during) > 10 and max(gaps) < 1.5, (t1 - t0, len(during), max(gaps, default=None))
+        # Interleaved, the longest gap is a rerank batch plus whatever else the machine does (under
+        # a loaded 2-core box, up to ~2.5 s); not interleaved, it is the whole rerank (10 s and more).
+        assert len(during) > 10 and max(gaps) < min(3.0, (t1 - t0) / 3), (t1 - t0, len(during), max(gaps, default=None))
         assert s.health()["worker"]["restarts"] == 0
         t.join(120)
     finally:
