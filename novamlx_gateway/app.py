@@ -34,6 +34,7 @@ from .middleware import LOCAL_ORIGINS, APIKeyAuth, BodyLimit, CancelOnDisconnect
 from .stores.responses import ResponseStore
 from .stores.settings import SettingsStore
 from .stores.usage import UsageStats
+from .updates import UpdateCheck
 from .web import page_routes
 from .worker_client import WorkerClient
 
@@ -54,10 +55,12 @@ def create_app(cfg: Config, worker: WorkerClient | None = None) -> Starlette:
         await worker.start()
         await app.state.mcp.start()
         saver = asyncio.get_running_loop().create_task(_save_usage(app.state.usage))
+        checker = asyncio.get_running_loop().create_task(app.state.updates.run())
         try:
             yield
         finally:
             saver.cancel()
+            checker.cancel()
             await app.state.mcp.stop()
             await worker.stop()
             app.state.usage.save()
@@ -109,6 +112,7 @@ def create_app(cfg: Config, worker: WorkerClient | None = None) -> Starlette:
     metrics.watch(app)
     app.state.usage = UsageStats(cfg.data_path / "usage_stats.json")
     app.state.mcp = McpHub(cfg.mcp_servers, cfg.data_path)
+    app.state.updates = UpdateCheck(cfg.update_url, cfg.data_path / "update_check.json", cfg.update_check)
     worker.observers.append(lambda cmd, ev: _observe(app, cmd, ev))
     return app
 

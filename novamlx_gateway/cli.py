@@ -41,6 +41,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(models_main(argv[1:]))
     if argv and argv[0] == "agents":
         raise SystemExit(agents_main(argv[1:]))
+    if argv and argv[0] == "tray":
+        from .tray.app import tray_main
+
+        raise SystemExit(tray_main(argv[1:]))
     if argv and argv[0] == "service":
         from .service import service_main
 
@@ -141,7 +145,7 @@ def novamlx_main(argv: list[str] | None = None) -> None:
         from novamlx_worker.models.export import main as convert_main
 
         return convert_main(argv[1:])
-    if argv and argv[0] in ("models", "agents", "service", "launchd-plist", "systemd-unit"):
+    if argv and argv[0] in ("models", "agents", "service", "tray", "launchd-plist", "systemd-unit"):
         return main(argv)
     print(NOVAMLX_USAGE, file=sys.stderr if argv and argv[0] not in ("-h", "--help", "help") else sys.stdout)
     raise SystemExit(0 if argv and argv[0] in ("-h", "--help", "help") else 2)
@@ -157,6 +161,7 @@ commands:
   bench load|agent|prefix|compare|embed|mask|shardcheck|probe|kv
                                    benchmarks against a running server and its peers (docs/benchmarks.md)
   service install|uninstall|status|logs   run the server at login (launchd LaunchAgent / systemd user unit)
+  tray [--url URL] [--lang L]      menu bar / system tray icon for the running server
   launchd-plist [flags]            print a launchd plist that runs the server with these flags
   systemd-unit [flags]             print a systemd unit that runs the server with these flags
 

@@ -7,6 +7,8 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from . import __version__
+
 
 @dataclass
 class Config:
@@ -61,6 +63,10 @@ class Config:
     # Host headers accepted besides the bound address and localhost ("*": any; DNS-rebinding guard).
     allowed_hosts: list[str] = field(default_factory=list)
     hf_endpoint: str = ""  # hub URL for search/download ('' : HF_ENDPOINT or huggingface.co)
+    # Ask the project's releases API (at most daily) whether a newer release is out. Off by default:
+    # a local server makes no call the user did not ask for (`service install` turns it on).
+    update_check: bool = False
+    update_url: str = "https://api.github.com/repos/novamlx/novamlx/releases/latest"
     distributed_backend: str = ""  # shard the models over ranks started by mlx.launch: ring, mpi, nccl, jaccl
     distributed_hostfile: str = ""  # mlx.launch hosts file; '' : distributed_ranks local processes
     distributed_ranks: int = 2
@@ -105,6 +111,7 @@ def _coerce(name: str, value, current):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="novamlx-gateway", description="NovaMLX: OpenAI- and Anthropic-compatible MLX server")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--config", help="TOML settings file")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
@@ -152,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--discover-hf-cache", type=on_off,
                    help="on/off: serve MLX models found in the Hugging Face cache (default on)")
     p.add_argument("--hf-endpoint", help="Hugging Face hub URL for search and downloads")
+    p.add_argument("--update-check", type=on_off, help="on/off: look for a newer release once a day (default off)")
+    p.add_argument("--update-url", help="releases API answering {tag_name, html_url} for the latest release")
     p.add_argument("--distributed-backend", help="shard models across ranks: ring, mpi, nccl, jaccl ('' off)")
     p.add_argument("--distributed-hostfile", help="mlx.launch hosts file (default: local ranks)")
     p.add_argument("--distributed-ranks", type=int, help="local ranks when there is no hosts file (default 2)")

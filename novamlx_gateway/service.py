@@ -116,6 +116,8 @@ def service_main(argv: list[str]) -> int:
     action, rest = argv[0], argv[1:]
     purge = "--purge" in rest
     rest = [a for a in rest if a != "--purge"]
+    if action == "install" and not any(a.startswith("--update-check") for a in rest):
+        rest += ["--update-check", "on"]  # an installed service looks for new releases (daily; off: --update-check off)
     cfg = load_config(rest)
     path = service_file()
     if action == "install":

@@ -1,7 +1,6 @@
 """GET /admin/api/status: the health snapshot and this machine, for the dashboard's cards."""
 from __future__ import annotations
 
-import importlib.metadata
 import platform
 import subprocess
 from functools import lru_cache
@@ -10,6 +9,7 @@ import psutil
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from .. import __version__
 from ..api.health import snapshot
 
 
@@ -33,14 +33,10 @@ def _chip() -> str:
 
 def device_info() -> dict:
     vm = psutil.virtual_memory()
-    try:
-        version = importlib.metadata.version("novamlx")
-    except importlib.metadata.PackageNotFoundError:
-        version = "dev"
     return {"chip": _chip(), "os": platform.platform(terse=True), "machine": platform.machine(),
             "cpu_cores": psutil.cpu_count(logical=False), "cpu_threads": psutil.cpu_count(),
             "memory_bytes": vm.total, "memory_available_bytes": vm.available, "python": platform.python_version(),
-            "version": version}
+            "version": __version__}
 
 
 async def status(request: Request):

@@ -22,6 +22,7 @@ async def snapshot(state) -> dict:
         "uptime_s": round(time.time() - state.started_at, 1),
         "health": await worker.stats(),
         "health_log": str(worker.health_log),
+        "update": state.updates.state(),
     }
 
 

@@ -25,7 +25,7 @@ def test_install_status_uninstall_round_trip(tmp_path):
     unit = tmp_path / ".config" / "systemd" / "user" / "novamlx-gateway.service"
     assert f"wrote {unit}" in out and ("started" in out or "not started" in out)  # no user systemd in a container
     text = unit.read_text()
-    assert "--port 7555" in text and "Restart=on-failure" in text and "WantedBy=default.target" in text
+    assert "--port 7555" in text and "--update-check on" in text and "Restart=on-failure" in text and "WantedBy=default.target" in text
     if shutil.which("systemd-analyze"):  # (system mode: a container has no user manager to ask)
         check = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
         assert check.returncode == 0 and not check.stderr.strip(), check.stderr

@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import API_KEY, ROOT, SCRIPTS, Server
 from tests.fixtures.fake_hub import FakeHub
+from tests.fixtures.fake_releases import FakeReleases
 from tests.fixtures.tiny_vlms import build_tiny_qwen2_vl
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed (dev extra)")
@@ -41,11 +42,13 @@ def hub(tiny_model):
 @pytest.fixture(scope="module")
 def ui(tiny_long, hub, tmp_path_factory):
     vlm = build_tiny_qwen2_vl(tmp_path_factory.mktemp("web-vlm") / "tiny-qwen2-vl")
+    releases = FakeReleases("v9.0.0")
     s = Server(["--model", str(tiny_long), "--model", str(vlm), "--embedding-model", "none", "--admin-key", ADMIN_KEY,
-                "--health-interval", "0.5"], tmp_path_factory.mktemp("web-data"),
-               env={"NOVAMLX_TEST_SCRIPTS": str(SCRIPTS), "HF_ENDPOINT": hub.url}).wait_ready()
-    yield s
+                "--health-interval", "0.5", "--update-check", "on", "--update-url", releases.url],
+               tmp_path_factory.mktemp("web-data"), env={"NOVAMLX_TEST_SCRIPTS": str(SCRIPTS), "HF_ENDPOINT": hub.url})
+    yield s.wait_ready()
     s.stop()
+    releases.close()
 
 
 @pytest.fixture(scope="module")
@@ -222,6 +225,7 @@ def test_dashboard_key_models_settings(ui, page):
     pg.wait_for_selector("#models tr[data-model='tiny-long']")
     assert "Healthy" in pg.inner_text("#cards") and "MB" in pg.inner_text("#cards")
     assert pg.locator("#device td").count() >= 6
+    assert pg.inner_text("#update") == "Update available: 9.0.0"  # the fake releases server's newer tag
     assert all(u.find(ADMIN_KEY) < 0 for u in page.requests)  # the key travels in a header, never a URL
     # settings editor: invalid values get the API's own error, valid ones are saved
     pg.click("#models tr[data-model='tiny-long'] button.settings")

@@ -7,6 +7,8 @@ import re
 
 from novamlx_gateway.web import LANGUAGES, STATIC
 
+TRAY = STATIC.parent.parent / "tray"
+
 CATALOGUES = {lang: json.loads((STATIC / "i18n" / f"{lang}.json").read_text(encoding="utf-8")) for lang in LANGUAGES}
 # Keys the scripts build at run time from a server value (health status, download state, stats scope).
 DYNAMIC = {"dash.status.": ("ok", "starting", "degraded"), "dash.dl.": ("queued", "downloading", "completed", "failed",
@@ -17,7 +19,7 @@ def used_keys() -> set[str]:
     keys = set()
     for f in STATIC.glob("*.html"):
         keys |= set(re.findall(r'data-i18n(?:-placeholder|-title|-aria)?="([^"]+)"', f.read_text()))
-    for f in STATIC.glob("*.js"):
+    for f in [*STATIC.glob("*.js"), *TRAY.glob("*.py")]:  # the tray's strings are in the same catalogues
         keys |= set(re.findall(r'\bt\("([^"]+)"', f.read_text()))
     return keys | {prefix + v for prefix, values in DYNAMIC.items() for v in values}
 

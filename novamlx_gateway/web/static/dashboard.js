@@ -67,10 +67,16 @@ function renderStatus(s) {
     card(t("dash.memory"), formatBytes(live.rss_bytes), t("dash.limit", {n: formatBytes(live.memory?.limit_bytes)})),
     card(t("dash.mlxMemory"), formatBytes(live.mlx_active_bytes), t("dash.peak", {n: formatBytes(live.mlx_peak_bytes)})),
     card(t("dash.throughput"), `${(live.tokens_per_s ?? 0).toFixed(1)} tok/s`, t("dash.pressure", {level: live.memory?.pressure?.level ?? "–"})));
+  const up = hl.update || {};
+  $("update").classList.toggle("hidden", !up.available);
+  if (up.available) {
+    $("update").textContent = t("dash.updateAvailable", {latest: up.latest});
+    if (/^https?:\/\//.test(up.url || "")) $("update").href = up.url; else $("update").removeAttribute("href");
+  }
   const d = s.device;
   kv($("device"), [[t("dash.chip"), d.chip], [t("dash.os"), d.os], [t("dash.arch"), d.machine],
     [t("dash.cores"), `${d.cpu_cores ?? "–"} / ${d.cpu_threads ?? "–"}`], [t("dash.ram"), formatBytes(d.memory_bytes)],
-    [t("dash.available"), formatBytes(d.memory_available_bytes)], ["MLX", live.device || "–"], ["NovaMLX", d.version]]);
+    [t("dash.available"), formatBytes(d.memory_available_bytes)], ["MLX", live.device || "–"], ["NovaMLX", up.enabled && !up.available && up.latest ? `${d.version} (${t("dash.upToDate")})` : d.version]]);
 }
 
 function duration(s) {
