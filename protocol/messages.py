@@ -121,6 +121,7 @@ class Embed(msgspec.Struct, tag="embed", omit_defaults=True):
     texts: list[str] | None = None
     tokens: list[list[int]] | None = None
     truncate: bool = False  # cut inputs longer than the model's window instead of refusing them
+    input_type: str | None = None  # the model's prompt to put before each text (query, document, ...)
 
 
 class Rerank(msgspec.Struct, tag="rerank", omit_defaults=True):

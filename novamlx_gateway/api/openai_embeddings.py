@@ -26,6 +26,7 @@ class EmbeddingsRequest(msgspec.Struct, kw_only=True):
     dimensions: int | None = None
     user: str | None = None
     truncate: bool = False
+    input_type: str | None = None  # extension (as Cohere's and Voyage's): the model's prompt name, e.g. query
 
 
 def _inputs(value, max_prompt_mb: float) -> dict:
@@ -60,6 +61,7 @@ async def embeddings(request: Request):
         raise APIError(400, f"Invalid 'encoding_format': {req.encoding_format!r}; use 'float' or 'base64'.",
                        "invalid_value", "encoding_format")
     result = await worker.call(m.Embed(f"emb_{uuid.uuid4().hex[:16]}", info.id, truncate=req.truncate,
+                                       input_type=req.input_type,
                                        **_inputs(req.input, request.app.state.config.max_prompt_mb)), timeout=request.app.state.config.request_timeout)
     vectors = result.vectors
     if req.dimensions is not None:

@@ -35,7 +35,7 @@ class Jobs:
 
     def embed(self, emb, cmd) -> None:
         if isinstance(cmd, m.Embed):
-            self.add(cmd.id, emb.embed_steps(cmd.texts, cmd.tokens, cmd.truncate),
+            self.add(cmd.id, emb.embed_steps(cmd.texts, cmd.tokens, cmd.truncate, cmd.input_type),
                      lambda done: m.Embeddings(cmd.id, done[0].tolist(), done[1]))
         else:
             self.add(cmd.id, emb.rerank_steps(cmd.query, cmd.documents), lambda done: m.Scores(cmd.id, *done))

@@ -1,9 +1,13 @@
-"""Embedding and reranking models (BERT family and what else mlx-embeddings loads).
+"""Embedding and reranking models: the encoder families mlx-embeddings implements.
 
-Inputs are tokenized, sorted by length and run in pad-and-stack batches with attention
-masks; outputs are mean-pooled and L2-normalised by the model. A folder whose config names
-a `...ForSequenceClassification` architecture is a cross-encoder: it scores (query,
-document) pairs with its classification head; any other model reranks by cosine similarity.
+Inputs are tokenized (after the prompt the folder names for the input type), sorted by length
+and run in pad-and-stack batches with attention masks. BERT, XLM-RoBERTa (BGE-M3) and ModernBERT
+give token states that are pooled here as the folder's sentence-transformers config says (CLS,
+mean, max or last token), then L2-normalised; other families mlx-embeddings loads pool inside
+the model. A family nothing here implements is still listed, and refuses requests with a 400
+that names it. A folder whose config names a `...ForSequenceClassification` architecture is a
+cross-encoder: it scores (query, document) pairs with its classification head; any other model
+reranks by cosine similarity.
 """
 from __future__ import annotations
 
@@ -17,7 +21,10 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from .embed_recipe import Recipe, pool, read_recipe
+
 BATCH = 64
+TOKEN_STATE_FAMILIES = ("bert", "xlm_roberta", "modernbert")  # pooled here, by the folder's recipe
 
 
 class EmbedError(Exception):
@@ -39,6 +46,9 @@ class Embedder:
     aliases: list[str] = field(default_factory=list)
     vocab_size: int = 0  # token ids are checked against it: an id past the table reads out of bounds
     created: int = field(default_factory=lambda: int(time.time()))
+    family: str = "bert"
+    recipe: Recipe = field(default_factory=Recipe)
+    refusal: str = ""  # a family nothing here implements: every request gets this message
 
     @property
     def kind(self) -> str:
@@ -65,7 +75,8 @@ class Embedder:
             out.append(list(ids))
         return out
 
-    def _forward(self, batch: list[list[int]], token_types: list[list[int]] | None = None):
+    @staticmethod
+    def _stack(batch: list[list[int]], token_types: list[list[int]] | None = None):
         n = max(len(x) for x in batch)
         ids = np.zeros((len(batch), n), dtype=np.int32)
         mask = np.zeros((len(batch), n), dtype=np.int32)
@@ -75,13 +86,44 @@ class Embedder:
             mask[i, : len(x)] = 1
             if token_types is not None:
                 types[i, : len(x)] = token_types[i]
-        return self.model(mx.array(ids), token_type_ids=mx.array(types), attention_mask=mx.array(mask))
+        return mx.array(ids), mx.array(mask), mx.array(types)
+
+    def _forward(self, batch: list[list[int]], token_types: list[list[int]] | None = None):
+        ids, mask, types = self._stack(batch, token_types)
+        return self.model(ids, token_type_ids=types, attention_mask=mask)
+
+    def _vectors(self, batch: list[list[int]]) -> mx.array:
+        """[B, dims] unit vectors for a batch of token ids."""
+        if self.family not in TOKEN_STATE_FAMILIES:
+            return self._forward(batch).text_embeds.astype(mx.float32)
+        ids, mask, types = self._stack(batch)
+        if self.family == "modernbert":  # the inner encoder: the wrapper pools by its own classifier setting
+            out = self.model.model(ids, attention_mask=mask)
+            hidden = out["last_hidden_state"] if isinstance(out, dict) else out[0]
+        else:
+            hidden = self.model(ids, token_type_ids=types, attention_mask=mask).last_hidden_state
+        return pool(hidden, mask, self.recipe.pooling)
+
+    def _prompt(self, input_type: str | None) -> str:
+        try:
+            return self.recipe.prompt(input_type)
+        except KeyError:
+            names = ", ".join(sorted(self.recipe.prompts)) or "none"
+            raise EmbedError(f"Model `{self.id}` has no prompt named {input_type!r} (its prompts: {names}).",
+                             "input_type") from None
 
     # The work comes as generators that yield after each batch: the engine thread runs one
     # piece between two decode steps, so a 20,000-document rerank never stalls the streams
     # (or the watchdog), and an abandoned request stops at the next piece.
-    def embed_steps(self, texts: list[str] | None, tokens: list[list[int]] | None, truncate: bool = False):
-        """Yields between batches; returns (vectors [n, dims] float32, tokens used)."""
+    def embed_steps(self, texts: list[str] | None, tokens: list[list[int]] | None, truncate: bool = False,
+                    input_type: str | None = None, prompt: str | None = None):
+        """Yields between batches; returns (vectors [n, dims] float32, tokens used). Texts get the
+        prompt of `input_type` (or `prompt` itself); token ids are taken as they are."""
+        if self.refusal:
+            raise EmbedError(self.refusal, "model")
+        if texts is not None:
+            prefix = self._prompt(input_type) if prompt is None else prompt
+            texts = [prefix + t for t in texts] if prefix else texts
         inputs = texts if tokens is None else tokens
         ids: list[list[int]] = []
         for start in range(0, len(inputs), BATCH):
@@ -92,16 +134,19 @@ class Embedder:
         out = np.zeros((len(ids), self.dims), dtype=np.float32)
         for start in range(0, len(order), BATCH):
             chunk = order[start: start + BATCH]
-            vecs = self._forward([ids[i] for i in chunk]).text_embeds.astype(mx.float32)
-            out[chunk] = np.array(vecs)
+            out[chunk] = np.array(self._vectors([ids[i] for i in chunk]))
             yield
         return out, sum(len(x) for x in ids)
 
     def rerank_steps(self, query: str, documents: list[str]):
         """Yields between batches; returns (one relevance score per document, tokens used, method)."""
-        if not self.cross_encoder:
-            vecs, used = yield from self.embed_steps([query, *documents], None, truncate=True)
-            return (vecs[1:] @ vecs[0]).tolist(), used, "bi-encoder"
+        if self.refusal:
+            raise EmbedError(self.refusal, "model")
+        if not self.cross_encoder:  # each side with its own prompt, when the model names them
+            q, q_used = yield from self.embed_steps([query], None, True, prompt=self.recipe.first_prompt("query"))
+            docs, used = yield from self.embed_steps(documents, None, True, prompt=self.recipe.first_prompt(
+                "document", "passage", "corpus"))
+            return (docs @ q[0]).tolist(), used + q_used, "bi-encoder"
         scores, used = [], 0
         for start in range(0, len(documents), BATCH):
             enc = [self.tokenizer(query, d, truncation="only_second", max_length=self.max_len)
@@ -141,8 +186,24 @@ def _cross_encoder(path: str, config: dict):
     return model, AutoTokenizer.from_pretrained(path), head
 
 
+def family_of(config: dict) -> str:
+    return str(config.get("model_type", "")).replace("-", "_").lower()
+
+
+def supported(family: str) -> bool:
+    return bool(family) and importlib.util.find_spec(f"mlx_embeddings.models.{family}") is not None
+
+
 def load_embedder(path: str, model_id: str | None = None, aliases: list[str] | None = None) -> Embedder:
     config = json.loads((Path(path) / "config.json").read_text())
+    name = model_id or Path(path).name
+    family = family_of(config)
+    if not supported(family):
+        return Embedder(name, str(path), None, None, 0, int(config.get("hidden_size") or config.get("n_embd") or 0),
+                        False, aliases=aliases or [], family=family, refusal=(
+                            f"Model `{name}` is a {family or 'unknown'!r} embedding model, a family this server "
+                            f"cannot run (it runs {', '.join(TOKEN_STATE_FAMILIES)} and the other families "
+                            "mlx-embeddings implements)."))
     cross = any(a.endswith("ForSequenceClassification") for a in config.get("architectures", []))
     classifier = None
     if cross:
@@ -153,6 +214,9 @@ def load_embedder(path: str, model_id: str | None = None, aliases: list[str] | N
         model, wrapper = load(path)
         hf = getattr(wrapper, "_tokenizer", wrapper)
     mx.eval(model.parameters())
-    name = model_id or Path(path).name
-    return Embedder(name, str(path), model, hf, int(config.get("max_position_embeddings", 512)),
-                    int(config["hidden_size"]), cross, classifier, aliases or [], vocab_size=int(config.get("vocab_size", 0)))
+    window = int(config.get("max_position_embeddings", 512))
+    if family == "xlm_roberta":  # positions start after the padding index: 514 positions hold 512 tokens
+        window -= int(config.get("pad_token_id", 1)) + 1
+    return Embedder(name, str(path), model, hf, window,
+                    int(config["hidden_size"]), cross, classifier, aliases or [], vocab_size=int(config.get("vocab_size", 0)),
+                    family=family, recipe=read_recipe(path))
