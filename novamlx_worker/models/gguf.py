@@ -38,8 +38,13 @@ _LAYER_NAMES = {
 # post-attention norm is named.
 _GEMMA3_NAMES = {**_LAYER_NAMES, "post_attention_norm": "post_attention_layernorm",
                  "ffn_norm": "pre_feedforward_layernorm", "post_ffw_norm": "post_feedforward_layernorm"}
-ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")  # mistral's GGUFs say "llama"
-_TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+# Phi-3 fuses Q/K/V into one projection and gate/up into another, as its HF checkpoint does.
+_PHI3_NAMES = {**_LAYER_NAMES, "attn_qkv": "self_attn.qkv_proj", "ffn_up": "mlp.gate_up_proj"}
+_NAMES = {"gemma2": _GEMMA3_NAMES, "gemma3": _GEMMA3_NAMES, "phi3": _PHI3_NAMES}
+ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3")  # mistral's GGUFs say "llama"
+GEMMA = ("gemma2", "gemma3")
+_TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head",
+              "rope_factors_long": "rope_factors_long", "rope_factors_short": "rope_factors_short"}  # phi3 longrope
 
 
 def _num(meta, key, default=None):
@@ -51,14 +56,14 @@ def hf_name(gguf_name: str, arch: str = "llama") -> str:
     parts = gguf_name.split(".")
     if parts[0] == "blk":
         layer, name, suffix = parts[1], parts[2], ".".join(parts[3:])
-        return f"model.layers.{layer}.{(_GEMMA3_NAMES if arch == 'gemma3' else _LAYER_NAMES)[name]}.{suffix}"
+        return f"model.layers.{layer}.{_NAMES.get(arch, _LAYER_NAMES)[name]}.{suffix}"
     return f"{_TOP_NAMES[parts[0]]}.{'.'.join(parts[1:])}"
 
 
 def _from_gguf_norms(weights: dict, arch: str) -> dict:
     """Gemma multiplies by (1 + weight); llama.cpp's converter stores weight + 1 (ggml multiplies
     by the weight itself): take the 1 back off for mlx-lm's Gemma."""
-    if arch != "gemma3":
+    if arch not in GEMMA:
         return weights
     return {k: (v.astype(mx.float32) - 1).astype(v.dtype) if k.endswith("norm.weight") else v
             for k, v in weights.items()}
@@ -84,11 +89,27 @@ def model_config(meta: dict, weights: dict) -> dict:
         "rope_theta": float(g("rope.freq_base", 10000.0)),
         "vocab_size": vocab,
         "max_position_embeddings": int(g("context_length", 4096)),
-        "tie_word_embeddings": "output.weight" not in weights,
+        "tie_word_embeddings": "lm_head.weight" not in weights,  # (llama.cpp: output.weight, renamed)
         # llama.cpp permutes Q/K for its interleaved rope; qwen GGUFs keep HF order.
         "rope_traditional": arch == "llama",
         "head_dim": int(g("attention.key_length", 0) or hidden // n_heads),
     }
+    if arch == "gemma2":
+        # mlx-lm's gemma2 attends over the whole context (no sliding window); the 46-layer 27B
+        # scales queries by hidden / heads, the others by the head dimension (as llama.cpp does).
+        config.update({"attn_logit_softcapping": float(g("attn_logit_softcapping", 50.0)),
+                       "final_logit_softcapping": float(g("final_logit_softcapping", 30.0)),
+                       "rms_norm_eps": float(g("attention.layer_norm_rms_epsilon", 1e-6)),
+                       "query_pre_attn_scalar": hidden // n_heads if config["num_hidden_layers"] == 46
+                       else config["head_dim"]})
+    if arch == "phi3":
+        config["partial_rotary_factor"] = int(g("rope.dimension_count", config["head_dim"])) / config["head_dim"]
+        if "rope_factors_long" in weights:  # the 128k variants: LongRoPE factors ship as tensors
+            config["rope_scaling"] = {"type": "longrope",
+                                      "long_factor": np.array(weights["rope_factors_long"]).tolist(),
+                                      "short_factor": np.array(weights.get("rope_factors_short",
+                                                                           weights["rope_factors_long"])).tolist()}
+            config["original_max_position_embeddings"] = int(g("rope.scaling.original_context_length", 4096))
     if arch == "gemma3":
         # llama.cpp's own rules for what a Gemma 3 GGUF does not carry: every sixth layer is
         # global, local layers rotate at base 10,000, and the attention scale is the head
@@ -134,7 +155,7 @@ def load_gguf(path: str, dequantize: bool = False, dtype=None, bits: int | None 
         meta = {name: field.contents() for name, field in reader.fields.items()}
         weights, quant = _read_blocks(reader, arch, dense=dequantize, bits=bits, dtype=dtype or mx.float32)
     config = model_config(meta, weights)
-    weights = _from_gguf_norms(weights, arch)
+    weights = _from_gguf_norms({k: v for k, v in weights.items() if not k.startswith("rope_factors_")}, arch)
     model_class, args_class = _get_classes(config)
     model = model_class(args_class.from_dict(config))
     if hasattr(model, "sanitize"):  # (gemma3_text: a missing lm_head means tied embeddings)

@@ -144,3 +144,58 @@ def test_gemma3_gguf_logits_match_mlx_lm(tmp_path, qtype):
     assert got_cfg["model_type"] == "gemma3_text" and got_cfg["sliding_window"] == 4
     ours = np.array(model(mx.array(PROMPT)[None])[0].astype(mx.float32))
     assert np.abs(ours - ref).max() / np.abs(ref).max() < 1e-4
+
+
+@pytest.mark.parametrize("qtype", ["F32", "Q4_K_M"])
+def test_gemma2_gguf_logits_match_mlx_lm(tmp_path, qtype):
+    """Gemma 2: four norms stored as weight + 1, attention and final logit soft-caps from the
+    metadata, no q/k norms, tied embeddings: the dense-loaded GGUF equals mlx-lm's gemma2."""
+    from mlx_lm.models import gemma2
+
+    from tests.fixtures.tiny_models import TINY_LLAMA_256
+
+    cfg = {**TINY_LLAMA_256, "attn_logit_softcapping": 20.0, "final_logit_softcapping": 5.0}
+    path, stored = build_tiny_gguf(tmp_path / "tiny-gemma2.gguf", qtype, cfg=cfg, arch="gemma2")
+    ref_cfg = {**cfg, "model_type": "gemma2", "query_pre_attn_scalar": 64}
+    ref_model = gemma2.Model(gemma2.ModelArgs.from_dict(ref_cfg))
+    ref_model.load_weights([(k, mx.array(v)) for k, v in stored.items()], strict=True)
+    ref = np.array(ref_model(mx.array(PROMPT)[None])[0].astype(mx.float32))
+    model, _, got = load_gguf(str(path), dequantize=True)
+    assert got["model_type"] == "gemma2" and got["attn_logit_softcapping"] == 20.0 and got["final_logit_softcapping"] == 5.0
+    ours = np.array(model(mx.array(PROMPT)[None])[0].astype(mx.float32))
+    assert np.abs(ours - ref).max() / np.abs(ref).max() < 1e-4
+    assert np.abs(ours).max() <= 5.0 + 1e-4  # the final soft-cap is applied
+
+
+@pytest.mark.parametrize("qtype", ["F32", "Q4_K_M"])
+@pytest.mark.parametrize("rotary", [1.0, 0.5])
+def test_phi3_gguf_logits_match_mlx_lm(tmp_path, qtype, rotary):
+    """Phi-3: fused qkv and gate/up tensors, HF rotary order, partial rotary dimension from
+    rope.dimension_count, an untied output: equals mlx-lm's phi3 on the file's values."""
+    from mlx_lm.models import phi3
+
+    from tests.fixtures.tiny_models import TINY_LLAMA_256
+
+    cfg = {**TINY_LLAMA_256, "partial_rotary_factor": rotary, "tie_word_embeddings": False}
+    path, stored = build_tiny_gguf(tmp_path / "tiny-phi3.gguf", qtype, cfg=cfg, arch="phi3", untied=True)
+    ref_model = phi3.Model(phi3.ModelArgs.from_dict({**cfg, "model_type": "phi3"}))
+    ref_model.load_weights([(k, mx.array(v)) for k, v in stored.items()], strict=True)
+    ref = np.array(ref_model(mx.array(PROMPT)[None])[0].astype(mx.float32))
+    model, _, got = load_gguf(str(path), dequantize=True)
+    assert got["model_type"] == "phi3" and got["partial_rotary_factor"] == rotary and not got["tie_word_embeddings"]
+    ours = np.array(model(mx.array(PROMPT)[None])[0].astype(mx.float32))
+    assert np.abs(ours - ref).max() / np.abs(ref).max() < 1e-4
+
+
+def test_an_untied_output_matrix_is_used(tmp_path):
+    """Llama 3's GGUFs carry output.weight apart from token_embd: the model must use it (an earlier
+    loader took every file as tied and dropped it)."""
+    path, stored = build_tiny_gguf(tmp_path / "tiny-untied.gguf", "F32", untied=True)
+    args = llama.ModelArgs.from_dict({**TINY_LLAMA, "rope_traditional": False, "tie_word_embeddings": False})
+    ref_model = llama.Model(args)
+    ref_model.load_weights([(k, mx.array(v)) for k, v in stored.items()], strict=True)
+    ref = np.array(ref_model(mx.array(PROMPT)[None])[0].astype(mx.float32))
+    model, _, cfg = load_gguf(str(path), dequantize=True)
+    assert cfg["tie_word_embeddings"] is False
+    ours = np.array(model(mx.array(PROMPT)[None])[0].astype(mx.float32))
+    assert np.abs(ours - ref).max() / np.abs(ref).max() < 1e-4
