@@ -455,7 +455,8 @@ class Batch:
             out.append(self.emit(s, r, [values[s]], lp, keep_input=keep_inputs))
         return out
 
-    def emit(self, s: int, r: Row, tokens: list[int], lp, keep_input: bool, grow: bool = False) -> TokenOut:
+    def emit(self, s: int, r: Row, tokens: list[int], lp, keep_input: bool, grow: bool = False,
+             lp_rows: mx.array | None = None) -> TokenOut:
         """A row's tokens this step, cut at its finish and counted. A finished row leaves its slot
         with its KV; a continuing one's last token becomes its known next input when asked.
         grow: the step fed the kept tokens' predecessors (drafts), so its KV grows by as many."""
@@ -478,4 +479,4 @@ class Batch:
             cache = self._extract(s, min(r.length, r.known))
         elif keep_input:
             self.fresh[s] = kept[-1]
-        return TokenOut(r.rid, kept, finish, cache, lp, s)
+        return TokenOut(r.rid, kept, finish, cache, lp, s, None if lp_rows is None else lp_rows[:len(kept)])

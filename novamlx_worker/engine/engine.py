@@ -218,14 +218,11 @@ class Engine:
             self.counters["runner_calls"] += 1
             by_rid = self.scheduler.by_rid
             want = [(o, by_rid[(model_id, o.rid)]) for o in outs if (model_id, o.rid) in by_rid]
-            logprob_rows = [(o, s) for o, s in want if s.sampling.logprobs]
-            scored = iter(token_logprobs([o.logprobs for o, _ in logprob_rows], [o.token for o, _ in logprob_rows],
-                                         [s.top_logprobs for _, s in logprob_rows]))
+            lps = self._logprobs(want)
             now = time.monotonic()
             for out, seq in want:
-                lp = next(scored) if seq.sampling.logprobs else None
                 try:
-                    delta, end = self._on_tokens(runner, seq, out, lp, now)
+                    delta, end = self._on_tokens(runner, seq, out, lps.get(id(out)), now)
                 except Exception as e:  # noqa: BLE001 - one sequence's text processing fails that sequence only
                     log.exception("request %s failed after a token", seq.id)
                     self._path_let_go(runner, seq, out)
@@ -247,11 +244,22 @@ class Engine:
             self._finish(seq, "error", error=e)
         self.fault.check(self.tokens_out)
 
-    def _on_tokens(self, runner, seq: Sequence, out, lp, now: float):
+    @staticmethod
+    def _logprobs(want: list) -> dict:
+        """For each output of a request that asks: per token, (logprob, top alternatives) or None
+        where its path gave no row; scored in one sync for the whole step."""
+        asked = [(o, i, row, seq.top_logprobs) for o, seq in want if seq.sampling.logprobs
+                 for i, row in enumerate(o.logprob_rows()) if row is not None]
+        scored = token_logprobs([a[2] for a in asked], [a[0].tokens[a[1]] for a in asked], [a[3] for a in asked])
+        out = {id(o): [None] * len(o.tokens) for o, seq in want if seq.sampling.logprobs}
+        for (o, i, _, _), lp in zip(asked, scored):
+            out[id(o)][i] = lp
+        return out
+
+    def _on_tokens(self, runner, seq: Sequence, out, lps: list | None, now: float):
         """One step's tokens of one sequence: (its delta or None, its end or None)."""
         self.fault.check_token(seq.id)
         seq.first_token_at = seq.first_token_at or now
-        lps = None if lp is None else [None] * (len(out.tokens) - 1) + [lp]  # rows come for the last token only
         step = seq.output.feed(out.tokens, out.finish_reason, lps)
         seq.out_tokens.extend(out.tokens[:step.used])
         self._path_let_go(runner, seq, out)

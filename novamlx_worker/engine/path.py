@@ -30,6 +30,7 @@ class TokenOut:
     cache: list | None  # per-layer KV of a row that just finished
     lp: mx.array | None = field(repr=False, default=None)  # its logprob row, or the step's rows (then `row`)
     row: int | None = None
+    lp_rows: mx.array | None = field(repr=False, default=None)  # [tokens, vocab]: a row for every token (drafts)
 
     @property
     def token(self) -> int:
@@ -39,6 +40,13 @@ class TokenOut:
     def logprobs(self) -> mx.array:
         """The last token's full normalized row, read only when a request asks."""
         return self.lp if self.row is None else self.lp[self.row]
+
+    def logprob_rows(self) -> list:
+        """A normalized row per token: every one from a drafting step, else the last one's only
+        (the others None)."""
+        if self.lp_rows is not None:
+            return [self.lp_rows[i] for i in range(len(self.tokens))]
+        return [None] * (len(self.tokens) - 1) + [self.logprobs]
 
 
 class DecodePath(Protocol):

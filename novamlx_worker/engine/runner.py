@@ -138,14 +138,15 @@ class Runner:
         processors = self._processors(seq)
         row = Row(rid, seq.sampler, processors, self._stop_ids(seq), seq.max_tokens - seq.generated,
                   known=(held(cache) if cache else 0) + len(tokens), logprobs=seq.sampling.logprobs)
-        if getattr(self.batch, "drafts", None) is not None and self._drafts_serve(seq, processors):
+        if getattr(self.batch, "drafts", None) is not None and self._drafts_serve(seq, processors, in_batch=True):
             row.history = list(seq.tokens)  # it drafts in the batch (spec_batch.py)
         return self.batch.add(row, tokens, cache) or 0
 
     @staticmethod
-    def _drafts_serve(seq: Sequence, processors: list) -> bool:
-        """Rows drafts serve (yet): no logits processors, no logprobs, not turned off by the request."""
-        return not processors and not seq.sampling.logprobs and seq.speculative
+    def _drafts_serve(seq: Sequence, processors: list, in_batch: bool = False) -> bool:
+        """Rows drafts serve (yet): no logits processors, not turned off by the request; logprob
+        rows only in the slot batch (its drafting step scores every kept token)."""
+        return not processors and (in_batch or not seq.sampling.logprobs) and seq.speculative
 
     def _processors(self, seq: Sequence) -> list:
         return processors_for(seq, self.loaded, self.vocab_size)

@@ -4,9 +4,9 @@ A drafting step feeds every slot its next input plus, for the rows that have one
 draft (ngram.propose over the row's own tokens): `width` = 1 + the longest draft, shorter rows
 padded. A greedy row keeps its draft while it equals the target's argmax, a sampled one by
 rejection sampling against its own sampling distribution (ngram.verify, as on the solo path:
-the output distribution is exactly the target's), and each adds the target's next token; rows
-without drafts (logits processors, logprobs, or none found) take position 0 as a plain step
-would. Rejected drafts need no rollback: the slot's length advances only over kept tokens, so
+the output distribution is exactly the target's), and each adds the target's next token; a row
+that asks for logprobs gets the target's row for every kept token. Rows without drafts (logits
+processors, or none found) take position 0 as a plain step would. Rejected drafts need no rollback: the slot's length advances only over kept tokens, so
 their KV columns are simply written over later.
 
 A drafting step reads its tokens before the next forward (it must know them to draft), so it
@@ -68,17 +68,20 @@ class BatchDrafts:
         b.fresh = {}
         out, accepted = [], 0
         for s, r in members:
-            draft = drafts.get(s)
+            draft, rows = drafts.get(s), None
             if draft:
                 emitted = verify(draft, logits[s, :len(draft) + 1], r.sampler, target[s])
                 m = len(emitted) - 1
                 accepted += m
                 self.stats.record(len(draft), m)
                 r.k = next_k(r.k, len(draft), m, self.k_max)
+                if r.logprobs:  # position j's logits are the target's distribution for emitted[j]
+                    rows = logits[s, :len(emitted)].astype(mx.float32)
+                    rows = rows - mx.logsumexp(rows, axis=-1, keepdims=True)
             else:
                 emitted = [first[s]]
             # its KV now holds its input and every kept token but the last, which is its next input
-            out.append(b.emit(s, r, emitted, lp, keep_input=True, grow=True))
+            out.append(b.emit(s, r, emitted, lp, keep_input=True, grow=True, lp_rows=rows))
         if not drafts or self.stretches.after(accepted):
             self.stretches.start()
         return out

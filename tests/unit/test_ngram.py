@@ -8,7 +8,7 @@ from novamlx_worker.engine.ngram import propose
 from novamlx_worker.memory import MemoryEnforcer
 from novamlx_worker.models.pool import ModelPool
 from protocol import messages as m
-from tests.fixtures.events import text_of
+from tests.fixtures.events import deltas, text_of
 
 
 def test_propose_takes_the_longest_latest_match():
@@ -216,9 +216,9 @@ def wide_llama(tmp_path_factory):
 
 @pytest.mark.parametrize("kv", [(0, 64), (8, 64)])
 def test_batched_rows_with_and_without_drafts_equal_plain_decoding(tiny_model, wide_llama, kv):
-    """Greedy rows draft inside the slot batch beside a seeded sampled row (drafting too), a logprob
-    row and a `speculative: false` row (both without drafts): every greedy answer equals the plain
-    engine's, and the drafting rows got several tokens per forward."""
+    """Greedy rows draft inside the slot batch beside a seeded sampled row and a logprob row
+    (drafting too) and a `speculative: false` row (without drafts): every greedy answer equals the
+    plain engine's, and the drafting rows got several tokens per forward."""
     requests = [("g0", PROMPTS[0], 60, {}), ("g1", PROMPTS[1], 50, {}), ("g2", PROMPTS[2], 40, {}),
                 ("s", PROMPTS[1], 30, {"temperature": 0.9, "seed": 3}), ("l", PROMPTS[0], 20, {"logprobs": True}),
                 ("x", PROMPTS[1], 30, {"speculative": False})]
@@ -247,3 +247,22 @@ def test_sampled_rows_draft_in_the_batch_by_rejection_sampling(tiny_model):
     assert drafts["accepted"] > 10
     seeded = [(f"s{i}", p, 30, {"temperature": 1.0, "seed": 11 + i}) for i, p in enumerate(PROMPTS)]
     assert run_together(engine(tiny_model, 4), seeded) == run_together(engine(tiny_model, 4), seeded)
+
+
+def test_logprob_rows_draft_in_the_batch_with_every_tokens_logprobs(tiny_model):
+    """A row that asks for logprobs drafts in the batch; each kept token (drafted, correction or
+    bonus) gets the target's logprob and alternatives: the same entries as plain decoding."""
+    requests = [("l0", PROMPTS[0], 40, {"logprobs": True, "top_logprobs": 3}), ("l1", PROMPTS[1], 40,
+                {"logprobs": True}), ("g", PROMPTS[2], 30, {})]
+    plain, spec = engine(tiny_model, 0), engine(tiny_model, 4)
+    want, got = run_together(plain, requests), run_together(spec, requests)
+    assert got == want
+    for rid in ("l0", "l1"):
+        a = [lp for d in deltas(plain.events, rid) for lp in d.logprobs or []]
+        b = [lp for d in deltas(spec.events, rid) for lp in d.logprobs or []]
+        assert len(a) == len(b) == 40 and [x.token for x in a] == [x.token for x in b]
+        assert max(abs(x.logprob - y.logprob) for x, y in zip(a, b)) < 1e-3
+        assert [[t.token for t in x.top] for x in a] == [[t.token for t in y.top] for y in b]
+        assert any(len(d.logprobs or []) > 1 for d in deltas(spec.events, rid))  # several kept tokens in a step
+    drafts = spec.stats()["engine"]["batches"]["tiny-llama"]["ngram"]
+    assert drafts["accepted"] > 10 and spec.runners["tiny-llama"].solo is None
