@@ -150,3 +150,15 @@ def think_budget(budget: int, close_ids: list[int], still_thinking):
         return mx.where(mx.arange(logits.shape[-1]) == tok, 0.0, -1e9)[None].astype(logits.dtype)
 
     return proc
+
+
+def step_logprobs(want: list) -> dict:
+    """want: a step's (TokenOut, Sequence) pairs. For each output of a request that asks, per token
+    (logprob, top alternatives), or None where its path gave no row; one sync for the whole step."""
+    asked = [(o, i, row, seq.top_logprobs) for o, seq in want if seq.sampling.logprobs
+             for i, row in enumerate(o.logprob_rows()) if row is not None]
+    scored = token_logprobs([a[2] for a in asked], [a[0].tokens[a[1]] for a in asked], [a[3] for a in asked])
+    out = {id(o): [None] * len(o.tokens) for o, seq in want if seq.sampling.logprobs}
+    for (o, i, _, _), lp in zip(asked, scored):
+        out[id(o)][i] = lp
+    return out

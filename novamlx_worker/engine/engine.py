@@ -20,7 +20,7 @@ from ..pressure import Pressure
 from ..memory import MemoryEnforcer
 from ..models.loader import LoadedModel
 from ..models.pool import ModelPool, kv_bytes_per_token
-from ..sampling import token_logprobs
+from ..sampling import step_logprobs
 from . import budget, intake
 from .errors import RequestError, internal
 from .jobs import Jobs
@@ -218,7 +218,7 @@ class Engine:
             self.counters["runner_calls"] += 1
             by_rid = self.scheduler.by_rid
             want = [(o, by_rid[(model_id, o.rid)]) for o in outs if (model_id, o.rid) in by_rid]
-            lps = self._logprobs(want)
+            lps = step_logprobs(want)
             now = time.monotonic()
             for out, seq in want:
                 try:
@@ -243,18 +243,6 @@ class Engine:
         for seq, e in failed:
             self._finish(seq, "error", error=e)
         self.fault.check(self.tokens_out)
-
-    @staticmethod
-    def _logprobs(want: list) -> dict:
-        """For each output of a request that asks: per token, (logprob, top alternatives) or None
-        where its path gave no row; scored in one sync for the whole step."""
-        asked = [(o, i, row, seq.top_logprobs) for o, seq in want if seq.sampling.logprobs
-                 for i, row in enumerate(o.logprob_rows()) if row is not None]
-        scored = token_logprobs([a[2] for a in asked], [a[0].tokens[a[1]] for a in asked], [a[3] for a in asked])
-        out = {id(o): [None] * len(o.tokens) for o, seq in want if seq.sampling.logprobs}
-        for (o, i, _, _), lp in zip(asked, scored):
-            out[id(o)][i] = lp
-        return out
 
     def _on_tokens(self, runner, seq: Sequence, out, lps: list | None, now: float):
         """One step's tokens of one sequence: (its delta or None, its end or None)."""
