@@ -205,6 +205,19 @@ def test_image_upload_to_a_vlm(ui, page):
     assert pg.locator("#lightbox").is_visible()
     pg.click("#lightbox")
     assert pg.locator("#lightbox").is_hidden()
+    # dropped on the composer and pasted into the box, images are attached the same way
+    for event in ("drop", "paste"):
+        pg.evaluate("""([kind, bytes]) => {
+            const dt = new DataTransfer();
+            dt.items.add(new File([new Uint8Array(bytes)], "pic.png", {type: "image/png"}));
+            const target = kind === "drop" ? document.querySelector("#composer") : document.querySelector("#input");
+            const ev = kind === "drop" ? new DragEvent("drop", {dataTransfer: dt, bubbles: true, cancelable: true})
+                                       : new ClipboardEvent("paste", {clipboardData: dt, bubbles: true, cancelable: true});
+            target.dispatchEvent(ev);
+        }""", [event, list(buf.getvalue())])
+        pg.wait_for_selector("#attachments img")
+        pg.click("#attachments .thumb button")  # and removed again
+        assert pg.locator("#attachments img").count() == 0
     assert page.errors == []
 
 
