@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -36,8 +37,31 @@ def service_action(what: str) -> None:
             subprocess.run(cmd, capture_output=True, timeout=30)
 
 
+def _pystray():
+    """pystray with the first backend that works here: its default choice, then GTK, then Xlib
+    (pystray gives up when its first choice's toolkit is half there, e.g. PyGObject without
+    AppIndicator). No display, or no backend at all: a clear exit instead of a traceback."""
+    if "pystray" in sys.modules:
+        return sys.modules["pystray"]
+    chosen = os.environ.get("PYSTRAY_BACKEND")
+    errors = []
+    for backend in [chosen] if chosen else [None, "gtk", "xorg"]:
+        if backend:
+            os.environ["PYSTRAY_BACKEND"] = backend
+        try:
+            import pystray
+
+            return pystray
+        except Exception as e:  # noqa: BLE001 - a backend's toolkit or the display is missing
+            errors.append(f"{backend or 'default'}: {type(e).__name__}: {e}")
+            for name in [n for n in sys.modules if n == "pystray" or n.startswith("pystray.")]:
+                del sys.modules[name]
+    raise SystemExit("the tray needs a desktop session (an X11 display); on Linux its menu also needs PyGObject "
+                     "(pip install 'novamlx[tray]'). Tried " + "; ".join(errors))
+
+
 def pystray_menu(items: list[Item]):
-    import pystray
+    pystray = _pystray()
 
     def entry(it: Item):
         if it is SEPARATOR or it.label == "-":
@@ -61,7 +85,7 @@ def _safe(action):
 
 def build_pystray(server: Server, t: Translator, state: TrayState | None = None):
     """The pystray icon with its first menu (the poller replaces the menu every POLL_S)."""
-    import pystray
+    pystray = _pystray()
 
     state = state or server.poll()
     icon = pystray.Icon("novamlx", icon_image(state.running), "NovaMLX")

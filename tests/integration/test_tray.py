@@ -127,3 +127,10 @@ def test_tray_menu_opens_under_xvfb(gw, tmp_path, lang):
     finally:
         xvfb.terminate()
         xvfb.wait(10)
+
+
+def test_without_a_desktop_the_tray_says_so(gw):
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "PYSTRAY_BACKEND")}
+    r = subprocess.run([sys.executable, "-m", "novamlx_gateway", "tray", "--url", gw.base_url], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "the tray needs a desktop session" in r.stderr and "Traceback" not in r.stderr
