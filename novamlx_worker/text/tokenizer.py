@@ -39,6 +39,19 @@ _LLAMA3_SPLIT = (
 _QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+# Mistral's tekken and GPT-4o's o200k split words at case changes (camelCase -> camel, Case).
+_CASED_WORDS = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+{suffix}"
+                r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*{suffix}")
+_TEKKEN_SPLIT = (_CASED_WORDS.replace("{suffix}", "")
+                 + r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_GPT4O_SPLIT = (_CASED_WORDS.replace("{suffix}", r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?")
+                + r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# tokenizer.ggml.pre names llama.cpp writes, by the split their vocabulary was trained with
+# (any other name: llama 3's).
+_SPLITS = {"tekken": _TEKKEN_SPLIT, "gpt-4o": _GPT4O_SPLIT, "llama4": _GPT4O_SPLIT, "kanana2": _GPT4O_SPLIT,
+           "minimax-m2": _GPT4O_SPLIT, "qwen2": _QWEN2_SPLIT, "deepseek-r1-qwen": _QWEN2_SPLIT,
+           "megrez": _QWEN2_SPLIT}
+_GEMMA = ("gemma", "gemma2", "gemma3")
 
 
 class TextTokenizer:
@@ -139,20 +152,12 @@ def from_gguf_metadata(meta: dict) -> TextTokenizer:
             split = [pre_tokenizers.Digits(individual_digits=True)] if pre == "smollm" else []
             tok.pre_tokenizer = pre_tokenizers.Sequence(split + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
         else:
-            pattern = _QWEN2_SPLIT if pre.startswith("qwen") else _LLAMA3_SPLIT
+            pattern = _SPLITS.get(pre) or (_QWEN2_SPLIT if pre.startswith("qwen") else _LLAMA3_SPLIT)
             tok.pre_tokenizer = pre_tokenizers.Sequence([
                 pre_tokenizers.Split(Regex(pattern), behavior="isolated", invert=False), byte_level])
         tok.decoder = decoders.ByteLevel()
     elif kind == "llama":
-        # SentencePiece BPE (llama 2, mistral): merges recovered from the vocabulary's scores, a
-        # metaspace before the first word, bytes for what the vocabulary lacks; what the original
-        # tokenizer.json holds and transformers rebuilds from a GGUF.
-        scores = _as_list(meta.get("tokenizer.ggml.scores")) or [0.0] * len(tokens)
-        vocab = {t: i for i, t in enumerate(tokens)}
-        tok = Tokenizer(models.BPE(vocab=vocab, merges=_merges_from_scores(vocab, dict(zip(tokens, scores))),
-                                   byte_fallback=True, fuse_unk=True))
-        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
-        tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+        tok, tokens = _sentencepiece(meta, tokens)
     else:
         raise ValueError(f"unsupported GGUF tokenizer model {kind!r}")
     control = [AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types) if ty in (3, 4)]
@@ -165,6 +170,34 @@ def from_gguf_metadata(meta: dict) -> TextTokenizer:
     add_bos = bool(_scalar(meta.get("tokenizer.ggml.add_bos_token", kind == "llama")))
     return TextTokenizer(tok, meta.get("tokenizer.chat_template"), tok_name("tokenizer.ggml.bos_token_id"),
                          tok_name("tokenizer.ggml.eos_token_id"), add_bos, END_OF_TURN)
+
+
+def _sentencepiece(meta: dict, tokens: list[str]) -> tuple[Tokenizer, list[str]]:
+    """SentencePiece BPE rebuilt as its tokenizer.json has it: merges recovered from the vocabulary,
+    bytes for what it lacks. Llama 2 / Mistral: a metaspace before the first word, merges ranked
+    by score. Gemma: spaces become metaspaces with nothing prepended, whitespace-run tokens are
+    stored as real spaces (respelled), and the merge order is the file's token order (its scores
+    do not follow it). Phi-3: a metaspace prepended by the normalizer, so a leading space adds one."""
+    arch = str(meta.get("general.architecture", "llama"))
+    strip = decoders.Strip(" ", 1, 0)
+    if arch in _GEMMA:
+        tokens = ["▁" * len(t) if " " in t and not t.strip() else t for t in tokens]
+        ranks = {t: -float(i) for i, t in enumerate(tokens)}
+    else:
+        ranks = dict(zip(tokens, _as_list(meta.get("tokenizer.ggml.scores")) or [0.0] * len(tokens)))
+    vocab = {t: i for i, t in enumerate(tokens)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=_merges_from_scores(vocab, ranks), byte_fallback=True, fuse_unk=True))
+    if arch in _GEMMA:
+        tok.normalizer = normalizers.Replace(" ", "▁")
+        tok.pre_tokenizer = pre_tokenizers.Split(" ", behavior="merged_with_previous")
+        strip = None
+    elif arch == "phi3":
+        tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+                                    + ([strip] if strip else []))
+    return tok, tokens
 
 
 def _merges_from_scores(vocab: dict[str, int], scores: dict[str, float]) -> list[tuple[str, str]]:
