@@ -78,7 +78,13 @@ def tool_call_grammar(tools: list[dict], force: str) -> str:
 
 
 class GrammarProcessor:
-    """A logits processor (context, logits) -> logits that only allows what the grammar allows."""
+    """A logits processor (context, logits) -> logits that only allows what the grammar allows.
+    It follows the context it is called with: tokens new since the last call are consumed, and
+    tokens it consumed that the context no longer holds (a speculative draft that was not kept)
+    are rolled back first, so drafting steps may call it on hypothetical continuations."""
+
+    drafts = True  # safe to call on draft positions (spec_batch.py)
+    TAIL = 64  # drafts differ from what was consumed only this close to the end
 
     def __init__(self, grammar: str, tokenizer, vocab_size: int, prior: list[int] | None = None):
         from llguidance import LLMatcher
@@ -89,17 +95,28 @@ class GrammarProcessor:
         self.vocab = vocab_size
         self.eos = tokenizer.eos_ids[-1]
         self.words = (vocab_size + 31) // 32
-        self.seen: int | None = None  # set at the first call: the context so far is prompt
+        self.base: int | None = None  # set at the first call: the context so far is prompt
+        self.fed: list[int] = []  # tokens consumed since then
         for t in prior or []:  # tokens generated before a preemption or a move into the batch
             self.matcher.consume_token(int(t))
 
+    def _follow(self, context: mx.array) -> None:
+        if self.base is None:
+            self.base = context.size
+        start = max(0, min(len(self.fed), context.size - self.base) - self.TAIL)
+        tail = context[self.base + start:].tolist()
+        same = start
+        while same < len(self.fed) and same - start < len(tail) and self.fed[same] == tail[same - start]:
+            same += 1
+        if same < len(self.fed):
+            self.matcher.rollback(len(self.fed) - same)
+            del self.fed[same:]
+        for t in tail[same - start:]:
+            self.matcher.consume_token(int(t))
+            self.fed.append(int(t))
+
     def __call__(self, context: mx.array, logits: mx.array) -> mx.array:
-        if self.seen is None:
-            self.seen = context.size
-        if context.size > self.seen:  # feed what was sampled since the last call
-            for t in context[self.seen:].tolist():
-                self.matcher.consume_token(int(t))
-            self.seen = context.size
+        self._follow(context)
         if self.matcher.is_stopped() or self.matcher.is_error():
             allowed = np.zeros(logits.shape[-1], dtype=bool)
             allowed[self.eos] = True

@@ -84,6 +84,7 @@ def make_penalties(s: Sampling, prompt: list[int], prior: list[int] | None = Non
             counts = mx.zeros((logits.shape[-1],), logits.dtype).at[generated].add(1)
             return logits - (freq * counts + pres * (counts > 0).astype(logits.dtype))[None]
 
+        openai_penalties.drafts = True  # a function of the context alone: draft positions may call it
         procs.append(openai_penalties)
     if s.repetition_penalty and s.repetition_penalty != 1.0:
         penalty = s.repetition_penalty
@@ -97,6 +98,7 @@ def make_penalties(s: Sampling, prompt: list[int], prior: list[int] | None = Non
             logits[:, ids] = selected
             return logits
 
+        repetition.drafts = True
         procs.append(repetition)
     return procs
 
@@ -132,6 +134,7 @@ def force_tokens(script: list[int]):
     def force(context: mx.array, logits: mx.array) -> mx.array:
         i = min(since(context).size, len(script) - 1)
         return mx.where(mx.arange(logits.shape[-1]) == script[i], 0.0, -1e9)[None].astype(logits.dtype)
+    force.drafts = True
     return force
 
 

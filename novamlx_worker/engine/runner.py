@@ -144,9 +144,14 @@ class Runner:
 
     @staticmethod
     def _drafts_serve(seq: Sequence, processors: list, in_batch: bool = False) -> bool:
-        """Rows drafts serve (yet): no logits processors, not turned off by the request; logprob
-        rows only in the slot batch (its drafting step scores every kept token)."""
-        return not processors and (in_batch or not seq.sampling.logprobs) and seq.speculative
+        """Rows drafts serve (yet), unless the request turned them off. In the slot batch: rows
+        whose processors may be called on draft positions (penalties, grammar; not the thinking
+        budget, which keeps its own count) and logprob rows; on the solo path: neither."""
+        if not seq.speculative:
+            return False
+        if in_batch:
+            return all(getattr(p, "drafts", False) for p in processors)
+        return not processors and not seq.sampling.logprobs
 
     def _processors(self, seq: Sequence) -> list:
         return processors_for(seq, self.loaded, self.vocab_size)

@@ -5,8 +5,10 @@ draft (ngram.propose over the row's own tokens): `width` = 1 + the longest draft
 padded. A greedy row keeps its draft while it equals the target's argmax, a sampled one by
 rejection sampling against its own sampling distribution (ngram.verify, as on the solo path:
 the output distribution is exactly the target's), and each adds the target's next token; a row
-that asks for logprobs gets the target's row for every kept token. Rows without drafts (logits
-processors, or none found) take position 0 as a plain step would. Rejected drafts need no rollback: the slot's length advances only over kept tokens, so
+that asks for logprobs gets the target's row for every kept token. A row with logits processors
+(penalties, grammar) is verified against its processed distribution, computed position by position
+on the context each position would have (`processed`). Rows without drafts (none found, or the
+thinking budget's processor) take position 0 as a plain step would. Rejected drafts need no rollback: the slot's length advances only over kept tokens, so
 their KV columns are simply written over later.
 
 A drafting step reads its tokens before the next forward (it must know them to draft), so it
@@ -56,7 +58,8 @@ class BatchDrafts:
         used = max(r.length for _, r in members) + width
         while used > b._capacity():
             b._resize(len(b.slots), b._capacity() + CAPACITY_STEP)
-        rows = [[b.fresh.get(s, 0)] + drafts.get(s, []) for s in range(len(b.slots))]
+        rows_in = [b.fresh.get(s, 0) for s in range(len(b.slots))]
+        rows = [[rows_in[s]] + drafts.get(s, []) for s in range(len(b.slots))]
         y = mx.array([row + [0] * (width - len(row)) for row in rows], dtype=mx.uint32)
         offset = mx.array([r.length if r is not None else 0 for r in b.slots], dtype=mx.int32)
         logits, b.keys, b.values = b._forward(y if width > 1 else y[:, 0], offset, b.keys, b.values, used)
@@ -70,14 +73,22 @@ class BatchDrafts:
         for s, r in members:
             draft, rows = drafts.get(s), None
             if draft:
-                emitted = verify(draft, logits[s, :len(draft) + 1], r.sampler, target[s])
+                proposed = len(draft)
+                if r.processors:
+                    draft, target_logits = processed(r, rows_in[s], draft, logits[s])
+                    emitted = verify(draft, target_logits, r.sampler)
+                else:
+                    target_logits = logits[s, :len(draft) + 1]
+                    emitted = verify(draft, target_logits, r.sampler, target[s])
                 m = len(emitted) - 1
                 accepted += m
-                self.stats.record(len(draft), m)
-                r.k = next_k(r.k, len(draft), m, self.k_max)
+                self.stats.record(proposed, m)
+                r.k = next_k(r.k, proposed, m, self.k_max)
                 if r.logprobs:  # position j's logits are the target's distribution for emitted[j]
-                    rows = logits[s, :len(emitted)].astype(mx.float32)
+                    rows = target_logits[:len(emitted)].astype(mx.float32)
                     rows = rows - mx.logsumexp(rows, axis=-1, keepdims=True)
+                if r.processors:  # its context: every input its KV holds (the next one is appended next step)
+                    r.context = _extend(r.context, [rows_in[s]] + emitted[:-1])
             else:
                 emitted = [first[s]]
             # its KV now holds its input and every kept token but the last, which is its next input
@@ -85,3 +96,29 @@ class BatchDrafts:
         if not drafts or self.stretches.after(accepted):
             self.stretches.start()
         return out
+
+
+def _extend(context: mx.array | None, tokens: list[int]) -> mx.array:
+    new = mx.array(tokens, dtype=mx.uint32)
+    return new if context is None else mx.concatenate([context, new.astype(context.dtype)])
+
+
+def processed(r, first: int, draft: list[int], logits: mx.array) -> tuple[list[int], mx.array]:
+    """A processed row's target distribution at each draft position: its processors (penalties,
+    grammar) called in order on the context that position would have, stopping at the first draft
+    token they rule out (it cannot be kept, and a grammar must not consume it). Returns the draft
+    cut there and the processed logits (len(draft)+1, vocab)."""
+    context = _extend(r.context, [first])
+    out = []
+    for j in range(len(draft) + 1):
+        row = logits[j:j + 1]
+        for p in r.processors:
+            row = p(context, row)
+        out.append(row.astype(logits.dtype))
+        if j == len(draft):
+            break
+        if row[0, draft[j]].item() == -float("inf"):
+            draft = draft[:j]
+            break
+        context = _extend(context, [draft[j]])
+    return draft, mx.concatenate(out)

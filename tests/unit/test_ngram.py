@@ -266,3 +266,27 @@ def test_logprob_rows_draft_in_the_batch_with_every_tokens_logprobs(tiny_model):
         assert any(len(d.logprobs or []) > 1 for d in deltas(spec.events, rid))  # several kept tokens in a step
     drafts = spec.stats()["engine"]["batches"]["tiny-llama"]["ngram"]
     assert drafts["accepted"] > 10 and spec.runners["tiny-llama"].solo is None
+
+
+def test_rows_with_penalties_and_grammars_draft_in_the_batch(tiny_model):
+    """Rows whose logits are processed (OpenAI penalties, repetition penalty, a JSON grammar) draft
+    in the batch and are verified against their processed distribution, position by position, the
+    grammar rolling back what was not kept: every answer equals plain decoding's, several tokens
+    per step. A top_k 1 sampled penalty row takes the same path through rejection sampling."""
+    schema = {"type": "json_schema", "schema": {"type": "object", "properties": {
+        "a": {"type": "string"}, "b": {"type": "array", "items": {"type": "integer"}}}, "required": ["a", "b"]}}
+    requests = [("p", PROMPTS[1], 40, {"presence_penalty": 0.3, "frequency_penalty": 0.2, "logprobs": True}),
+                ("r", PROMPTS[0], 40, {"repetition_penalty": 1.05}),
+                ("j", PROMPTS[1], 40, {"response_format": {"type": "json_object"}}),
+                ("s", PROMPTS[1], 40, {"response_format": schema, "logprobs": True}),
+                ("t", PROMPTS[0], 30, {"temperature": 0.7, "top_k": 1, "frequency_penalty": 0.1}),
+                ("g", PROMPTS[2], 30, {})]
+    plain, spec = engine(tiny_model, 0), engine(tiny_model, 4)
+    want = run_together(plain, requests)
+    got = run_together(spec, requests)
+    assert got == want
+    assert got["s"].startswith("{")
+    for rid in "ps":  # several kept tokens in one step (their logprob entries count them)
+        assert any(len(d.logprobs or []) > 1 for d in deltas(spec.events, rid)), rid
+    drafts = spec.stats()["engine"]["batches"]["tiny-llama"]["ngram"]
+    assert drafts["accepted"] > 20 and spec.runners["tiny-llama"].solo is None
