@@ -110,6 +110,10 @@ class Runner:
                 if reused and seq.preemptions == 0:
                     seq.cached_tokens = reused
             processors = self._processors(seq)
+            if self._batch_drafts_only(seq, processors):  # alone, but only the slot batch drafts for it
+                self._insert(rid, seq, tokens, cache, processors)
+                self.active += 1
+                return rid
             args = (self.loaded.model, rid, tokens, cache or make_prompt_cache(self.loaded.model), seq.sampler,
                     processors, seq.max_tokens - seq.generated, self._stop_ids(seq), self.prefill_step, self.kv)
             # drafts need a cache that can be cut back (plain KV)
@@ -134,13 +138,18 @@ class Runner:
     def _stop_ids(self, seq: Sequence) -> set[int]:
         return set() if seq.sampling.ignore_eos else self.eos_ids
 
-    def _insert(self, rid: int, seq: Sequence, tokens: list[int], cache: list | None) -> int:
-        processors = self._processors(seq)
+    def _insert(self, rid: int, seq: Sequence, tokens: list[int], cache: list | None, processors=None) -> int:
+        processors = self._processors(seq) if processors is None else processors
         row = Row(rid, seq.sampler, processors, self._stop_ids(seq), seq.max_tokens - seq.generated,
                   known=(held(cache) if cache else 0) + len(tokens), logprobs=seq.sampling.logprobs)
         if getattr(self.batch, "drafts", None) is not None and self._drafts_serve(seq, processors, in_batch=True):
             row.history = list(seq.tokens)  # it drafts in the batch (spec_batch.py)
         return self.batch.add(row, tokens, cache) or 0
+
+    def _batch_drafts_only(self, seq: Sequence, processors: list) -> bool:
+        """A row with logprobs or processors: the slot batch drafts for it, the solo path would not."""
+        return (getattr(self.batch, "drafts", None) is not None and self._drafts_serve(seq, processors, in_batch=True)
+                and not self._drafts_serve(seq, processors))
 
     @staticmethod
     def _drafts_serve(seq: Sequence, processors: list, in_batch: bool = False) -> bool:

@@ -53,12 +53,20 @@ def test_greedy_output_equals_plain_decoding(tiny_model, k):
     assert drafts["accepted"] > 0 and drafts["steps"] < 3 * 60  # several tokens per forward at times
 
 
-def test_rows_the_drafts_cannot_serve_decode_plainly(tiny_model):
-    """Logprob rows take the plain solo path (same output as without drafts)."""
-    plain, spec = engine(tiny_model, 4), engine(tiny_model, 0)
-    a, _ = generate(plain, PROMPTS[1], 20, logprobs=True)
-    b, _ = generate(spec, PROMPTS[1], 20, logprobs=True)
-    assert a == b and plain.stats()["engine"]["batches"]["tiny-llama"]["ngram"]["steps"] == 0
+def test_lone_rows_the_solo_drafts_cannot_serve_draft_in_the_batch(tiny_model):
+    """A lone logprob or penalty row goes to the slot batch, which drafts for it (same output as
+    without drafts); a row with a thinking budget (its processor keeps its own count) never drafts."""
+    spec, plain = engine(tiny_model, 4), engine(tiny_model, 0)
+    for kw in ({"logprobs": True}, {"frequency_penalty": 0.2}):
+        a, _ = generate(spec, PROMPTS[1], 30, **kw)
+        b, _ = generate(plain, PROMPTS[1], 30, **kw)
+        assert a == b
+    assert spec.stats()["engine"]["batches"]["tiny-llama"]["ngram"]["accepted"] > 10
+    assert spec.runners["tiny-llama"].solo is None
+    runner = spec.runners["tiny-llama"]
+    budget = [lambda c, x: x]  # a processor without the drafts mark, as the thinking budget's
+    seq = type("S", (), {"speculative": True, "sampling": m.Sampling()})()
+    assert not runner._drafts_serve(seq, budget, in_batch=True) and runner._drafts_serve(seq, [], in_batch=True)
 
 
 def test_handover_to_the_batch_mid_stream_keeps_the_output(tiny_model):
