@@ -44,7 +44,9 @@ _NAMES = {"gemma2": _GEMMA3_NAMES, "gemma3": _GEMMA3_NAMES, "phi3": _PHI3_NAMES}
 ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3")  # mistral's GGUFs say "llama"
 GEMMA = ("gemma2", "gemma3")
 _TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head",
-              "rope_factors_long": "rope_factors_long", "rope_factors_short": "rope_factors_short"}  # phi3 longrope
+              "rope_factors_long": "rope_factors_long", "rope_factors_short": "rope_factors_short",  # phi3 longrope
+              "rope_freqs": "rope_freqs"}  # llama 3.1+: per-frequency wavelength factors (its rope scaling)
+ROPE_TENSORS = ("rope_factors_long.weight", "rope_factors_short.weight", "rope_freqs.weight")
 
 
 def _num(meta, key, default=None):
@@ -94,6 +96,8 @@ def model_config(meta: dict, weights: dict) -> dict:
         "rope_traditional": arch == "llama",
         "head_dim": int(g("attention.key_length", 0) or hidden // n_heads),
     }
+    if "rope_freqs.weight" in weights:  # the factors themselves go into the rope after the model is built
+        config["rope_scaling"] = {"rope_type": "llama3", "factor": float(mx.max(weights["rope_freqs.weight"]).item())}
     if arch == "gemma2":
         # mlx-lm's gemma2 attends over the whole context (no sliding window); the 46-layer 27B
         # scales queries by hidden / heads, the others by the head dimension (as llama.cpp does).
@@ -104,11 +108,11 @@ def model_config(meta: dict, weights: dict) -> dict:
                        else config["head_dim"]})
     if arch == "phi3":
         config["partial_rotary_factor"] = int(g("rope.dimension_count", config["head_dim"])) / config["head_dim"]
-        if "rope_factors_long" in weights:  # the 128k variants: LongRoPE factors ship as tensors
-            config["rope_scaling"] = {"type": "longrope",
-                                      "long_factor": np.array(weights["rope_factors_long"]).tolist(),
-                                      "short_factor": np.array(weights.get("rope_factors_short",
-                                                                           weights["rope_factors_long"])).tolist()}
+        long = weights.get("rope_factors_long.weight")
+        if long is not None:  # the 128k variants: LongRoPE factors ship as tensors
+            short = weights.get("rope_factors_short.weight", long)
+            config["rope_scaling"] = {"type": "longrope", "long_factor": np.array(long.astype(mx.float32)).tolist(),
+                                      "short_factor": np.array(short.astype(mx.float32)).tolist()}
             config["original_max_position_embeddings"] = int(g("rope.scaling.original_context_length", 4096))
     if arch == "gemma3":
         # llama.cpp's own rules for what a Gemma 3 GGUF does not carry: every sixth layer is
@@ -121,6 +125,17 @@ def model_config(meta: dict, weights: dict) -> dict:
         if str(g("rope.scaling.type", "")) == "linear":
             config["rope_scaling"] = {"rope_type": "linear", "factor": float(g("rope.scaling.factor", 1.0))}
     return config
+
+
+def _set_rope_freqs(model: nn.Module, factors: mx.array, base: float) -> None:
+    """Llama 3.1+ GGUFs carry their rope scaling as one factor per frequency (llama.cpp divides
+    each angle by it); mlx-lm's llama3 rope keeps the wavelengths those factors scale."""
+    ropes = [m for _, m in model.named_modules() if hasattr(m, "_freqs")]
+    if not ropes:
+        raise ValueError("this GGUF's rope_freqs (llama 3.1 rope scaling) has no place in the model")
+    for rope in ropes:
+        dims = rope.dims
+        rope._freqs = (base ** (mx.arange(0, dims, 2, dtype=mx.float32) / dims)) * factors[: dims // 2]
 
 
 def _quant_params(weights: dict) -> dict[str, dict]:
@@ -155,9 +170,12 @@ def load_gguf(path: str, dequantize: bool = False, dtype=None, bits: int | None 
         meta = {name: field.contents() for name, field in reader.fields.items()}
         weights, quant = _read_blocks(reader, arch, dense=dequantize, bits=bits, dtype=dtype or mx.float32)
     config = model_config(meta, weights)
-    weights = _from_gguf_norms({k: v for k, v in weights.items() if not k.startswith("rope_factors_")}, arch)
+    rope_freqs = weights.get("rope_freqs.weight")
+    weights = _from_gguf_norms({k: v for k, v in weights.items() if k not in ROPE_TENSORS}, arch)
     model_class, args_class = _get_classes(config)
     model = model_class(args_class.from_dict(config))
+    if rope_freqs is not None:
+        _set_rope_freqs(model, rope_freqs.astype(mx.float32), config["rope_theta"])
     if hasattr(model, "sanitize"):  # (gemma3_text: a missing lm_head means tied embeddings)
         weights = model.sanitize(weights)
     if quant:

@@ -199,3 +199,57 @@ def test_an_untied_output_matrix_is_used(tmp_path):
     assert cfg["tie_word_embeddings"] is False
     ours = np.array(model(mx.array(PROMPT)[None])[0].astype(mx.float32))
     assert np.abs(ours - ref).max() / np.abs(ref).max() < 1e-4
+
+
+def test_llama3_rope_freqs_are_the_rope_scaling(tmp_path):
+    """Llama 3.1+ GGUFs carry their rope scaling as a rope_freqs tensor (one factor per frequency,
+    as llama.cpp's converter computes it): the model equals mlx-lm's llama with that llama3 scaling."""
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 64}
+    hd = TINY_LLAMA["head_dim"]
+    factors = []
+    for f in 1.0 / TINY_LLAMA["rope_theta"] ** (np.arange(0, hd, 2) / hd):
+        wavelen = 2 * np.pi / f
+        if wavelen < 64 / 4.0:
+            factors.append(1.0)
+        elif wavelen > 64 / 1.0:
+            factors.append(8.0)
+        else:
+            smooth = (64 / wavelen - 1.0) / (4.0 - 1.0)
+            factors.append(1 / ((1 - smooth) / 8.0 + smooth))
+    assert 1.0 in factors and 8.0 in factors and any(1 < x < 8 for x in factors)  # all three regimes
+    path, stored = build_tiny_gguf(tmp_path / "tiny-llama31.gguf", "F32", extra={"rope_freqs.weight": factors})
+    ref_model = llama.Model(llama.ModelArgs.from_dict({**TINY_LLAMA, "rope_traditional": False, "rope_scaling": scaling}))
+    ref_model.load_weights([(k, mx.array(v)) for k, v in stored.items()], strict=True)
+    prompt = mx.array(PROMPT * 8)[None]  # positions past the original window's high-frequency range
+    ref = np.array(ref_model(prompt)[0].astype(mx.float32))
+    model, _, cfg = load_gguf(str(path), dequantize=True)
+    assert cfg["rope_scaling"]["rope_type"] == "llama3"
+    ours = np.array(model(prompt)[0].astype(mx.float32))
+    assert np.abs(ours - ref).max() / np.abs(ref).max() < 1e-4
+    plain, _, _ = load_gguf(str(build_tiny_gguf(tmp_path / "tiny-plain.gguf", "F32")[0]), dequantize=True)
+    assert np.abs(np.array(plain(prompt)[0]) - ours).max() > 1e-3  # the factors matter
+
+
+def test_phi3_longrope_factors(tmp_path):
+    """Phi-3 128k GGUFs carry LongRoPE's long and short factors as tensors."""
+    from mlx_lm.models import phi3
+
+    from tests.fixtures.tiny_models import TINY_LLAMA_256
+
+    half = TINY_LLAMA_256["head_dim"] // 2
+    rng = np.random.default_rng(5)
+    long, short = (1 + rng.random(half) * 4).tolist(), (1 + rng.random(half)).tolist()
+    cfg = {**TINY_LLAMA_256, "tie_word_embeddings": False, "original_max_position_embeddings": 64,
+           "max_position_embeddings": 1024}
+    path, stored = build_tiny_gguf(tmp_path / "tiny-phi3-128k.gguf", "F32", cfg=cfg, arch="phi3", untied=True,
+                                   extra={"rope_factors_long.weight": long, "rope_factors_short.weight": short})
+    ref_cfg = {**cfg, "model_type": "phi3", "rope_scaling": {"type": "longrope", "long_factor": long,
+                                                              "short_factor": short}}
+    ref_model = phi3.Model(phi3.ModelArgs.from_dict(ref_cfg))
+    ref_model.load_weights([(k, mx.array(v)) for k, v in stored.items()], strict=True)
+    ref = np.array(ref_model(mx.array(PROMPT)[None])[0].astype(mx.float32))
+    model, _, got = load_gguf(str(path), dequantize=True)
+    assert got["rope_scaling"]["type"] == "longrope" and got["original_max_position_embeddings"] == 64
+    ours = np.array(model(mx.array(PROMPT)[None])[0].astype(mx.float32))
+    assert np.abs(ours - ref).max() / np.abs(ref).max() < 1e-4
