@@ -126,9 +126,12 @@ def test_pages_served_without_keys_and_with_a_strict_policy(ui):
 def test_chat_streams_markdown_thinking_and_keeps_history(ui, page):
     pg = open_chat(page, ui)
     assert pg.input_value("#model") == "tiny-long"  # the server's first model is picked
+    posts = []
+    pg.on("request", lambda r: posts.append(r.post_data) if r.url.endswith("/v1/chat/completions") else None)
     send(pg, "SCRIPT:web_markdown")
-    pg.wait_for_selector("#stop:not(.hidden)")  # streaming: the stop button replaces send
+    assert pg.locator("#stop").is_visible() or pg.locator(".msg.assistant .meta").count()  # stop replaced send
     wait_reply_done(pg)
+    assert json.loads(posts[0])["stream"] is True  # the answer came as server-sent events
     reply = pg.locator(".msg.assistant").last
     assert reply.locator("strong").inner_text() == "bold" and reply.locator("em").inner_text() == "italic"
     assert "def hello" in reply.locator(".code pre").inner_text()
