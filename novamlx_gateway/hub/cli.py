@@ -15,24 +15,14 @@ from protocol.naming import DEFAULT_EMBEDDING_ID, DEFAULT_MODEL_ID, default_embe
 
 from ..config import load_config
 from . import download as dl
-from .registry import deletable_root, delete, discover, folder_size
-
-
-def _size(n: int | None) -> str:
-    if n is None:
-        return "?"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+from .registry import deletable_root, delete, discover, folder_size, human_size
 
 
 def _bar(task: dl.DownloadTask, width: int = 30) -> str:
     total, done = task.total, task.done
     frac = done / total if total else 0.0
     current = next((f.name for f in task.files if f.done < f.size), "")
-    return f"\r[{'#' * int(frac * width):<{width}}] {frac * 100:5.1f}% {_size(done)}/{_size(total)} {current[:40]:<40}"
+    return f"\r[{'#' * int(frac * width):<{width}}] {frac * 100:5.1f}% {human_size(done)}/{human_size(total)} {current[:40]:<40}"
 
 
 def pull(cfg, repo_id: str, revision: str, allow: list[str] | None) -> int:
@@ -56,13 +46,13 @@ def pull(cfg, repo_id: str, revision: str, allow: list[str] | None) -> int:
     except KeyboardInterrupt:
         task.cancel_event.set()
         done.wait(10)
-        print(f"\ncancelled; {_size(task.done)} kept: run the same pull again to resume.", file=sys.stderr)
+        print(f"\ncancelled; {human_size(task.done)} kept: run the same pull again to resume.", file=sys.stderr)
         return 130
     if "error" in result:
         print(f"\nerror: {result['error']}", file=sys.stderr)
         return 1
     print(_bar(task), file=sys.stderr)
-    resumed = f" ({_size(task.resumed_bytes)} resumed)" if task.resumed_bytes else ""
+    resumed = f" ({human_size(task.resumed_bytes)} resumed)" if task.resumed_bytes else ""
     print(f"{repo_id} -> {result['path']}{resumed}")
     return 0
 
@@ -124,7 +114,7 @@ def main(argv: list[str]) -> int:
             print(f"no models: none configured, none embedded, none in {cfg.data_path / 'models'} or the "
                   "Hugging Face cache")
         for mid, kind, size, source, path in rows:
-            print(f"{mid:<50} {kind:<9} {_size(size):>10}  {source:<8} {path}")
+            print(f"{mid:<50} {kind:<9} {human_size(size):>10}  {source:<8} {path}")
         return 0
     if args.cmd == "search":
         try:
@@ -143,9 +133,9 @@ def main(argv: list[str]) -> int:
     if root is None:
         print(f"error: no downloaded model '{args.model}' (see `novamlx-gateway models list`)", file=sys.stderr)
         return 1
-    if not args.yes and input(f"delete {root} ({_size(f.size_bytes)})? [y/N] ").strip().lower() != "y":
+    if not args.yes and input(f"delete {root} ({human_size(f.size_bytes)})? [y/N] ").strip().lower() != "y":
         return 1
-    print(f"deleted {root}, freed {_size(delete(root))}")
+    print(f"deleted {root}, freed {human_size(delete(root))}")
     return 0
 
 

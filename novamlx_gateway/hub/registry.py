@@ -34,6 +34,17 @@ def models_dir(data_dir: Path) -> Path:
     return Path(data_dir) / "models"
 
 
+def human_size(n: float | None) -> str:
+    """Bytes as people read them: 512 B, 1.5 GB ("?" for unknown)."""
+    if n is None:
+        return "?"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
 def folder_size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size

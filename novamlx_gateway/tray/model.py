@@ -9,6 +9,7 @@ from typing import Callable
 import httpx
 
 from .. import agents
+from ..hub.registry import human_size
 from .i18n import Translator
 
 POLL_S = 2.0
@@ -104,14 +105,6 @@ class Server:
         return st
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return ""
-
-
 def _duration(s: float) -> str:
     s = int(s)
     d, h, m = s // 86400, s % 86400 // 3600, s % 3600 // 60
@@ -125,7 +118,7 @@ def menu(st: TrayState, server: Server, t: Translator, service: Callable[[str], 
     else:
         head = [Item(t("tray.running")), Item(t("tray.address", url=st.url)),
                 Item(t("tray.loadedModels", list=", ".join(st.loaded) or "–")),
-                Item(t("tray.memory", used=_size(st.rss_bytes), mlx=_size(st.mlx_bytes))),
+                Item(t("tray.memory", used=human_size(st.rss_bytes), mlx=human_size(st.mlx_bytes))),
                 Item(t("tray.active", n=st.running_requests, queued=st.queued)),
                 Item(t("tray.uptime", time=_duration(st.uptime_s), rate=f"{st.tokens_per_s:.1f}"))]
     if st.update.get("available"):
@@ -141,7 +134,7 @@ def menu(st: TrayState, server: Server, t: Translator, service: Callable[[str], 
                                     {"model": m["id"]})
 
     models = [Item(m["id"], toggle(m), checked=bool(m.get("loaded"))) for m in st.models]
-    models.append(Item(t("tray.downloaded", n=st.downloaded, size=_size(st.disk_bytes)) if admin else t("tray.needAdmin")))
+    models.append(Item(t("tray.downloaded", n=st.downloaded, size=human_size(st.disk_bytes)) if admin else t("tray.needAdmin")))
     target = agents.Target(base_url=st.url, api_key=server.api_key or None, model=(st.loaded or ["default"])[0])
     agent_items = [Item(t("tray.writeConfig", name=a["title"]), (lambda n=a["name"]: agents.write(n, target)))
                    if a["installed"] else Item(t("tray.notInstalled", name=a["title"])) for a in st.agents]
