@@ -7,11 +7,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
 from pathlib import Path
 
 import httpx
+from packaging.version import InvalidVersion, Version
 
 from . import __version__
 
@@ -19,14 +19,13 @@ log = logging.getLogger("novamlx.updates")
 DAY = 86400.0
 
 
-def version_key(tag: str) -> tuple:
-    """'v1.10.0' > '1.9.2'; a pre-release ('1.0.0rc1', '1.0.0-beta') sorts before its release."""
-    m = re.match(r"v?(\d+(?:\.\d+)*)(.*)$", tag.strip())
-    if not m:
-        return ((), tag)
-    numbers = tuple(int(x) for x in m.group(1).split("."))
-    numbers += (0,) * (4 - len(numbers))
-    return (numbers, (1,) if not m.group(2) else (0, m.group(2)))
+def version_key(tag: str) -> Version:
+    """'v1.10.0' > '1.9.2'; a pre-release sorts before its release (PEP 440, as pip compares);
+    a tag that is no version sorts first."""
+    try:
+        return Version(tag.strip())
+    except InvalidVersion:
+        return Version("0")
 
 
 class UpdateCheck:
