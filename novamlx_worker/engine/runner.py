@@ -103,6 +103,7 @@ class Runner:
         if seq.sampler is None:
             seq.sampler = make_sampler(seq.sampling)
         tokens = seq.tokens[held(cache):] if cache else seq.tokens
+        processors, solo = None, False
         if self.active == 0:
             if cache is None and not self.cacheable:  # a kept state (snapshots.py) spares its prefill
                 reused, cache = self.batch.snapshots.match(seq.tokens)
@@ -110,30 +111,31 @@ class Runner:
                 if reused and seq.preemptions == 0:
                     seq.cached_tokens = reused
             processors = self._processors(seq)
-            if self._batch_drafts_only(seq, processors):  # alone, but only the slot batch drafts for it
-                self._insert(rid, seq, tokens, cache, processors)
-                self.active += 1
-                return rid
-            args = (self.loaded.model, rid, tokens, cache or make_prompt_cache(self.loaded.model), seq.sampler,
-                    processors, seq.max_tokens - seq.generated, self._stop_ids(seq), self.prefill_step, self.kv)
-            # drafts need a cache that can be cut back (plain KV)
-            plain = not self._drafts_serve(seq, processors) or not self.cacheable
-            if self.draft is not None and not plain:
-                self.solo = DraftSolo(*args, context=seq.tokens, k_max=self.draft_k, stats=self.drafts,
-                                      draft_model=self.draft.model)
-            elif self.ngram_k and not plain:
-                self.solo = NgramSolo(*args, context=seq.tokens, k_max=self.ngram_k, stats=self.drafts)
-            else:
-                self.solo = Solo(*args)
-            self.solo_seq = seq
+            solo = not self._batch_drafts_only(seq, processors)  # alone, unless only the slot batch drafts for it
+        elif self.solo is not None:
+            self._solo_to_batch()
+        if solo:
+            self._start_solo(rid, seq, tokens, cache, processors)
         else:
-            if self.solo is not None:
-                self._solo_to_batch()
-            reused = self._insert(rid, seq, tokens, cache)
+            reused = self._insert(rid, seq, tokens, cache, processors)
             if reused and seq.preemptions == 0:  # a kept state (snapshots.py) spared this much prefill
                 seq.cached_tokens = reused
         self.active += 1
         return rid
+
+    def _start_solo(self, rid: int, seq: Sequence, tokens: list[int], cache: list | None, processors: list) -> None:
+        args = (self.loaded.model, rid, tokens, cache or make_prompt_cache(self.loaded.model), seq.sampler,
+                processors, seq.max_tokens - seq.generated, self._stop_ids(seq), self.prefill_step, self.kv)
+        # drafts need a cache that can be cut back (plain KV)
+        plain = not self._drafts_serve(seq, processors) or not self.cacheable
+        if self.draft is not None and not plain:
+            self.solo = DraftSolo(*args, context=seq.tokens, k_max=self.draft_k, stats=self.drafts,
+                                  draft_model=self.draft.model)
+        elif self.ngram_k and not plain:
+            self.solo = NgramSolo(*args, context=seq.tokens, k_max=self.ngram_k, stats=self.drafts)
+        else:
+            self.solo = Solo(*args)
+        self.solo_seq = seq
 
     def _stop_ids(self, seq: Sequence) -> set[int]:
         return set() if seq.sampling.ignore_eos else self.eos_ids

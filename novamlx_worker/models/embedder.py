@@ -140,9 +140,7 @@ class Embedder:
 
     def rerank_steps(self, query: str, documents: list[str]):
         """Yields between batches; returns (one relevance score per document, tokens used, method)."""
-        if self.refusal:
-            raise EmbedError(self.refusal, "model")
-        if not self.cross_encoder:  # each side with its own prompt, when the model names them
+        if not self.cross_encoder:  # each side with its own prompt, when the model names them (a refusal: embed_steps says it)
             q, q_used = yield from self.embed_steps([query], None, True, prompt=self.recipe.first_prompt("query"))
             docs, used = yield from self.embed_steps(documents, None, True, prompt=self.recipe.first_prompt(
                 "document", "passage", "corpus"))
