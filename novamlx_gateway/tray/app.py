@@ -89,8 +89,12 @@ def build_pystray(server: Server, t: Translator, state: TrayState | None = None)
 
     state = state or server.poll()
     icon = pystray.Icon("novamlx", icon_image(state.running), "NovaMLX")
-    icon.menu = pystray_menu(menu(state, server, t, service_action) + [Item(t("tray.quit"), icon.stop)])
+    icon.menu = _full_menu(icon, state, server, t)
     return icon
+
+
+def _full_menu(icon, state: TrayState, server: Server, t: Translator):
+    return pystray_menu(menu(state, server, t, service_action) + [Item(t("tray.quit"), icon.stop)])
 
 
 def run_pystray(server: Server, t: Translator) -> None:
@@ -101,7 +105,7 @@ def run_pystray(server: Server, t: Translator) -> None:
         while not stop.wait(POLL_S):
             st = server.poll()
             icon.icon = icon_image(st.running)
-            icon.menu = pystray_menu(menu(st, server, t, service_action) + [Item(t("tray.quit"), icon.stop)])
+            icon.menu = _full_menu(icon, st, server, t)
             icon.update_menu()
 
     threading.Thread(target=poll, daemon=True).start()

@@ -2,7 +2,6 @@
 "use strict";
 const MAX_CONVERSATIONS = 50;
 const MAX_IMAGE_BYTES = 20 * 1024 * 1024;
-const $ = (id) => document.getElementById(id);
 const state = {conversations: [], current: null, attachments: [], controller: null};
 
 // --- storage -----------------------------------------------------------------------------

@@ -1,7 +1,6 @@
 // /admin/dashboard: the admin API on one page, refreshed every 5 s. The admin key is asked for,
 // kept in sessionStorage and sent as a header; it never appears in a URL.
 "use strict";
-const $ = (id) => document.getElementById(id);
 const REFRESH_MS = 5000;
 let timer = null;
 
