@@ -53,6 +53,11 @@ def make_sampler(s: Sampling):
     return sample
 
 
+def log_probs(logits: mx.array) -> mx.array:
+    """Logits normalized to log-probabilities over the last axis."""
+    return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+
+
 class Since:
     """The tokens generated since a processor's first call. A processor's context starts with
     prompt tokens (all of them on the batch path, only the last on the solo path), so the

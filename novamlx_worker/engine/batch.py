@@ -25,6 +25,7 @@ import mlx.core as mx
 from mlx_lm.models.cache import KVCache, QuantizedKVCache
 
 from ..models.shape import activation_dtype, attention_shape
+from ..sampling import log_probs
 from . import ragged
 from .kv import KVFormat
 from .path import TokenOut, finish_for
@@ -145,8 +146,7 @@ def pick_tokens(logits: mx.array, y: mx.array, members: list) -> tuple[mx.array,
     sampled = any(r.sampler is not None for _, r in members)
     lp = None
     if sampled or any(r.logprobs for _, r in members):  # greedy rows need no normalizing
-        lp = logits.astype(mx.float32)
-        lp = lp - mx.logsumexp(lp, axis=-1, keepdims=True)
+        lp = log_probs(logits.astype(mx.float32))
     tokens = mx.argmax(logits, axis=-1).astype(mx.uint32)
     return (sample_rows(tokens, lp, members) if sampled else tokens), lp
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 from mlx_lm.models.cache import trim_prompt_cache
 
+from ..sampling import log_probs
 from .path import finish_for
 from .solo import Solo
 
@@ -66,8 +67,7 @@ def verify(draft: list[int], logits: mx.array, sampler, target: list[int] | None
         while m < len(draft) and draft[m] == target[m]:
             m += 1
         return draft[:m] + [target[m]]
-    lp = logits.astype(mx.float32)
-    lp = lp - mx.logsumexp(lp, axis=-1, keepdims=True)
+    lp = log_probs(logits.astype(mx.float32))
     uniforms = sampler.uniform(len(draft)).tolist() if draft else []
     return verify_sampled(sampler.probs(lp), draft, uniforms, sampler.categorical)
 

@@ -13,6 +13,8 @@ import mlx.core as mx
 from mlx_lm.generate import maybe_quantize_kv_cache
 from mlx_lm.models.cache import make_prompt_cache
 
+from ..sampling import log_probs
+
 
 def perplexity_steps(model, ids: list[int], chunk: int = 512, kv_bits: int = 0, kv_group: int = 64) -> Generator:
     """Yields after each chunk; returns {"perplexity", "tokens", "predicted", "nll"}. kv_bits:
@@ -24,7 +26,7 @@ def perplexity_steps(model, ids: list[int], chunk: int = 512, kv_bits: int = 0, 
         logits = model(mx.array(x)[None], cache=cache)[0, : len(y)].astype(mx.float32)
         if kv_bits:
             maybe_quantize_kv_cache(cache, 0, kv_group, kv_bits)
-        lp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        lp = log_probs(logits)
         nll -= mx.take_along_axis(lp, mx.array(y)[:, None], axis=-1).sum().item()
         n += len(y)
         yield

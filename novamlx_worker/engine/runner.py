@@ -15,7 +15,7 @@ from mlx_lm.models.cache import KVCache, make_prompt_cache
 
 from ..models.loader import LoadedModel
 from ..grammar import GrammarProcessor
-from ..sampling import force_tokens, make_penalties, make_sampler, think_budget
+from ..sampling import force_tokens, log_probs, make_penalties, make_sampler, think_budget
 from .batch import Batch, Row
 from .kv import KVFormat, held
 from .mlxlm_batch import MlxLmBatch
@@ -229,5 +229,5 @@ class Runner:
         """Logprob rows predicting each prompt token from its prefix (for echo + logprobs)."""
         cache = make_prompt_cache(self.loaded.model)
         logits = self.loaded.model(mx.array(prompt)[None], cache=cache)[0].astype(mx.float32)
-        lp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        lp = log_probs(logits)
         return [lp[i] for i in range(len(prompt) - 1)]

@@ -11,6 +11,7 @@ import mlx.core as mx
 from mlx_lm.generate import maybe_quantize_kv_cache
 from mlx_lm.models.cache import QuantizedKVCache
 
+from ..sampling import log_probs
 from .kv import ContiguousQuantizedKVCache, KVFormat
 from .path import finish_for
 
@@ -50,7 +51,7 @@ class Solo:
             for p in self.processors:
                 logits = p(self.context, logits)
         self._quantize()
-        lp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        lp = log_probs(logits)
         nxt = self.sampler(lp) if self.sampler is not None else mx.argmax(lp, axis=-1)
         return nxt, lp[0]
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 
+from ..sampling import log_probs
 from .batch import CAPACITY_STEP, Batch, pick_tokens
 from .ngram import DraftStats, Stretches, next_k, propose, verify
 from .path import TokenOut
@@ -71,7 +72,7 @@ class BatchDrafts:
         b.fresh = {}
         out, accepted = [], 0
         for s, r in members:
-            draft, rows = drafts.get(s), None
+            draft, lp_rows = drafts.get(s), None
             if draft:
                 proposed = len(draft)
                 if r.processors:
@@ -85,14 +86,13 @@ class BatchDrafts:
                 self.stats.record(proposed, m)
                 r.k = next_k(r.k, proposed, m, self.k_max)
                 if r.logprobs:  # position j's logits are the target's distribution for emitted[j]
-                    rows = target_logits[:len(emitted)].astype(mx.float32)
-                    rows = rows - mx.logsumexp(rows, axis=-1, keepdims=True)
+                    lp_rows = log_probs(target_logits[:len(emitted)].astype(mx.float32))
                 if r.processors:  # its context: every input its KV holds (the next one is appended next step)
                     r.context = _extend(r.context, [rows_in[s]] + emitted[:-1])
             else:
                 emitted = [first[s]]
             # its KV now holds its input and every kept token but the last, which is its next input
-            out.append(b.emit(s, r, emitted, lp, keep_input=True, grow=True, lp_rows=rows))
+            out.append(b.emit(s, r, emitted, lp, keep_input=True, grow=True, lp_rows=lp_rows))
         if not drafts or self.stretches.after(accepted):
             self.stretches.start()
         return out
