@@ -1,6 +1,7 @@
 """Speculative decoding on an edit task, side by side in one run:
 
     python -m novamlx_worker.bench_spec [--model M] [--k 6] [--tokens 200] [--streams 1] [--draft-layers N]
+                                        [--sampling '{"logprobs": true}']
 
 The model is asked to rewrite a ~300-token code block with small changes (greedy); the engine
 runs in-process with drafts off, then on (and off again, to see the noise). Prints tok/s,
@@ -75,7 +76,7 @@ def make_draft(out: Path, layers: int) -> Path:
     return out
 
 
-def run(path: str, k: int, tokens: int, streams: int, draft: str | None = None) -> dict:
+def run(path: str, k: int, tokens: int, streams: int, draft: str | None = None, sampling: dict | None = None) -> dict:
     from protocol import messages as m
 
     from .engine.engine import Engine
@@ -92,7 +93,8 @@ def run(path: str, k: int, tokens: int, streams: int, draft: str | None = None) 
     def once(tag: str) -> tuple[float, list[str]]:
         rids = [f"{tag}-{i}" for i in range(streams)]
         for rid in rids:
-            eng.handle(m.Generate(rid, model_id, m.Sampling(temperature=0, max_tokens=tokens, ignore_eos=True),
+            eng.handle(m.Generate(rid, model_id, m.Sampling(**{"temperature": 0, "max_tokens": tokens, "ignore_eos": True,
+                                                             **(sampling or {})}),
                                   messages=[m.ChatMessage("user", ASK)]))
         t = time.perf_counter()
         while eng.seqs:
@@ -115,6 +117,8 @@ def main(argv=None) -> None:
     p.add_argument("--tokens", type=int, default=200)
     p.add_argument("--streams", type=int, default=1)
     p.add_argument("--draft-layers", type=int, default=0, help="draft with a model of the first N layers instead of n-grams")
+    p.add_argument("--sampling", type=json.loads, default={},
+                   help='more sampling fields for every request, as JSON: {"logprobs": true}, {"frequency_penalty": 0.3}')
     args = p.parse_args(argv)
     preload_openblas()
     from protocol.naming import default_model_path
@@ -125,11 +129,11 @@ def main(argv=None) -> None:
         import tempfile
 
         draft = str(make_draft(Path(tempfile.mkdtemp()) / f"draft-{args.draft_layers}-layers", args.draft_layers))
-    off = run(path, 0, args.tokens, args.streams)
-    on = run(path, args.k, args.tokens, args.streams, draft)
-    off2 = run(path, 0, args.tokens, args.streams)
+    off = run(path, 0, args.tokens, args.streams, sampling=args.sampling)
+    on = run(path, args.k, args.tokens, args.streams, draft, args.sampling)
+    off2 = run(path, 0, args.tokens, args.streams, sampling=args.sampling)
     print(json.dumps({"drafts": f"model, first {args.draft_layers} layers" if draft else "n-gram",
-                      "streams": args.streams, "tokens": args.tokens, "k": args.k,
+                      "streams": args.streams, "tokens": args.tokens, "k": args.k, "sampling": args.sampling,
                       "off_tok_s": round(off["rate"], 1), "on_tok_s": round(on["rate"], 1),
                       "off_again_tok_s": round(off2["rate"], 1), "speedup": round(on["rate"] / off["rate"], 2),
                       "identical": on["texts"] == off["texts"], "drafts_stats": on["ngram"],
