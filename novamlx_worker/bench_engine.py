@@ -29,6 +29,12 @@ def main(argv=None) -> None:
     p.add_argument("--bs1-runs", type=int, default=0,
                    help="then one stream N times, ours and stream_generate interleaved, decode tok/s medians")
     p.add_argument("--ngram", type=int, default=0, help="n-gram drafts of up to K tokens (engine's --speculative-ngram)")
+    p.add_argument("--ngram-vs-off", action="store_true",
+                   help="with --ngram: a second engine without drafts on the same weights, interleaved with the first "
+                        "(--bs1-runs and every batch size), medians side by side")
+    p.add_argument("--always-miss", action="store_true",
+                   help="with --ngram-vs-off: every draft is K copies of the last vocabulary id, which the model "
+                        "(almost) never picks: the cost of drafting when nothing is accepted")
     args = p.parse_args(argv)
     preload_openblas()
     from mlx_lm.generate import stream_generate
@@ -47,9 +53,18 @@ def main(argv=None) -> None:
     model_id = next(iter(pool.entries))
     lm = pool.get(model_id)
     sink = []
-    eng = Engine(pool, lambda msg: sink.append(codec.encode(msg)), MemoryEnforcer("auto"), max_batch=256,
-                 prefill_batch=32, prefix_cache_bytes=0, ngram_k=args.ngram)
+    def make_engine(ngram: int):
+        return Engine(pool, lambda msg: sink.append(codec.encode(msg)), MemoryEnforcer("auto"), max_batch=256,
+                      prefill_batch=32, prefix_cache_bytes=0, ngram_k=ngram)
+
+    eng = make_engine(args.ngram)
     vocab = lm.tokenizer.vocab_size
+    if args.always_miss:
+        from .engine.ngram import History
+
+        History.propose = lambda self, k: [vocab - 1] * k
+    if args.ngram_vs_off:
+        return ngram_vs_off(args, eng, make_engine(0), model_id, vocab, sink)
 
     def run(batch: int, seed: int) -> float:
         for i, toks in enumerate(prompts(batch, args.prompt_len, vocab, seed)):
@@ -109,6 +124,48 @@ def main(argv=None) -> None:
                           "tokens": args.tokens, "ngram": args.ngram, "novamlx": round(a, 1),
                           "stream_generate": round(b, 1), "ratio": round(a / b, 3),
                           "novamlx_runs": [round(x, 1) for x in ours], "stream_generate_runs": [round(x, 1) for x in theirs]}))
+
+
+def ngram_vs_off(args, on, off, model_id: str, vocab: int, sink: list) -> None:
+    """Drafts on and off in one process on the same weights, runs alternating: the overhead of
+    drafting where drafts land or not (random weights), without process-to-process spread."""
+    import statistics
+
+    from protocol import messages as m
+
+    from .bench_raw import prompts
+
+    def run(eng, batch: int, seed: int, decode_only: bool) -> float:
+        for i, toks in enumerate(prompts(batch, args.prompt_len, vocab, seed)):
+            eng.handle(m.Generate(f"v{batch}-{seed}-{i}-{id(eng)}", model_id, m.Sampling(
+                max_tokens=args.tokens, temperature=0, ignore_eos=True), prompt_tokens=toks))
+        t = first = time.perf_counter()
+        got = 0
+        while eng.seqs:
+            eng.step()
+            if decode_only and not got and sink:
+                first, got = time.perf_counter(), 1
+            sink.clear()
+        end = time.perf_counter()
+        return (batch * args.tokens - got) / (end - (first if decode_only else t))
+
+    runs = max(args.bs1_runs, 3)
+    for b in [int(x) for x in args.batches.split(",")]:
+        for eng in (on, off):
+            run(eng, b, 1, b == 1)  # warm this batch size's kernels
+        rates = {"on": [], "off": []}
+        for i in range(runs):
+            pair = [("on", on), ("off", off)] if i % 2 == 0 else [("off", off), ("on", on)]
+            for name, eng in pair:
+                rates[name].append(run(eng, b, 100 + i, b == 1))
+        a, o = statistics.median(rates["on"]), statistics.median(rates["off"])
+        drafts = on.stats()["engine"]["batches"][model_id].get("ngram")
+        print(json.dumps({"what": "n-gram drafts on vs off, same weights, alternating runs", "batch": b,
+                          "tokens": args.tokens, "ngram": args.ngram, "on": round(a, 1), "off": round(o, 1),
+                          "ratio": round(a / o, 3),
+                          "paired_ratio_median": round(statistics.median(x / y for x, y in zip(rates["on"], rates["off"])), 3),
+                          "on_runs": [round(x, 1) for x in rates["on"]],
+                          "off_runs": [round(x, 1) for x in rates["off"]], "drafts": drafts}))
 
 
 if __name__ == "__main__":

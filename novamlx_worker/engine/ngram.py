@@ -18,7 +18,7 @@ TODO(#19): the batched path, draft models.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import mlx.core as mx
 from mlx_lm.models.cache import trim_prompt_cache
@@ -28,19 +28,54 @@ from .path import finish_for
 from .solo import Solo
 
 
-def propose(context: list[int], k: int, n_max: int = 4, n_min: int = 2, window: int = 4096) -> list[int]:
+def propose(context: list[int], k: int, n_max: int = 4, n_min: int = 2) -> list[int]:
     """Up to k tokens that followed the latest earlier occurrence of the context's last n tokens
-    (longest n first), searched in the last `window` tokens."""
+    (longest n first). The reference scan; History.propose answers the same from an index."""
     if k <= 0 or len(context) < n_min + 1:
         return []
-    hay = context[-window:]
-    for n in range(min(n_max, len(hay) - 1), n_min - 1, -1):
-        tail = hay[-n:]
-        last = tail[-1]
-        for start in range(len(hay) - n - 1, -1, -1):  # latest first, never the tail itself
-            if hay[start + n - 1] == last and hay[start:start + n] == tail:  # (no slice for most starts)
-                return hay[start + n:start + n + k]
+    for n in range(min(n_max, len(context) - 1), n_min - 1, -1):
+        tail = context[-n:]
+        for start in range(len(context) - n - 1, -1, -1):  # latest first, never the tail itself
+            if context[start:start + n] == tail:
+                return context[start + n:start + n + k]
     return []
+
+
+class History(list):
+    """A sequence's tokens (the last is its next input) with an index of its n-grams, so a draft
+    costs a few dict lookups instead of a scan of the context: at 150 tok/s on a GPU a step has
+    ~7 ms, and a Python scan of a few thousand tokens took a noticeable share of it.
+    Keys are the n-grams' hashes: a collision can only propose a wrong draft, which verification
+    rejects, so the output never depends on it."""
+
+    def __init__(self, tokens=(), n_max: int = 4, n_min: int = 2):
+        super().__init__()
+        self.n_max, self.n_min = n_max, n_min
+        self.after: dict[int, int] = {}  # n-gram hash -> where the tokens after its latest non-tail occurrence begin
+        self.extend(tokens)
+
+    def extend(self, tokens) -> None:
+        for t in tokens:
+            end = len(self)  # the n-grams ending here stop being the tail now
+            for n in range(self.n_min, min(self.n_max, end) + 1):
+                self.after[hash(tuple(self[end - n:end]))] = end
+            super().append(t)
+
+    def append(self, token: int) -> None:
+        self.extend([token])
+
+    def __iadd__(self, tokens):
+        self.extend(tokens)
+        return self
+
+    def propose(self, k: int) -> list[int]:
+        if k <= 0:
+            return []
+        for n in range(min(self.n_max, len(self) - 1), self.n_min - 1, -1):
+            start = self.after.get(hash(tuple(self[-n:])))
+            if start is not None:
+                return self[start:start + k]
+        return []
 
 
 def verify_sampled(probs: mx.array, draft: list[int], uniforms: list[float], draw) -> list[int]:
@@ -82,32 +117,27 @@ def next_k(k: int, proposed: int, accepted: int, k_max: int) -> int:
     return k
 
 
-@dataclass
-class DraftStats:
-    steps: int = 0
-    proposed: int = 0
-    accepted: int = 0
-
-    def record(self, proposed: int, accepted: int) -> None:
-        self.steps += 1
-        self.proposed += proposed
-        self.accepted += accepted
-
-
-PLAIN_STRETCH = (8, 64)  # tokens decoded without drafts when drafts do not help: first, most (doubling)
+PLAIN_STRETCH = (8, 256)  # tokens decoded without drafts when drafts do not help: first, most (doubling)
 MISSES_BEFORE_PLAIN = 6  # drafting steps in a row that accepted nothing
 
 
 @dataclass
 class Stretches:
-    """When drafting pauses: a stretch of plain steps, 8 at first and doubling up to 64 while
-    drafts keep failing, back to 8 at the first accepted draft (solo and batch alike)."""
+    """When drafting pauses: a stretch of plain steps, 8 at first and doubling up to 256 while
+    drafts keep failing, back to 8 at the first accepted draft (solo and batch alike). The miss
+    count survives a stretch: after one, a single missed draft starts the next, so a sequence
+    drafts cannot help costs one unpipelined step per stretch, not six."""
     left: int = 0  # plain steps left in the current stretch
     length: int = PLAIN_STRETCH[0]
-    misses: int = 0  # drafting steps in a row that accepted nothing
+    misses: int = 0  # drafting steps since the last accepted draft that accepted nothing
 
     def start(self) -> None:
-        self.left, self.length, self.misses = self.length, min(2 * self.length, PLAIN_STRETCH[1]), 0
+        self.left, self.length = self.length, min(2 * self.length, PLAIN_STRETCH[1])
+
+    @property
+    def failing(self) -> bool:
+        """Drafts have missed often enough that a plain stretch should run its course."""
+        return self.misses >= MISSES_BEFORE_PLAIN
 
     def after(self, accepted: int) -> bool:
         """After a drafting step: whether a plain stretch is due now."""
@@ -115,7 +145,23 @@ class Stretches:
             self.misses, self.length = 0, PLAIN_STRETCH[0]
             return False
         self.misses += 1
-        return self.misses >= MISSES_BEFORE_PLAIN
+        return self.failing
+
+
+@dataclass
+class DraftStats:
+    """One model's drafting record: counts for /v1/stats, and its plain-stretch state, which
+    outlives a request (solo or batch) so that where drafts keep failing on a model a new
+    request does not pay six misses again before its first stretch (one is enough)."""
+    steps: int = 0
+    proposed: int = 0
+    accepted: int = 0
+    stretches: Stretches = field(default_factory=lambda: Stretches())
+
+    def record(self, proposed: int, accepted: int) -> None:
+        self.steps += 1
+        self.proposed += proposed
+        self.accepted += accepted
 
 
 class NgramSolo(Solo):
@@ -127,10 +173,11 @@ class NgramSolo(Solo):
 
     def __init__(self, *args, context: list[int], k_max: int, stats: DraftStats, **kw):
         super().__init__(*args, **kw)
-        self.seen = list(context)  # every token of the sequence so far; the last is the next input
+        self.seen = History(context)  # every token of the sequence so far; the last is the next input
         self.k_max, self.k = k_max, max(1, k_max // 2)
         self.stats = stats
-        self.stretches = Stretches()
+        self.stretches = stats.stretches  # a new request keeps the model's miss count, from the first stretch length
+        self.stretches.left, self.stretches.length = 0, PLAIN_STRETCH[0]
         self.until_match = False
 
     @property
@@ -140,15 +187,19 @@ class NgramSolo(Solo):
 
     def _go_plain(self, until_match: bool = False) -> None:
         """Into a plain stretch: Solo's state, with the next input not yet in the cache.
-        until_match: it began for want of an n-gram match, and ends early once one appears."""
+        until_match: it began for want of an n-gram match, and lasts until one appears
+        (unless drafts have been failing: then it runs its course)."""
         self.stretches.start()
-        self.until_match = until_match
+        self.until_match = until_match and not self.stretches.failing
         self.last, self.y = self.seen[-1], None
 
     def _plain_step(self):
         st = self.stretches
-        if self.until_match and st.left > 1 and propose(self.seen, 1):  # (runs while the queued forward does)
-            st.left = 1
+        if self.until_match:  # (the lookup runs while the queued forward does)
+            if self.seen.propose(1):
+                st.left = min(st.left, 1)  # a match: the stretch ends with this step
+            elif st.left <= 1:
+                st.left = 2  # still none: go on, rather than break the pipeline for nothing
         st.left -= 1
         if st.left > 0 or self.y is None:
             got = super().step()  # returns a token and queues the next one's forward
@@ -161,7 +212,7 @@ class NgramSolo(Solo):
         return got
 
     def _propose(self, k: int) -> list[int]:
-        return propose(self.seen, k)
+        return self.seen.propose(k)
 
     def _accepted(self, draft: list[int], m: int, before: int) -> None:
         """After verification (draft.py keeps a second cache in step here)."""

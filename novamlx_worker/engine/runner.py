@@ -22,7 +22,7 @@ from .mlxlm_batch import MlxLmBatch
 from .path import TokenOut
 from .sequence import Sequence
 from .draft import DraftSolo
-from .ngram import DraftStats, NgramSolo
+from .ngram import DraftStats, History, NgramSolo
 from .spec_batch import BatchDrafts
 from .solo import Solo
 
@@ -145,7 +145,7 @@ class Runner:
         row = Row(rid, seq.sampler, processors, self._stop_ids(seq), seq.max_tokens - seq.generated,
                   known=(held(cache) if cache else 0) + len(tokens), logprobs=seq.sampling.logprobs)
         if getattr(self.batch, "drafts", None) is not None and self._drafts_serve(seq, processors, in_batch=True):
-            row.history = list(seq.tokens)  # it drafts in the batch (spec_batch.py)
+            row.history = History(seq.tokens)  # it drafts in the batch (spec_batch.py)
         return self.batch.add(row, tokens, cache) or 0
 
     def _batch_drafts_only(self, seq: Sequence, processors: list) -> bool:

@@ -13,7 +13,7 @@ their KV columns are simply written over later.
 
 A drafting step reads its tokens before the next forward (it must know them to draft), so it
 cannot be pipelined like a plain step; where drafts do not help (no row has a match, or no
-draft was kept several steps in a row) the batch decodes plain pipelined stretches of 8 to 64
+draft was kept several steps in a row) the batch decodes plain pipelined stretches of 8 to 256
 steps, as the solo path does (ngram.py).
 """
 from __future__ import annotations
@@ -22,21 +22,25 @@ import mlx.core as mx
 
 from ..sampling import log_probs
 from .batch import CAPACITY_STEP, Batch, pick_tokens
-from .ngram import DraftStats, Stretches, next_k, propose, verify
+from .ngram import DraftStats, next_k, verify
 from .path import TokenOut
 
 
 class BatchDrafts:
     def __init__(self, k_max: int, stats: DraftStats):
         self.k_max, self.stats = k_max, stats
-        self.stretches = Stretches()
+        self.stretches = stats.stretches
 
     def due(self, batch: Batch) -> bool:
         """Whether this step drafts: some row may, and no plain stretch is running."""
         if self.stretches.left > 0:
             self.stretches.left -= 1
             return False
-        return any(r is not None and r.history is not None for r in batch.slots)
+        # no row has a match (on its history up to the queued step): another plain stretch, no pause
+        if not any(r is not None and r.history is not None and r.history.propose(1) for r in batch.slots):
+            self.stretches.start()
+            return False
+        return True
 
     def _drafts(self, members: list) -> dict[int, list[int]]:
         out = {}
@@ -44,7 +48,7 @@ class BatchDrafts:
             if r.history is None:
                 continue
             r.k = r.k or max(1, self.k_max // 2)
-            draft = propose(r.history, min(r.k, r.max_tokens - r.n - 1))
+            draft = r.history.propose(min(r.k, r.max_tokens - r.n - 1))
             if draft:
                 out[s] = draft
         return out
