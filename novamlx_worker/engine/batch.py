@@ -402,6 +402,8 @@ class Batch:
         """Nothing left to run: hold no KV memory while idle."""
         if not self.by_rid:
             self.keys, self.values, self.slots, self.fresh = [], [], [], {}
+            if self.drafts is not None:
+                self.drafts.release()
             self.waiting, self.prefill, self.inflight = [], None, None
 
     def _queue(self):

@@ -22,6 +22,7 @@ from .mlxlm_batch import MlxLmBatch
 from .path import TokenOut
 from .sequence import Sequence
 from .draft import DraftSolo
+from .draft_batch import ModelDrafts
 from .ngram import DraftStats, History, NgramSolo
 from .spec_batch import BatchDrafts
 from .solo import Solo
@@ -49,8 +50,8 @@ class Runner:
                  prefill_step: int = 512, kv: KVFormat = KVFormat(), snapshot_bytes: int = 0, ngram_k: int = 0,
                  draft: LoadedModel | None = None, draft_k: int = 4):
         self.loaded = loaded
-        self.ngram_k = ngram_k  # n-gram drafts of up to k tokens for a lone sequence (ngram.py); 0: off
-        self.draft, self.draft_k = draft, draft_k  # a draft model's proposals instead (draft.py)
+        self.ngram_k = ngram_k  # n-gram drafts of up to k tokens (ngram.py, spec_batch.py); 0: off
+        self.draft, self.draft_k = draft, draft_k  # a draft model's proposals instead (draft.py, draft_batch.py)
         self.drafts = DraftStats()
         self.kv = kv  # quantized KV applies to plain-KV models (the slot batch and solo path)
         self.eos_ids = set(loaded.tokenizer.stop_ids)  # EOS and turn-opening control tokens
@@ -60,7 +61,11 @@ class Runner:
         if not self.cacheable:
             self.kv = KVFormat()  # windows and SSM state stay as the model makes them
         if self.cacheable:
-            drafts = BatchDrafts(ngram_k, self.drafts) if ngram_k and draft is None else None
+            drafts = None
+            if draft is not None:
+                drafts = ModelDrafts(draft_k, self.drafts, draft.model, max_batch, prefill_step)
+            elif ngram_k:
+                drafts = BatchDrafts(ngram_k, self.drafts)
             self.batch = Batch(loaded.model, max_batch, prefill_step, prefill_batch, kv=kv, drafts=drafts)
         else:
             self.batch = MlxLmBatch(loaded.model, max_batch, prefill_step, prefill_batch, snapshot_bytes)

@@ -37,28 +37,43 @@ class BatchDrafts:
             self.stretches.left -= 1
             return False
         # no row has a match (on its history up to the queued step): another plain stretch, no pause
-        if not any(r is not None and r.history is not None and r.history.propose(1) for r in batch.slots):
+        if not any(r is not None and r.history is not None and self._may_draft(r) for r in batch.slots):
             self.stretches.start()
             return False
         return True
 
-    def _drafts(self, members: list) -> dict[int, list[int]]:
+    @staticmethod
+    def _may_draft(r) -> bool:
+        return bool(r.history.propose(1))
+
+    @staticmethod
+    def _want(r, k_max: int) -> int:
+        """How many tokens to draft for a row now (its adaptive k, within its max_tokens)."""
+        r.k = r.k or max(1, k_max // 2)
+        return min(r.k, r.max_tokens - r.n - 1)
+
+    def _drafts(self, b: Batch, members: list) -> dict[int, list[int]]:
         out = {}
         for s, r in members:
             if r.history is None:
                 continue
-            r.k = r.k or max(1, self.k_max // 2)
-            draft = r.history.propose(min(r.k, r.max_tokens - r.n - 1))
+            draft = r.history.propose(self._want(r, self.k_max))
             if draft:
                 out[s] = draft
         return out
+
+    def _kept(self, r, m: int) -> None:
+        """After verification: m of the row's draft tokens were kept (a draft model follows here)."""
+
+    def release(self) -> None:
+        """The batch is empty: give back what drafting holds."""
 
     def step(self, b: Batch) -> list[TokenOut]:
         """One drafting step over every occupied slot (each row's next input is in b.fresh)."""
         members = [(s, r) for s, r in enumerate(b.slots) if r is not None]
         if not members:
             return []
-        drafts = self._drafts(members)
+        drafts = self._drafts(b, members)
         width = 1 + max((len(d) for d in drafts.values()), default=0)
         used = max(r.length for _, r in members) + width
         while used > b._capacity():
@@ -86,6 +101,7 @@ class BatchDrafts:
                     target_logits = logits[s, :len(draft) + 1]
                     emitted = verify(draft, target_logits, r.sampler, target[s])
                 m = len(emitted) - 1
+                self._kept(r, m)
                 accepted += m
                 self.stats.record(proposed, m)
                 r.k = next_k(r.k, proposed, m, self.k_max)

@@ -317,3 +317,29 @@ def test_rows_with_penalties_and_grammars_draft_in_the_batch(tiny_model):
         assert any(len(d.logprobs or []) > 1 for d in deltas(spec.events, rid)), rid
     drafts = spec.stats()["engine"]["batches"]["tiny-llama"]["ngram"]
     assert drafts["accepted"] > 20 and spec.runners["tiny-llama"].solo is None
+
+
+def test_draft_model_drafts_for_batched_rows(tiny_model, twin):
+    """Several rows with a draft model: greedy rows, a logprob row, a penalty row, a top_k 1
+    sampled row (rejection sampling against a point mass keeps what greedy keeps) and a
+    `speculative: false` row share the slot batch, and every answer equals plain decoding's. The
+    target's twin as draft has every proposal accepted; an unrelated draft few, output unchanged."""
+    same, other = twin
+    requests = [("g0", PROMPTS[0], 40, {}), ("g1", PROMPTS[2], 30, {}), ("l", PROMPTS[1], 25, {"logprobs": True}),
+                ("p", PROMPTS[1], 30, {"frequency_penalty": 0.3}), ("t", PROMPTS[2], 25, {"temperature": 0.8, "top_k": 1}),
+                ("x", PROMPTS[0], 20, {"speculative": False})]
+    want = run_together(engine(tiny_model, 0), requests)
+    for draft in (same, other):
+        eng = draft_engine(tiny_model, draft)
+        assert run_together(eng, requests) == want
+        stats = eng.stats()["engine"]["batches"]["tiny-llama"]["draft_model"]
+        runner = eng.runners["tiny-llama"]
+        assert runner.solo is None and stats["proposed"] > (50 if draft is same else 10), stats
+        # a second round on the same engine reuses freed draft slots (rows whose target is the plain argmax:
+        # the twin's proposals are all accepted, where the penalty row's processed target could differ)
+        assert run_together(eng, [(f"{rid}2", p, n, kw) for rid, p, n, kw in requests[:3]]) == {
+            f"{rid}2": want[rid] for rid, *_ in requests[:3]}
+        after = eng.stats()["engine"]["batches"]["tiny-llama"]["draft_model"]
+        if draft is same:
+            assert after["accepted"] - stats["accepted"] == after["proposed"] - stats["proposed"] > 20
+            assert after["tokens_per_step"] > 2.5
