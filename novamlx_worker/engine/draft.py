@@ -2,15 +2,16 @@
 tokenizer proposes k tokens (greedily, one cheap forward each), the target scores them all in
 one forward and keeps what it would have produced (ngram.py's rule: argmax for greedy rows,
 rejection sampling for sampled ones, so the output is exactly the target's). Both caches are
-trimmed back to the accepted tokens; the draft's catches up on what it has not seen at the
-next step.
+taken back to the accepted tokens (rollback.py: any cache kind); the draft's catches up on what
+it has not seen at the next step.
 """
 from __future__ import annotations
 
 import mlx.core as mx
-from mlx_lm.models.cache import make_prompt_cache, trim_prompt_cache
+from mlx_lm.models.cache import make_prompt_cache
 
 from .ngram import NgramSolo
+from .rollback import checkpoint, take_back
 
 
 def check_pair(target, draft) -> None:
@@ -27,22 +28,26 @@ class DraftSolo(NgramSolo):
         self.draft = draft_model
         self.draft_cache = make_prompt_cache(draft_model)
         self.draft_len = 0  # tokens of `seen` the draft's cache holds (a prefix)
+        self.fed, self.saved = [], None  # the last proposal's inputs, and what rolls them back
 
     def _propose(self, k: int) -> list[int]:
         behind = self.seen[self.draft_len:-1]
         for i in range(0, len(behind), self.prefill_step):  # catch up (the prompt, then accepted tokens)
             self.draft(mx.array(behind[i:i + self.prefill_step])[None], cache=self.draft_cache)
         self.draft_len += len(behind)
+        self.saved = checkpoint(self.draft_cache, k)
         out, y = [], self.seen[-1]
         for _ in range(k):
             y = mx.argmax(self.draft(mx.array([y])[None], cache=self.draft_cache)[0, -1]).item()
-            self.draft_len += 1
             out.append(y)
+        self.fed = [self.seen[-1], *out[:-1]] if out else []
+        self.draft_len += len(self.fed)
         return out
 
     def _accepted(self, draft: list[int], m: int, before: int) -> None:
-        """The draft's cache holds seen[:before] + [last] + draft[:-1]: keep what is still true."""
-        valid = before + min(m, max(len(draft) - 1, 0))
-        if self.draft_len > valid:
-            trim_prompt_cache(self.draft_cache, self.draft_len - valid)
-            self.draft_len = valid
+        """The draft's cache holds seen[:before] + draft[:-1] (fed: seen[before-1:] + draft[:-1]):
+        keep what is still true, the last input and the m kept drafts."""
+        keep = min(1 + m, len(self.fed))
+        take_back(self.draft, self.draft_cache, self.saved, self.fed, keep)
+        self.draft_len -= len(self.fed) - keep
+        self.fed, self.saved = [], None

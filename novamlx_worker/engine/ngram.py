@@ -6,25 +6,26 @@ tokens that followed there are a draft. One forward over [next input, draft...] 
 all; the draft is accepted while it equals the target's argmax, and the target's own token
 at the first mismatch (or after the last accepted one) comes free. Rejected positions are
 trimmed from the cache, so the KV always equals a plain decode's: the output is exactly the
-target's greedy output, several tokens per forward when the draft is right.
+target's greedy output, several tokens per forward when the draft is right. Caches that cannot be
+trimmed (a wrapped sliding window, SSM state) are restored and fed the kept tokens (rollback.py).
 
 A sampled row stays exact by rejection sampling: a draft token d (proposed with certainty) is
 kept with probability p(d) under the distribution the sampler draws from (after top-k, top-p,
 min-p and temperature); at the first rejection the token is drawn from p without d, and after
 a fully accepted draft from p: every emitted token has the target's distribution.
 
-Scope now: the solo path (one sequence on a model), rows without logits processors or logprobs.
-TODO(#19): the batched path, draft models.
+Here: the solo path (one sequence on a model; rows without logits processors or logprobs), any
+cache kind. Rows in the slot batch draft in spec_batch.py; draft models in draft.py / draft_batch.py.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import mlx.core as mx
-from mlx_lm.models.cache import trim_prompt_cache
 
 from ..sampling import log_probs
 from .path import finish_for
+from .rollback import checkpoint, take_back
 from .solo import Solo
 
 
@@ -227,13 +228,13 @@ class NgramSolo(Solo):
         if not draft and self.max_tokens - self.n > 1:
             self._go_plain(until_match=True)
             return self._plain_step()
-        inputs = mx.array([self.seen[-1], *draft])[None]
-        logits = self.model(inputs, cache=self.cache)[0]
+        inputs = [self.seen[-1], *draft]
+        saved = checkpoint(self.cache, len(inputs))
+        logits = self.model(mx.array(inputs)[None], cache=self.cache)[0]
         self._quantize()
         emitted = verify(draft, logits, self.sampler)
         m = len(emitted) - 1
-        if len(draft) > m:
-            trim_prompt_cache(self.cache, len(draft) - m)  # the KV of rejected drafts goes
+        take_back(self.model, self.cache, saved, inputs, m + 1)  # the KV (or state) of rejected drafts goes
         self._accepted(draft, m, before)
         self.stats.record(len(draft), m)
         self.k = next_k(self.k, len(draft), m, self.k_max)

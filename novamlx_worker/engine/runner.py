@@ -131,8 +131,7 @@ class Runner:
     def _start_solo(self, rid: int, seq: Sequence, tokens: list[int], cache: list | None, processors: list) -> None:
         args = (self.loaded.model, rid, tokens, cache or make_prompt_cache(self.loaded.model), seq.sampler,
                 processors, seq.max_tokens - seq.generated, self._stop_ids(seq), self.prefill_step, self.kv)
-        # drafts need a cache that can be cut back (plain KV)
-        plain = not self._drafts_serve(seq, processors) or not self.cacheable
+        plain = not self._drafts_serve(seq, processors)  # any cache kind can be taken back (rollback.py)
         if self.draft is not None and not plain:
             self.solo = DraftSolo(*args, context=seq.tokens, k_max=self.draft_k, stats=self.drafts,
                                   draft_model=self.draft.model)

@@ -1,0 +1,121 @@
+"""Drafts on models whose caches cannot simply be cut back: gemma3_text (sliding-window layers,
+wrapped here) and lfm2 (short-convolution state), tiny random models. After a rejected draft
+the state equals a cold prefill of the kept tokens, and n-gram and draft-model decoding give
+the plain greedy output token for token."""
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx_lm.models.cache import ArraysCache, KVCache, RotatingKVCache, make_prompt_cache
+
+from novamlx_worker.engine.rollback import checkpoint, take_back
+from novamlx_worker.models.pool import ModelPool
+from tests.fixtures.tiny_models import TINY_GEMMA3, TINY_LFM2, TINY_LLAMA, build_tiny_llama, build_tiny_mlx
+from tests.unit.test_hybrid_prefix import PROMPT
+from tests.unit.test_ngram import draft_engine, engine
+
+FAMILIES = {"tiny-gemma3-text": TINY_GEMMA3, "tiny-lfm2": TINY_LFM2, "tiny-llama": TINY_LLAMA}
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def family(request, tmp_path_factory):
+    name = request.param
+    root = tmp_path_factory.mktemp("rollback")
+    if name == "tiny-llama":
+        return name, build_tiny_llama(root / name, seed=5)
+    return name, build_tiny_mlx(root / name, FAMILIES[name], seed=5)
+
+
+def prefill(model, tokens):
+    cache = make_prompt_cache(model)
+    for i in range(0, len(tokens), 64):
+        model(mx.array(tokens[i:i + 64])[None], cache=cache)
+    return cache
+
+
+def test_state_after_a_rejection_equals_a_cold_prefill(family):
+    name, path = family
+    model = ModelPool([str(path)], [], "auto").get(name).model
+    cache = prefill(model, PROMPT)
+    kinds = {type(c) for c in cache}
+    fed = [501, 502, 503, 504, 505]  # an input and a 4-token draft, of which 1 is kept
+    saved = checkpoint(cache, len(fed))
+    assert (saved is None) == (name == "tiny-llama")  # plain KV is cut; a wrapped window or conv state is not
+    model(mx.array(fed)[None], cache=cache)
+    take_back(model, cache, saved, fed, 2)
+    cold = prefill(model, PROMPT + fed[:2])
+    compared = 0
+    for c, w in zip(cache, cold):
+        assert type(c) is type(w)
+        if isinstance(c, ArraysCache):
+            for a, b in zip(c.state, w.state):
+                assert (a is None) == (b is None)
+                if a is not None:
+                    assert np.allclose(np.array(a), np.array(b), atol=1e-5)
+                    compared += 1
+        elif type(c) is KVCache:
+            n = c.offset
+            assert n == w.offset == len(PROMPT) + 2
+            assert np.allclose(np.array(c.keys[:, :, :n]), np.array(w.keys[:, :, :n]), atol=1e-5)
+        elif isinstance(c, RotatingKVCache):
+            assert c.offset == w.offset
+    # and what follows is the same: the next tokens' logits from both states
+    nxt = mx.array([[7, 8, 9]])
+    a, b = model(nxt, cache=cache), model(nxt, cache=cold)
+    assert np.allclose(np.array(a), np.array(b), atol=1e-4), name
+    assert (compared > 0) == (ArraysCache in kinds)  # the convolution states were compared
+    assert (RotatingKVCache in kinds) == (name == "tiny-gemma3-text")
+
+
+def test_drafts_partly_kept_keep_the_greedy_output(family, monkeypatch, tmp_path):
+    """One stream whose drafter proposes the next two tokens of the plain answer and then a wrong
+    one: every drafting step keeps two and rejects one, so the state is taken back every time; the
+    answer equals plain greedy decoding. Then a draft model, the target's twin (all kept) and an
+    unrelated random model of the same family (all rejected): the same answer again."""
+    import shutil
+
+    from novamlx_worker.engine.ngram import NgramSolo
+
+    name, path = family
+    prompt = PROMPT[:100]
+    want, _ = generate_as(engine(path, 0), name, prompt, 40)
+    from mlx_lm.generate import generate_step
+
+    model = ModelPool([str(path)], [], "auto").get(name).model
+    ref_tokens = [int(t) for t, _ in generate_step(mx.array(prompt), model, max_tokens=40)]  # mlx-lm's greedy ids
+
+    def propose(self, k):
+        i = len(self.seen) - len(prompt)
+        return ref_tokens[i:i + 2] + [49151] if i + 2 < len(ref_tokens) else []
+
+    with monkeypatch.context() as mp:
+        mp.setattr(NgramSolo, "_propose", propose)
+        spec = engine(path, 4)
+        got, _ = generate_as(spec, name, prompt, 40)
+    assert got == want
+    stats = spec.stats()["engine"]["batches"][name]["ngram"]
+    # every step (but where the answer's end cut it) kept two and rejected one
+    steps, rejected = stats["steps"], stats["proposed"] - stats["accepted"]
+    assert steps > 5 and stats["accepted"] >= 2 * (steps - 1) and rejected >= steps - 1, stats
+    twin = tmp_path / f"twin-{name}"
+    shutil.copytree(path, twin)
+    other = (build_tiny_llama(tmp_path / f"other-{name}", seed=9) if name == "tiny-llama"
+             else build_tiny_mlx(tmp_path / f"other-{name}", FAMILIES[name], seed=9))
+    for draft in (twin, other):
+        eng = draft_engine(path, draft)
+        assert generate_as(eng, name, prompt, 40)[0] == want
+        stats = eng.stats()["engine"]["batches"][name]["draft_model"]
+        assert stats["proposed"] > 0 and (stats["accepted"] == stats["proposed"]) == (draft is twin), stats
+
+
+def generate_as(eng, model, prompt, n):
+    from protocol import messages as m
+    from tests.fixtures.events import text_of
+
+    rid = f"r{len(eng.events)}"
+    eng.handle(m.Generate(rid, model, m.Sampling(temperature=0, max_tokens=n, ignore_eos=True),
+                          prompt_tokens=prompt))
+    while not any(isinstance(e, (m.Finished, m.Error)) and e.id == rid for e in eng.events):
+        eng.step()
+    fin = next(e for e in eng.events if getattr(e, "id", None) == rid and isinstance(e, (m.Finished, m.Error)))
+    assert isinstance(fin, m.Finished), fin
+    return text_of(eng.events, rid), fin
