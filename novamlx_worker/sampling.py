@@ -157,6 +157,18 @@ def think_budget(budget: int, close_ids: list[int], still_thinking):
         forced[0] += 1
         return mx.where(mx.arange(logits.shape[-1]) == tok, 0.0, -1e9)[None].astype(logits.dtype)
 
+    def draft_room(n: int) -> int | None:
+        """How long a draft may be for a row that has generated n tokens: its positions (and the
+        token after them) stay before the budget, since this processor counts what it forced and
+        reads the answer's text state, which a rejected draft position must not touch; none while
+        the close tag is being forced; any once it is done (or the answer had begun)."""
+        if n < budget:
+            return budget - n - 1
+        if forced[0] >= len(close_ids) or (n > budget and not forced[0]):
+            return None
+        return 0
+
+    proc.drafts, proc.draft_room = True, draft_room
     return proc
 
 

@@ -160,8 +160,8 @@ class Runner:
     @staticmethod
     def _drafts_serve(seq: Sequence, processors: list, in_batch: bool = False) -> bool:
         """Rows drafts serve (yet), unless the request turned them off. In the slot batch: rows
-        whose processors may be called on draft positions (penalties, grammar; not the thinking
-        budget, which keeps its own count) and logprob rows; on the solo path: neither."""
+        whose processors may be called on draft positions (penalties, grammar, the thinking budget,
+        which bounds the draft's length itself) and logprob rows; on the solo path: neither."""
         if not seq.speculative:
             return False
         if in_batch:

@@ -6,9 +6,10 @@ padded. A greedy row keeps its draft while it equals the target's argmax, a samp
 rejection sampling against its own sampling distribution (ngram.verify, as on the solo path:
 the output distribution is exactly the target's), and each adds the target's next token; a row
 that asks for logprobs gets the target's row for every kept token. A row with logits processors
-(penalties, grammar) is verified against its processed distribution, computed position by position
-on the context each position would have (`processed`). Rows without drafts (none found, or the
-thinking budget's processor) take position 0 as a plain step would. Rejected drafts need no rollback: the slot's length advances only over kept tokens, so
+(penalties, grammar, the thinking budget) is verified against its processed distribution, computed
+position by position on the context each position would have (`processed`); a processor with a
+`draft_room` bounds the draft's length (the thinking budget keeps drafts clear of its budget).
+Rows without drafts take position 0 as a plain step would. Rejected drafts need no rollback: the slot's length advances only over kept tokens, so
 their KV columns are simply written over later.
 
 A drafting step reads its tokens before the next forward (it must know them to draft), so it
@@ -50,7 +51,13 @@ class BatchDrafts:
     def _want(r, k_max: int) -> int:
         """How many tokens to draft for a row now (its adaptive k, within its max_tokens)."""
         r.k = r.k or max(1, k_max // 2)
-        return min(r.k, r.max_tokens - r.n - 1)
+        want = min(r.k, r.max_tokens - r.n - 1)
+        for p in r.processors:  # a processor may bound it (the thinking budget's, near its budget)
+            room = getattr(p, "draft_room", None)
+            limit = room(r.n) if room is not None else None
+            if limit is not None:
+                want = min(want, limit)
+        return want
 
     def _drafts(self, b: Batch, members: list) -> dict[int, list[int]]:
         out = {}

@@ -73,7 +73,7 @@ def test_greedy_output_equals_plain_decoding(tiny_model, k):
 
 def test_lone_rows_the_solo_drafts_cannot_serve_draft_in_the_batch(tiny_model):
     """A lone logprob or penalty row goes to the slot batch, which drafts for it (same output as
-    without drafts); a row with a thinking budget (its processor keeps its own count) never drafts."""
+    without drafts); a processor without the drafts mark keeps its row from drafting."""
     spec, plain = engine(tiny_model, 4), engine(tiny_model, 0)
     for kw in ({"logprobs": True}, {"frequency_penalty": 0.2}):
         a, _ = generate(spec, PROMPTS[1], 30, **kw)
@@ -82,7 +82,7 @@ def test_lone_rows_the_solo_drafts_cannot_serve_draft_in_the_batch(tiny_model):
     assert spec.stats()["engine"]["batches"]["tiny-llama"]["ngram"]["accepted"] > 10
     assert spec.runners["tiny-llama"].solo is None
     runner = spec.runners["tiny-llama"]
-    budget = [lambda c, x: x]  # a processor without the drafts mark, as the thinking budget's
+    budget = [lambda c, x: x]  # a processor without the drafts mark
     seq = type("S", (), {"speculative": True, "sampling": m.Sampling()})()
     assert not runner._drafts_serve(seq, budget, in_batch=True) and runner._drafts_serve(seq, [], in_batch=True)
 
@@ -343,3 +343,32 @@ def test_draft_model_drafts_for_batched_rows(tiny_model, twin):
         if draft is same:
             assert after["accepted"] - stats["accepted"] == after["proposed"] - stats["proposed"] > 20
             assert after["tokens_per_step"] > 2.5
+
+
+@pytest.mark.parametrize("budget", [8, 30])
+def test_thinking_budget_rows_draft_up_to_their_budget(tiny_model, monkeypatch, budget):
+    """A scripted reasoning answer ("step" sixty times) with a thinking budget, alone and beside
+    another row: with n-gram drafts the reasoning is closed at the same token and the answer is the
+    same as without; drafts land before the budget and after the close tag, never across it."""
+    from tests.conftest import SCRIPTS
+    from tests.fixtures.events import deltas
+
+    monkeypatch.setenv("NOVAMLX_TEST_SCRIPTS", str(SCRIPTS))
+
+    def answer(eng, together: bool):
+        rids = [f"t{len(eng.events)}"] + ([f"o{len(eng.events)}"] if together else [])
+        eng.handle(m.Generate(rids[0], "tiny-llama", m.Sampling(temperature=0, max_tokens=120, thinking_budget=budget),
+                              messages=[m.ChatMessage(role="user", content="SCRIPT:long_think")]))
+        if together:
+            eng.handle(m.Generate(rids[1], "tiny-llama", m.Sampling(temperature=0, max_tokens=40, ignore_eos=True),
+                                  prompt_tokens=PROMPTS[1]))
+        while not set(rids) <= {e.id for e in eng.events if isinstance(e, (m.Finished, m.Error))}:
+            eng.step()
+        ds = deltas(eng.events, rids[0])
+        return "".join(d.reasoning or "" for d in ds), "".join(d.text or "" for d in ds)
+
+    for together in (False, True):
+        plain, spec = engine(tiny_model, 0), engine(tiny_model, 4)
+        want, got = answer(plain, together), answer(spec, together)
+        assert got == want and want[0].count("step") < 60 and want[1], (got, want)
+        assert spec.stats()["engine"]["batches"]["tiny-llama"]["ngram"]["accepted"] > 10
