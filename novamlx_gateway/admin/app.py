@@ -88,10 +88,28 @@ async def model_settings(request: Request):
         if taken is not None and taken.id != info.id:  # the alias would hide that model from every client
             raise APIError(409, f"Invalid 'model_alias': {alias!r} already names the model `{taken.id}`.",
                            "alias_conflict", "model_alias")
+        _check_draft(worker, info, body)
         updated = worker.settings.update(info.id, body)
         await request.app.state.catalog.push_policies()  # ttl, pinning, context window: the worker applies them
         return JSONResponse({"id": info.id, "settings": updated})
     return JSONResponse({"id": info.id, "settings": worker.settings.get(info.id)})
+
+
+def _check_draft(worker, info, body) -> None:
+    """A draft model must be another served text model (its tokenizer is checked when the target
+    loads: a mismatch is logged and shown in /v1/stats as draft_model_error)."""
+    name = body.get("draft_model") if isinstance(body, dict) else None
+    if not isinstance(name, str) or not name:
+        return
+    draft = worker.resolve_model(name)
+    if draft is None:
+        raise APIError(400, f"Invalid 'draft_model': no served model is named {name!r}.", "invalid_value", "draft_model")
+    why = ("a model cannot draft for itself" if draft.id == info.id
+           else f"`{info.id}` is a {info.kind} model; drafts serve text models" if info.kind != "llm"
+           else f"`{draft.id}` is a {draft.kind} model; a draft is a smaller text model with the same tokenizer"
+           if draft.kind != "llm" else "")
+    if why:
+        raise APIError(400, f"Invalid 'draft_model': {why}.", "invalid_value", "draft_model")
 
 
 async def _model_body(request: Request) -> dict:

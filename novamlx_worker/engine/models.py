@@ -89,9 +89,10 @@ class Models:
                 kv = KVFormat()
             elif how == "contiguous":
                 kv = KVFormat(kv.bits, kv.group_size, contiguous=True)
-        draft, k = self._draft_for(lm)
+        draft, k, why = self._draft_for(lm)
         runner = Runner(lm, max_batch=self.max_batch, prefill_step=self.prefill_step, prefill_batch=self.prefill_batch,
-                        kv=kv, snapshot_bytes=self.prefix_cache_bytes, ngram_k=self.ngram_k, draft=draft, draft_k=k)
+                        kv=kv, snapshot_bytes=self.prefix_cache_bytes, ngram_k=self.ngram_k, draft=draft, draft_k=k,
+                        draft_error=why)
         if runner.cacheable and self.prefix_cache_bytes > 0 and lm.id not in self.caches:
             self.caches[lm.id] = PrefixCache(lm.id, self.block_size, self.prefix_cache_bytes, self.ssd, kv)
         return runner
@@ -100,24 +101,28 @@ class Models:
         e = self.pool.entries[model_id]
         return KVFormat(*self.default_kv) if e.kv_bits is None else KVFormat(e.kv_bits, e.kv_group_size)
 
-    def _draft_for(self, lm: LoadedModel) -> tuple[LoadedModel | None, int]:
+    def _draft_for(self, lm: LoadedModel) -> tuple[LoadedModel | None, int, str]:
         """The draft model set for this one (its draft_model setting, else --draft-model), loaded,
-        if it shares the tokenizer; a draft that cannot serve is logged and left out."""
+        if it shares the tokenizer, its draft length, and why not where a draft is set but cannot
+        serve (logged, and shown in /v1/stats: the target still serves, without it)."""
         entry = self.pool.entries[lm.id]
         name = entry.draft_model or self.default_draft
         if not name or lm.vision is not None:
-            return None, 0
+            return None, 0, ""
         found = self.pool.find(name)
+        why = ""
         if found is None or found.id == lm.id:
-            log.warning("%s: draft model `%s` is not served here; decoding without it", lm.id, name)
-            return None, 0
-        try:
-            draft = self.pool.get(found.id)
-            check_pair(lm, draft)
-        except Exception as e:  # noqa: BLE001 - the target still serves, without the draft
-            log.warning("%s: draft model `%s` left out: %s", lm.id, name, e)
-            return None, 0
-        return draft, entry.num_draft_tokens or self.default_draft_k
+            why = f"draft model `{name}` is not served here" if found is None else "a model cannot draft for itself"
+        else:
+            try:
+                draft = self.pool.get(found.id)
+                check_pair(lm, draft)
+            except Exception as e:  # noqa: BLE001 - the target still serves, without the draft
+                why = f"draft model `{name}` left out: {e}"
+        if why:
+            log.warning("%s: %s; decoding without it", lm.id, why)
+            return None, 0, why
+        return draft, entry.num_draft_tokens or self.default_draft_k, ""
 
     def kv_report(self) -> dict:
         """Per loaded model: its KV format now and what a token costs plain, for the admin's

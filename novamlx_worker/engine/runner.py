@@ -48,11 +48,12 @@ def processors_for(seq: Sequence, loaded: LoadedModel, vocab_size: int) -> list:
 class Runner:
     def __init__(self, loaded: LoadedModel, max_batch: int = 32, prefill_batch: int = 16,
                  prefill_step: int = 512, kv: KVFormat = KVFormat(), snapshot_bytes: int = 0, ngram_k: int = 0,
-                 draft: LoadedModel | None = None, draft_k: int = 4):
+                 draft: LoadedModel | None = None, draft_k: int = 4, draft_error: str = ""):
         self.loaded = loaded
         self.ngram_k = ngram_k  # n-gram drafts of up to k tokens (ngram.py, spec_batch.py); 0: off
         self.draft, self.draft_k = draft, draft_k  # a draft model's proposals instead (draft.py, draft_batch.py)
         self.drafts = DraftStats()
+        self.draft_error = draft_error  # why a draft model set for this one does not serve, for /v1/stats
         self.kv = kv  # quantized KV applies to plain-KV models (the slot batch and solo path)
         self.eos_ids = set(loaded.tokenizer.stop_ids)  # EOS and turn-opening control tokens
         self.prefill_step = prefill_step
@@ -99,6 +100,8 @@ class Runner:
                 "steps": d.steps, "proposed": d.proposed, "accepted": d.accepted,
                 "acceptance": round(d.accepted / d.proposed, 3) if d.proposed else None,
                 "tokens_per_step": round((d.steps + d.accepted) / d.steps, 3) if d.steps else None}
+        if self.draft_error:
+            info["draft_model_error"] = self.draft_error
         return info
 
     def add(self, seq: Sequence, cache: list | None = None) -> int:

@@ -32,3 +32,48 @@ def test_ngram_drafts_keep_the_greedy_answer(tiny_model, tmp_path):
             s.stop()
     assert answers[0] == answers[1]
     assert stats is not None and stats["steps"] > 0 and stats["proposed"] >= stats["accepted"] >= 0
+
+
+def test_draft_model_set_through_the_admin_settings(tiny_model, tmp_path):
+    """draft_model set per model with the admin API: a name that is not served, the model itself
+    and an embedding model are refused with a 400 naming the field; the target's twin is taken, and
+    two concurrent answers (the slot batch drafting with the twin) equal those before; /v1/stats
+    counts the draft model's proposals."""
+    import shutil
+    import threading
+
+    import httpx
+
+    twin = tmp_path / "models" / "tiny-twin"
+    shutil.copytree(tiny_model, twin)
+    s = Server(["--model", str(tiny_model), "--model", str(twin), "--admin-key", "adm"], tmp_path / "data").wait_ready()
+    base, hdr = f"http://127.0.0.1:{s.admin_port}/admin/models", {"x-admin-key": "adm"}
+    try:
+        c = s.openai()
+        asks = [dict(ASK, max_tokens=40), dict(ASK, max_tokens=30, messages=[{"role": "user", "content": "count: " +
+                                                                               "one two three " * 10}])]
+
+        def together() -> list[str]:
+            out = [None, None]
+
+            def one(i):
+                out[i] = c.chat.completions.create(**asks[i]).choices[0].message.content
+            threads = [threading.Thread(target=one, args=(i,)) for i in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            return out
+
+        before = together()
+        embedder = next(m.id for m in c.models.list().data if "minilm" in m.id.lower())
+        for bad, words in (("nope", "no served model"), ("tiny-llama", "itself"), (embedder, "embedding model")):
+            r = httpx.put(f"{base}/tiny-llama/settings", headers=hdr, json={"draft_model": bad})
+            assert r.status_code == 400 and words in r.text and r.json()["error"]["param"] == "draft_model", r.text
+        r = httpx.put(f"{base}/tiny-llama/settings", headers=hdr, json={"draft_model": "tiny-twin", "num_draft_tokens": 4})
+        assert r.status_code == 200, r.text
+        assert together() == before
+        stats = s.stats()["engine"]["batches"]["tiny-llama"]["draft_model"]
+        assert stats["proposed"] > 0 and stats["accepted"] == stats["proposed"], stats  # the twin agrees every time
+    finally:
+        s.stop()

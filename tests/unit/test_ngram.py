@@ -191,7 +191,9 @@ def test_draft_with_another_tokenizer_is_left_out(tiny_model, tmp_path):
     (odd / "tokenizer.json").write_text(json.dumps(tok))
     eng = draft_engine(tiny_model, odd)
     text, fin = generate(eng, PROMPTS[0], 10)
-    assert fin.usage.completion_tokens == 10 and "draft_model" not in eng.stats()["engine"]["batches"]["tiny-llama"]
+    batch = eng.stats()["engine"]["batches"]["tiny-llama"]
+    assert fin.usage.completion_tokens == 10 and "draft_model" not in batch
+    assert "tiny-odd" in batch["draft_model_error"], batch  # why, for the operator
 
 
 def test_drafts_that_keep_missing_fall_back_to_plain_pipelined_stretches(tiny_model, monkeypatch):
