@@ -48,7 +48,7 @@ class Config:
     num_draft_tokens: int = 4
     max_sessions: int = 64  # conversations whose KV state is kept across turns (session_id); the oldest idle goes
     session_ttl: float = 1800.0  # seconds a session is kept idle
-    speculative_ngram: int = 0  # n-gram (prompt lookup) drafts of up to this many tokens for a lone greedy stream; 0 off
+    speculative_ngram: int = 0  # n-gram (prompt lookup) drafts of up to this many tokens (every stream); 0 off
     ssd_cache: bool = True
     ssd_cache_gb: float = 100.0
     shutdown_grace: float = 30.0
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-sessions", type=int, help="sessions kept (default 64; the oldest idle one goes)")
     p.add_argument("--session-ttl", type=float, help="seconds an idle session is kept (default 1800)")
     p.add_argument("--speculative-ngram", type=int,
-                   help="n-gram speculative decoding: drafts of up to K tokens for a lone greedy stream (default 0: off)")
+                   help="n-gram speculative decoding: drafts of up to K tokens for every stream, exact (default 0: off)")
     p.add_argument("--ssd-cache", type=on_off, help="on/off")
     p.add_argument("--ssd-cache-gb", type=float, help="SSD tier size cap")
     p.add_argument("--shutdown-grace", type=float, help="seconds in-flight requests get to finish on SIGTERM")

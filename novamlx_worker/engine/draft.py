@@ -22,17 +22,38 @@ def check_pair(target, draft) -> None:
                          f"{d.vocab_size} vs {t.vocab_size}, or different special tokens)")
 
 
+def prefill_draft(model, tokens: list[int], prefix, step: int) -> list:
+    """A fresh cache of the draft model holding `tokens`: the longest prefix its own prefix cache
+    holds (agent turns resend the conversation), the rest computed in chunks and kept there."""
+    cache, start = None, 0
+    if prefix is not None and len(tokens) >= prefix.block_size:
+        blocks = prefix.match(tokens + [0])  # (match leaves one token to compute: here all of `tokens` may come)
+        if blocks:
+            cache = prefix.build(blocks)
+            start = cache[0].offset
+    cache = cache or make_prompt_cache(model)
+    for i in range(start, len(tokens), step):
+        model(mx.array(tokens[i:i + step])[None], cache=cache)
+        mx.eval([c.state for c in cache])
+    if prefix is not None and len(tokens) > start:
+        prefix.store(tokens, cache)
+    return cache
+
+
 class DraftSolo(NgramSolo):
-    def __init__(self, *args, draft_model, **kw):
+    def __init__(self, *args, draft_model, draft_prefix=None, **kw):
         super().__init__(*args, **kw)
-        self.draft = draft_model
-        self.draft_cache = make_prompt_cache(draft_model)
+        self.draft, self.draft_prefix = draft_model, draft_prefix  # its prefix cache (plain-KV drafts), or None
+        self.draft_cache = None
         self.draft_len = 0  # tokens of `seen` the draft's cache holds (a prefix)
         self.fed, self.saved = [], None  # the last proposal's inputs, and what rolls them back
 
     def _propose(self, k: int) -> list[int]:
+        if self.draft_cache is None:  # the prompt (from the draft's prefix cache where it can)
+            self.draft_cache = prefill_draft(self.draft, self.seen[:-1], self.draft_prefix, self.prefill_step)
+            self.draft_len = len(self.seen) - 1
         behind = self.seen[self.draft_len:-1]
-        for i in range(0, len(behind), self.prefill_step):  # catch up (the prompt, then accepted tokens)
+        for i in range(0, len(behind), self.prefill_step):  # catch up on accepted tokens
             self.draft(mx.array(behind[i:i + self.prefill_step])[None], cache=self.draft_cache)
         self.draft_len += len(behind)
         self.saved = checkpoint(self.draft_cache, k)

@@ -6,8 +6,8 @@ and logprob rows as there).
 The draft keeps its own KV in slot buffers like the target's (batch.py), a slot per drafting
 row (by row id, so the target's slot moves do not concern it), each holding a prefix of the
 row's history. A drafting step:
-1. seats new rows (their prompt prefilled alone into a fresh cache, then copied into a slot)
-   and frees the slots of rows that left;
+1. seats new rows (their prompt prefilled alone, from the draft's own prefix cache where it
+   holds a prefix, then copied into a slot) and frees the slots of rows that left;
 2. catches every row up on the tokens its KV lacks (the last kept tokens, or a plain
    stretch's), in one padded forward of at most CATCH_UP columns (more in earlier chunks);
 3. decodes K tokens greedily for all rows together, each forward fed the previous argmax on
@@ -18,9 +18,8 @@ target's): rejected drafts are written over later, so no cache kind needs trimmi
 from __future__ import annotations
 
 import mlx.core as mx
-from mlx_lm.models.cache import KVCache
-
 from .batch import CAPACITY_STEP, Batch, slot_count
+from .draft import prefill_draft
 from .ngram import DraftStats
 from .spec_batch import BatchDrafts
 
@@ -28,9 +27,9 @@ CATCH_UP = 16  # widest catch-up forward (columns per row)
 
 
 class ModelDrafts(BatchDrafts):
-    def __init__(self, k_max: int, stats: DraftStats, model, max_batch: int, prefill_step: int):
+    def __init__(self, k_max: int, stats: DraftStats, model, max_batch: int, prefill_step: int, prefix=None):
         super().__init__(k_max, stats)
-        self.model, self.prefill_step = model, prefill_step
+        self.model, self.prefill_step, self.prefix = model, prefill_step, prefix  # prefix: the draft's prefix cache
         self.kv = Batch(model, max_batch, prefill_step, 1)  # its slot buffers and slot forward
         self.slot: dict[int, int] = {}  # row id -> its slot in the draft's buffers
         self.held: dict[int, int] = {}  # row id -> tokens of its history the draft's KV holds
@@ -105,10 +104,7 @@ class ModelDrafts(BatchDrafts):
         prompt = list(r.history[:-1])
         if not prompt:
             return
-        cache = [KVCache() for _ in self.model.layers]
-        for i in range(0, len(prompt), self.prefill_step):
-            self.model(mx.array(prompt[i:i + self.prefill_step])[None], cache=cache)
-            mx.eval([c.state for c in cache])
+        cache = prefill_draft(self.model, prompt, self.prefix, self.prefill_step)
         self._room(len(prompt) + CATCH_UP)
         for i, c in enumerate(cache):
             kv.keys[i][0][slot:slot + 1, :, :len(prompt)] = c.keys[:, :, :len(prompt)]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import mlx.core as mx
-from mlx_lm.models.cache import QuantizedKVCache
+from mlx_lm.models.cache import KVCache, QuantizedKVCache, make_prompt_cache
 
 BITS = (2, 3, 4, 6, 8)
 GROUP_SIZES = (32, 64, 128)
@@ -39,6 +39,12 @@ class KVFormat:
         if not self.quantized:
             return [(dim, dtype)]
         return [(dim * self.bits // 32, mx.uint32), (dim // self.group_size, dtype), (dim // self.group_size, dtype)]
+
+
+def plain_kv(model) -> bool:
+    """Whether every layer of the model keeps plain KV (what prefix blocks, slots and cutting back
+    need), not a sliding window or SSM state."""
+    return all(type(c) is KVCache for c in make_prompt_cache(model))
 
 
 def held(cache: list) -> int:

@@ -17,7 +17,7 @@ from ..models.pool import ModelPool, kv_bytes_per_token
 from ..models.shape import activation_dtype, attention_shape
 from .errors import RequestError
 from .draft import check_pair
-from .kv import KVFormat, support
+from .kv import KVFormat, plain_kv, support
 from .prefix_cache import PrefixCache
 from .runner import Runner
 from .ssd_cache import SSDTier
@@ -92,10 +92,20 @@ class Models:
         draft, k, why = self._draft_for(lm)
         runner = Runner(lm, max_batch=self.max_batch, prefill_step=self.prefill_step, prefill_batch=self.prefill_batch,
                         kv=kv, snapshot_bytes=self.prefix_cache_bytes, ngram_k=self.ngram_k, draft=draft, draft_k=k,
-                        draft_error=why)
+                        draft_error=why, draft_prefix=self._draft_prefix(draft))
         if runner.cacheable and self.prefix_cache_bytes > 0 and lm.id not in self.caches:
             self.caches[lm.id] = PrefixCache(lm.id, self.block_size, self.prefix_cache_bytes, self.ssd, kv)
         return runner
+
+    def _draft_prefix(self, draft: LoadedModel | None) -> PrefixCache | None:
+        """The draft model's own prefix cache (the one it has when it serves too), where its KV is plain."""
+        if draft is None or self.prefix_cache_bytes <= 0:
+            return None
+        if not plain_kv(draft.model):
+            return None
+        if draft.id not in self.caches:
+            self.caches[draft.id] = PrefixCache(draft.id, self.block_size, self.prefix_cache_bytes, self.ssd)
+        return self.caches[draft.id]
 
     def kv_format(self, model_id: str) -> KVFormat:
         e = self.pool.entries[model_id]

@@ -11,13 +11,13 @@ that made them).
 from __future__ import annotations
 
 import mlx.core as mx
-from mlx_lm.models.cache import KVCache, make_prompt_cache
+from mlx_lm.models.cache import make_prompt_cache
 
 from ..models.loader import LoadedModel
 from ..grammar import GrammarProcessor
 from ..sampling import force_tokens, log_probs, make_penalties, make_sampler, think_budget
 from .batch import Batch, Row
-from .kv import KVFormat, held
+from .kv import KVFormat, held, plain_kv
 from .mlxlm_batch import MlxLmBatch
 from .path import TokenOut
 from .sequence import Sequence
@@ -48,23 +48,24 @@ def processors_for(seq: Sequence, loaded: LoadedModel, vocab_size: int) -> list:
 class Runner:
     def __init__(self, loaded: LoadedModel, max_batch: int = 32, prefill_batch: int = 16,
                  prefill_step: int = 512, kv: KVFormat = KVFormat(), snapshot_bytes: int = 0, ngram_k: int = 0,
-                 draft: LoadedModel | None = None, draft_k: int = 4, draft_error: str = ""):
+                 draft: LoadedModel | None = None, draft_k: int = 4, draft_error: str = "", draft_prefix=None):
         self.loaded = loaded
         self.ngram_k = ngram_k  # n-gram drafts of up to k tokens (ngram.py, spec_batch.py); 0: off
         self.draft, self.draft_k = draft, draft_k  # a draft model's proposals instead (draft.py, draft_batch.py)
+        self.draft_prefix = draft_prefix  # the draft's own prefix cache, or None
         self.drafts = DraftStats()
         self.draft_error = draft_error  # why a draft model set for this one does not serve, for /v1/stats
         self.kv = kv  # quantized KV applies to plain-KV models (the slot batch and solo path)
         self.eos_ids = set(loaded.tokenizer.stop_ids)  # EOS and turn-opening control tokens
         self.prefill_step = prefill_step
         # Plain KV caches are what prefix caching, slots and the solo path need (not windows or SSM state).
-        self.cacheable = all(type(c) is KVCache for c in make_prompt_cache(loaded.model))
+        self.cacheable = plain_kv(loaded.model)
         if not self.cacheable:
             self.kv = KVFormat()  # windows and SSM state stay as the model makes them
         if self.cacheable:
             drafts = None
             if draft is not None:
-                drafts = ModelDrafts(draft_k, self.drafts, draft.model, max_batch, prefill_step)
+                drafts = ModelDrafts(draft_k, self.drafts, draft.model, max_batch, prefill_step, draft_prefix)
             elif ngram_k:
                 drafts = BatchDrafts(ngram_k, self.drafts)
             self.batch = Batch(loaded.model, max_batch, prefill_step, prefill_batch, kv=kv, drafts=drafts)
@@ -137,7 +138,7 @@ class Runner:
         plain = not self._drafts_serve(seq, processors)  # any cache kind can be taken back (rollback.py)
         if self.draft is not None and not plain:
             self.solo = DraftSolo(*args, context=seq.tokens, k_max=self.draft_k, stats=self.drafts,
-                                  draft_model=self.draft.model)
+                                  draft_model=self.draft.model, draft_prefix=self.draft_prefix)
         elif self.ngram_k and not plain:
             self.solo = NgramSolo(*args, context=seq.tokens, k_max=self.ngram_k, stats=self.drafts)
         else:

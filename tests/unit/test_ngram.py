@@ -146,10 +146,10 @@ def test_sampled_rows_draft_and_stay_reproducible(tiny_model):
     assert eng.stats()["engine"]["batches"]["tiny-llama"]["ngram"]["steps"] > 0
 
 
-def draft_engine(target, draft, k=4):
+def draft_engine(target, draft, k=4, prefix_cache_bytes=0):
     events = []
     pool = ModelPool([str(target), str(draft)], [], "auto")
-    eng = Engine(pool, events.append, MemoryEnforcer("90%"), max_batch=8, prefix_cache_bytes=0,
+    eng = Engine(pool, events.append, MemoryEnforcer("90%"), max_batch=8, prefix_cache_bytes=prefix_cache_bytes,
                  draft=draft.name, draft_k=k)
     eng.events = events
     return eng
@@ -374,3 +374,18 @@ def test_thinking_budget_rows_draft_up_to_their_budget(tiny_model, monkeypatch, 
         want, got = answer(plain, together), answer(spec, together)
         assert got == want and want[0].count("step") < 60 and want[1], (got, want)
         assert spec.stats()["engine"]["batches"]["tiny-llama"]["ngram"]["accepted"] > 10
+
+
+def test_the_draft_reuses_its_own_prefix_cache(tiny_model, twin):
+    """With prefix caching on, the draft model keeps its prompt KV in its own prefix cache: a resent
+    prompt (an agent's next turn) is found there, alone and in the batch, and answers stay the same."""
+    same, _ = twin
+    eng = draft_engine(tiny_model, same, prefix_cache_bytes=64 * 1024**2)
+    prompt = PROMPTS[0] + PROMPTS[2]  # 170 tokens: two whole 64-token blocks
+    first = generate(eng, prompt, 20)[0]
+    draft_cache = eng.models.caches[same.name]
+    assert draft_cache.stats.hits == 0 and len(draft_cache.blocks) == 2
+    assert generate(eng, prompt, 20)[0] == first
+    assert draft_cache.stats.hits == 1 and draft_cache.stats.tokens_saved == 128
+    got = run_together(eng, [("a", prompt, 20, {}), ("b", prompt + [5, 6, 7], 20, {})])
+    assert got["a"] == first and draft_cache.stats.hits == 3
