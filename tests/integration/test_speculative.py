@@ -77,3 +77,36 @@ def test_draft_model_set_through_the_admin_settings(tiny_model, tmp_path):
         assert stats["proposed"] > 0 and stats["accepted"] == stats["proposed"], stats  # the twin agrees every time
     finally:
         s.stop()
+
+
+def test_default_model_answers_the_same_with_drafts(tmp_path):
+    """The real embedded model (SmolLM2-135M) on bench_spec's edit task, drafts on for the server: a
+    lone drafting stream, and a drafting row beside a `speculative: false` row in the slot batch,
+    give the plain answer (a `speculative: false` request alone) token for token, with drafts kept."""
+    import threading
+
+    from novamlx_worker.bench_spec import ASK as EDIT
+
+    s = Server(["--speculative-ngram", "6", "--embedding-model", "none"], tmp_path, keys=()).wait_ready()
+    try:
+        c = s.openai()
+        model = c.models.list().data[0].id
+
+        def ask(speculative: bool, n: int = 48) -> str:
+            r = c.chat.completions.create(model=model, max_tokens=n, temperature=0, messages=[{"role": "user",
+                                          "content": EDIT}], extra_body={"ignore_eos": True, "speculative": speculative})
+            return r.choices[0].message.content
+
+        plain = ask(False)
+        assert ask(True) == plain
+        out = {}
+        threads = [threading.Thread(target=lambda k=k: out.__setitem__(k, ask(k))) for k in (True, False)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert out == {True: plain, False: plain}
+        stats = s.stats()["engine"]["batches"][model]["ngram"]
+        assert stats["accepted"] > 10, stats
+    finally:
+        s.stop()
