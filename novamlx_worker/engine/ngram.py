@@ -49,16 +49,21 @@ class History(list):
     Keys are the n-grams' hashes: a collision can only propose a wrong draft, which verification
     rejects, so the output never depends on it."""
 
+    WINDOW = 16384  # of a long prompt, only the last this many tokens are indexed (time and memory at insert)
+
     def __init__(self, tokens=(), n_max: int = 4, n_min: int = 2):
         super().__init__()
         self.n_max, self.n_min = n_max, n_min
         self.after: dict[int, int] = {}  # n-gram hash -> where the tokens after its latest non-tail occurrence begin
-        self.extend(tokens)
+        tokens = list(tokens)
+        head = max(len(tokens) - self.WINDOW, 0)
+        super().extend(tokens[:head])
+        self.extend(tokens[head:], start=head)
 
-    def extend(self, tokens) -> None:
+    def extend(self, tokens, start: int = 0) -> None:
         for t in tokens:
             end = len(self)  # the n-grams ending here stop being the tail now
-            for n in range(self.n_min, min(self.n_max, end) + 1):
+            for n in range(self.n_min, min(self.n_max, end - start) + 1):
                 self.after[hash(tuple(self[end - n:end]))] = end
             super().append(t)
 

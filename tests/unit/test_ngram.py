@@ -35,6 +35,9 @@ def test_history_index_proposes_what_the_scan_finds():
     h = History([1, 2, 3, 9, 9, 1, 2, 3, 7, 8, 5, 1, 2, 3])
     assert h.propose(3) == [7, 8, 5] and History([5, 6, 7, 5, 6]).propose(4) == [7, 5, 6]
     assert History([1, 2, 3, 4]).propose(3) == [] and History([4]).propose(3) == []
+    long = [9] * 100 + [1, 2, 3] + list(range(10, 10 + History.WINDOW)) + [1, 2]
+    assert History(long).propose(2) == [] and propose(long, 2) == [3, 10]  # a long prompt's head is not indexed
+    assert len(History(long).after) <= 3 * History.WINDOW
 
 
 def engine(path, k, kv=(0, 64)):
