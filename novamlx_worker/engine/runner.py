@@ -14,6 +14,7 @@ import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 
 from ..models.loader import LoadedModel
+from ..models.pool import kv_bytes_per_token
 from ..grammar import GrammarProcessor
 from ..sampling import force_tokens, log_probs, make_penalties, make_sampler, think_budget
 from .batch import Batch, Row
@@ -62,6 +63,9 @@ class Runner:
         self.cacheable = plain_kv(loaded.model)
         if not self.cacheable:
             self.kv = KVFormat()  # windows and SSM state stay as the model makes them
+        # a drafting row holds the draft's KV beside the target's: admission prices both
+        self.draft_kv_ratio = (kv_bytes_per_token(draft) / kv_bytes_per_token(loaded, self.kv.bits, self.kv.group_size)
+                               if draft is not None else 0.0)
         if self.cacheable:
             drafts = None
             if draft is not None:
@@ -88,7 +92,8 @@ class Runner:
         return self.batch.stream
 
     def kv_cost(self, reserved: list[int]) -> int:
-        return self.batch.kv_cost(reserved)
+        """KV bytes these rows hold at most here, the draft model's KV for them included."""
+        return int(self.batch.kv_cost(reserved) * (1 + self.draft_kv_ratio))
 
     def peek(self, tokens: list[int]) -> int:
         return self.batch.peek(tokens)

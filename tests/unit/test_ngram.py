@@ -348,6 +348,8 @@ def test_draft_model_drafts_for_batched_rows(tiny_model, twin):
         if draft is same:
             assert after["accepted"] - stats["accepted"] == after["proposed"] - stats["proposed"] > 20
             assert after["tokens_per_step"] > 2.5
+            # admission prices the draft's KV beside the target's (the twin's costs as much)
+            assert runner.draft_kv_ratio == 1.0 and runner.kv_cost([1000]) == 2 * runner.batch.kv_cost([1000])
 
 
 @pytest.mark.parametrize("budget", [8, 30])
