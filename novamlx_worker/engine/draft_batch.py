@@ -83,10 +83,18 @@ class ModelDrafts(BatchDrafts):
         return at
 
     def _free(self, live: set[int]) -> None:
-        for rid in [rid for rid in self.slot if rid not in live]:
+        """Free the slots of rows that left; give back capacity a long row that left needed."""
+        gone = [rid for rid in self.slot if rid not in live]
+        for rid in gone:
             self.kv.slots[self.slot.pop(rid)] = None
             self.held.pop(rid, None)
             self.fed.pop(rid, None)
+        if gone and not self.slot:
+            self.release()
+        elif gone:
+            need = max(self.held.values()) + CATCH_UP + self.k_max + 1
+            if self.kv._capacity() > max(2 * need, CAPACITY_STEP):
+                self.kv._resize(len(self.kv.slots), need)  # (slots stay where they are)
 
     def _room(self, columns: int) -> None:
         """Capacity for `columns` in every slot."""

@@ -450,3 +450,22 @@ def chi2_999(df: int) -> float:
     """The chi-square distribution's 0.999 quantile (Wilson-Hilferty's approximation)."""
     z = 3.0902
     return df * (1 - 2 / (9 * df) + z * (2 / (9 * df)) ** 0.5) ** 3
+
+
+def test_draft_slots_give_back_a_long_rows_capacity(tiny_model, twin):
+    """A long row leaves the batch while a short one drafts on: the draft's buffers shrink to what
+    the short row needs, and both answers equal plain decoding's."""
+    same, _ = twin
+    requests = [("long", PROMPTS[0] * 3, 8, {}), ("short", PROMPTS[1], 60, {})]
+    want = run_together(engine(tiny_model, 0), requests)
+    eng = draft_engine(tiny_model, same)
+    capacities = []
+    for rid, prompt, n, kw in requests:
+        eng.handle(m.Generate(rid, "tiny-llama", m.Sampling(temperature=0, max_tokens=n, ignore_eos=True),
+                              prompt_tokens=prompt))
+    while not {"long", "short"} <= {e.id for e in eng.events if isinstance(e, m.Finished)}:
+        eng.step()
+        drafts = eng.runners["tiny-llama"].batch.drafts
+        capacities.append(drafts.kv._capacity())
+    assert {rid: text_of(eng.events, rid) for rid in want} == want
+    assert max(capacities) >= 512 and 0 < min(c for c in capacities[capacities.index(max(capacities)):] if c) <= 256
