@@ -211,4 +211,11 @@ def load_config(argv: list[str] | None = None, environ: dict | None = None) -> C
         value = getattr(args, name, None)
         if value is not None:
             setattr(cfg, name, value)
+    for name, (lo, hi) in RANGES.items():  # from any source: a value the worker cannot use stops start-up
+        value = getattr(cfg, name)
+        if not lo <= value <= hi:
+            raise SystemExit(f"{name.replace('_', '-')} must be between {lo} and {hi}, not {value}")
     return cfg
+
+
+RANGES = {"speculative_ngram": (0, 64), "num_draft_tokens": (1, 64)}  # drafts wider than 64 tokens never pay

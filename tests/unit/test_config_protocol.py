@@ -31,6 +31,16 @@ def test_unknown_setting_in_file_is_an_error(tmp_path):
         load_config(["--config", str(f)], environ={})
 
 
+@pytest.mark.parametrize("argv", [["--speculative-ngram", "-3"], ["--speculative-ngram", "100000"],
+                                  ["--num-draft-tokens", "0"]])
+def test_draft_lengths_out_of_range_stop_start_up(argv):
+    with pytest.raises(SystemExit, match="between"):
+        load_config(argv, environ={})
+    with pytest.raises(SystemExit, match="between"):
+        load_config([], environ={"NOVAMLX_" + argv[0][2:].replace("-", "_").upper(): argv[1]})
+    assert load_config(["--speculative-ngram", "8", "--num-draft-tokens", "64"], environ={}).speculative_ngram == 8
+
+
 def test_codec_round_trip_and_rejects_junk():
     cmd = m.Generate("r1", "m", m.Sampling(temperature=0.5, stop=["x"]), messages=[m.ChatMessage("user", "hi")])
     line = codec.encode(cmd)
