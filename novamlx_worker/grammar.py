@@ -84,6 +84,7 @@ class GrammarProcessor:
     are rolled back first, so drafting steps may call it on hypothetical continuations."""
 
     drafts = True  # safe to call on draft positions (spec_batch.py)
+    rules_out = True  # masks tokens with -inf: a draft token it rules out ends the draft there
     TAIL = 64  # drafts differ from what was consumed only this close to the end
 
     def __init__(self, grammar: str, tokenizer, vocab_size: int, prior: list[int] | None = None):

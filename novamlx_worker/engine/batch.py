@@ -305,14 +305,18 @@ class Batch:
             self._resize(slots, max(self._capacity(), length + 1), like=kv[0][0] if kv else None)
         slot = self.slots.index(None)
         if kv:
-            for i, (k, v) in enumerate(kv):
-                for dst, src in zip(self.keys[i] + self.values[i], self.kv.parts(k) + self.kv.parts(v)):
-                    dst[slot:slot + 1, :, :length] = src[:, :, :length]
+            self.copy_in(slot, kv, length)
         row.length = length
         self.slots[slot] = row
         self.fresh[slot] = last
 
     # ---- buffers ----
+    def copy_in(self, slot: int, kv: list, length: int) -> None:
+        """Write one row's first `length` columns of KV (per layer (keys, values)) into a slot."""
+        for i, (k, v) in enumerate(kv):
+            for dst, src in zip(self.keys[i] + self.values[i], self.kv.parts(k) + self.kv.parts(v)):
+                dst[slot:slot + 1, :, :length] = src[:, :, :length]
+
     def _bucket(self, n: int) -> int:
         return slot_count(n, self.max_batch, self.min_slots)
 

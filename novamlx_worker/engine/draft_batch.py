@@ -114,9 +114,7 @@ class ModelDrafts(BatchDrafts):
             return
         cache = prefill_draft(self.model, prompt, self.prefix, self.prefill_step)
         self._room(len(prompt) + CATCH_UP)
-        for i, c in enumerate(cache):
-            kv.keys[i][0][slot:slot + 1, :, :len(prompt)] = c.keys[:, :, :len(prompt)]
-            kv.values[i][0][slot:slot + 1, :, :len(prompt)] = c.values[:, :, :len(prompt)]
+        kv.copy_in(slot, [(c.keys, c.values) for c in cache], len(prompt))
         self.held[r.rid] = len(prompt)
 
     def _catch_up(self, rows: list, k: int) -> mx.array:

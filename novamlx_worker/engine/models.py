@@ -93,19 +93,21 @@ class Models:
         runner = Runner(lm, max_batch=self.max_batch, prefill_step=self.prefill_step, prefill_batch=self.prefill_batch,
                         kv=kv, snapshot_bytes=self.prefix_cache_bytes, ngram_k=self.ngram_k, draft=draft, draft_k=k,
                         draft_error=why, draft_prefix=self._draft_prefix(draft))
-        if runner.cacheable and self.prefix_cache_bytes > 0 and lm.id not in self.caches:
-            self.caches[lm.id] = PrefixCache(lm.id, self.block_size, self.prefix_cache_bytes, self.ssd, kv)
+        if runner.cacheable:
+            self._prefix_cache(lm.id, kv)
         return runner
+
+    def _prefix_cache(self, model_id: str, kv: KVFormat = KVFormat()) -> PrefixCache | None:
+        """A plain-KV model's prefix cache, made at first use (None with prefix caching off)."""
+        if self.prefix_cache_bytes <= 0:
+            return None
+        if model_id not in self.caches:
+            self.caches[model_id] = PrefixCache(model_id, self.block_size, self.prefix_cache_bytes, self.ssd, kv)
+        return self.caches[model_id]
 
     def _draft_prefix(self, draft: LoadedModel | None) -> PrefixCache | None:
         """The draft model's own prefix cache (the one it has when it serves too), where its KV is plain."""
-        if draft is None or self.prefix_cache_bytes <= 0:
-            return None
-        if not plain_kv(draft.model):
-            return None
-        if draft.id not in self.caches:
-            self.caches[draft.id] = PrefixCache(draft.id, self.block_size, self.prefix_cache_bytes, self.ssd)
-        return self.caches[draft.id]
+        return self._prefix_cache(draft.id) if draft is not None and plain_kv(draft.model) else None
 
     def kv_format(self, model_id: str) -> KVFormat:
         e = self.pool.entries[model_id]

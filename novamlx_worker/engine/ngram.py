@@ -29,22 +29,10 @@ from .rollback import checkpoint, take_back
 from .solo import Solo
 
 
-def propose(context: list[int], k: int, n_max: int = 4, n_min: int = 2) -> list[int]:
-    """Up to k tokens that followed the latest earlier occurrence of the context's last n tokens
-    (longest n first). The reference scan; History.propose answers the same from an index."""
-    if k <= 0 or len(context) < n_min + 1:
-        return []
-    for n in range(min(n_max, len(context) - 1), n_min - 1, -1):
-        tail = context[-n:]
-        for start in range(len(context) - n - 1, -1, -1):  # latest first, never the tail itself
-            if context[start:start + n] == tail:
-                return context[start + n:start + n + k]
-    return []
-
-
 class History(list):
-    """A sequence's tokens (the last is its next input) with an index of its n-grams, so a draft
-    costs a few dict lookups instead of a scan of the context: at 150 tok/s on a GPU a step has
+    """A sequence's tokens (the last is its next input) with an index of its n-grams. propose(k):
+    up to k tokens that followed the latest earlier occurrence of the last n tokens (longest n
+    first). A draft costs a few dict lookups instead of a scan of the context: at 150 tok/s on a GPU a step has
     ~7 ms, and a Python scan of a few thousand tokens took a noticeable share of it.
     Keys are the n-grams' hashes: a collision can only propose a wrong draft, which verification
     rejects, so the output never depends on it."""
@@ -162,7 +150,7 @@ class DraftStats:
     steps: int = 0
     proposed: int = 0
     accepted: int = 0
-    stretches: Stretches = field(default_factory=lambda: Stretches())
+    stretches: Stretches = field(default_factory=Stretches)
 
     def record(self, proposed: int, accepted: int) -> None:
         self.steps += 1

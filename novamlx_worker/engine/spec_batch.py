@@ -1,7 +1,7 @@
 """N-gram drafts inside the slot batch: rows with drafts and rows without share one forward.
 
 A drafting step feeds every slot its next input plus, for the rows that have one, an n-gram
-draft (ngram.propose over the row's own tokens): `width` = 1 + the longest draft, shorter rows
+draft (History.propose over the row's own tokens): `width` = 1 + the longest draft, shorter rows
 padded. A greedy row keeps its draft while it equals the target's argmax, a sampled one by
 rejection sampling against its own sampling distribution (ngram.verify, as on the solo path:
 the output distribution is exactly the target's), and each adds the target's next token; a row
@@ -9,8 +9,8 @@ that asks for logprobs gets the target's row for every kept token. A row with lo
 (penalties, grammar, the thinking budget) is verified against its processed distribution, computed
 position by position on the context each position would have (`processed`); a processor with a
 `draft_room` bounds the draft's length (the thinking budget keeps drafts clear of its budget).
-Rows without drafts take position 0 as a plain step would. Rejected drafts need no rollback: the slot's length advances only over kept tokens, so
-their KV columns are simply written over later.
+Rows without drafts take position 0 as a plain step would. Rejected drafts need no rollback: the
+slot's length advances only over kept tokens, so their KV columns are simply written over later.
 
 A drafting step reads its tokens before the next forward (it must know them to draft), so it
 cannot be pipelined like a plain step; where drafts do not help (no row has a match, or no
@@ -133,9 +133,11 @@ def _extend(context: mx.array | None, tokens: list[int]) -> mx.array:
 def processed(r, first: int, draft: list[int], logits: mx.array) -> tuple[list[int], mx.array]:
     """A processed row's target distribution at each draft position: its processors (penalties,
     grammar) called in order on the context that position would have, stopping at the first draft
-    token they rule out (it cannot be kept, and a grammar must not consume it). Returns the draft
+    token a `rules_out` processor (the grammar) masks (it cannot be kept, and a grammar must not
+    consume it); rows without one are not read position by position. Returns the draft
     cut there and the processed logits (len(draft)+1, vocab)."""
     context = _extend(r.context, [first])
+    masks = any(getattr(p, "rules_out", False) for p in r.processors)  # else no position needs reading here
     out = []
     for j in range(len(draft) + 1):
         row = logits[j:j + 1]
@@ -144,7 +146,7 @@ def processed(r, first: int, draft: list[int], logits: mx.array) -> tuple[list[i
         out.append(row.astype(logits.dtype))
         if j == len(draft):
             break
-        if row[0, draft[j]].item() == -float("inf"):
+        if masks and row[0, draft[j]].item() == -float("inf"):
             draft = draft[:j]
             break
         context = _extend(context, [draft[j]])

@@ -4,11 +4,24 @@ falls into repeats, which the drafts then predict)."""
 import pytest
 
 from novamlx_worker.engine.engine import Engine
-from novamlx_worker.engine.ngram import History, propose
+from novamlx_worker.engine.ngram import History
 from novamlx_worker.memory import MemoryEnforcer
 from novamlx_worker.models.pool import ModelPool
 from protocol import messages as m
 from tests.fixtures.events import deltas, text_of
+
+
+def propose(context: list[int], k: int, n_max: int = 4, n_min: int = 2) -> list[int]:
+    """The reference History's index must match: a scan for the latest earlier occurrence of the
+    context's last n tokens (longest n first), and the k tokens that followed it."""
+    if k <= 0 or len(context) < n_min + 1:
+        return []
+    for n in range(min(n_max, len(context) - 1), n_min - 1, -1):
+        tail = context[-n:]
+        for start in range(len(context) - n - 1, -1, -1):  # latest first, never the tail itself
+            if context[start:start + n] == tail:
+                return context[start + n:start + n + k]
+    return []
 
 
 def test_propose_takes_the_longest_latest_match():
