@@ -22,11 +22,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import mlx.core as mx
-from mlx_lm.models.cache import KVCache, QuantizedKVCache
+from mlx_lm.models.cache import KVCache, QuantizedKVCache, make_prompt_cache
 
 from ..models.shape import activation_dtype, attention_shape
 from ..sampling import log_probs
-from . import ragged
+from . import ragged, ring
 from .kv import KVFormat
 from .path import TokenOut, finish_for
 
@@ -68,6 +68,25 @@ class SlotKV:
         return self.step.mask
 
 
+class RingSlotKV(SlotKV):
+    """A sliding-window layer's slots: rings of columns (ring.py); attention reads them whole
+    under the ring's own mask."""
+
+    def __init__(self, keys, values, step, fmt: KVFormat, window: int):
+        super().__init__(keys, values, step, fmt)
+        self.window, self.columns = window, keys[0].shape[2]
+
+    def _put(self, parts: list[mx.array], new: mx.array) -> list[mx.array]:
+        return [mx.put_along_axis(parts[0], self.step.write_at(parts[0].shape, self.columns), new, axis=2)]
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array):
+        self.keys, self.values = self._put(self.keys, keys), self._put(self.values, values)
+        return self.keys[0], self.values[0]
+
+    def make_mask(self, n: int, return_array: bool = False, window_size: int | None = None, **_):
+        return self.step.ring_mask(self.columns, window_size or self.window)
+
+
 class QuantizedSlotKV(SlotKV):
     """Quantized slots: mlx-lm's attention sees `bits` and takes the quantized path."""
 
@@ -93,12 +112,20 @@ class StepIndex:
             last = offset[:, None] + mx.arange(width)[None, :]  # (rows, width): each query's own column
             self.mask = (mx.arange(used)[None, None, :] <= last[:, :, None])[:, None, :, :]
 
-    def write_at(self, shape: tuple) -> mx.array:
-        """The step's write columns of every slot, shaped for one part (slots, heads, width, last)."""
-        key = (shape[0], shape[1], shape[3])
+    def write_at(self, shape: tuple, columns: int = 0) -> mx.array:
+        """The step's write columns of every slot, shaped for one part (slots, heads, width, last);
+        columns: a window layer's ring size (its positions wrap there)."""
+        key = (shape[0], shape[1], shape[3], columns)
         if key not in self._at:
-            cols = self.offset[:, None, None, None] + mx.arange(self.width)[None, None, :, None]
-            self._at[key] = mx.broadcast_to(cols, (shape[0], shape[1], self.width, shape[3]))
+            cols = ring.write_columns(self.offset, self.width, columns) if columns else \
+                self.offset[:, None] + mx.arange(self.width)[None, :]
+            self._at[key] = mx.broadcast_to(cols[:, None, :, None], (shape[0], shape[1], self.width, shape[3]))
+        return self._at[key]
+
+    def ring_mask(self, columns: int, window: int) -> mx.array:
+        key = ("mask", columns, window)
+        if key not in self._at:
+            self._at[key] = ring.ring_mask(self.offset, self.width, columns, window)
         return self._at[key]
 
 
@@ -174,22 +201,27 @@ def _row_of(x, i: int):
 
 class Batch:
     def __init__(self, model, max_batch: int, prefill_step: int, prefill_batch: int, min_slots: int = 1,
-                 kv: KVFormat = KVFormat(), drafts=None):
+                 kv: KVFormat = KVFormat(), drafts=None, windows: list[int | None] | None = None):
         self.model = model
+        self.windows = windows or [None] * len(model.layers)  # per layer: its sliding window (ring.py), or None
         self.drafts = drafts  # n-gram drafting steps (spec_batch.BatchDrafts), or None
         self.max_batch, self.prefill_step, self.prefill_batch = max_batch, prefill_step, prefill_batch
         self.min_slots = min(min_slots, max_batch)
         self.kv = kv
-        self.use_kernel = ragged.install(model) if not kv.quantized else False  # the kernel reads plain KV
+        self.windowed = any(self.windows)
+        # the kernel reads plain KV of every layer
+        self.use_kernel = ragged.install(model) if not kv.quantized and not self.windowed else False
         self.stream = mx.new_stream(mx.default_device())
         self.keys: list[list[mx.array]] = []  # per layer, its parts (kv.py)
         self.values: list[list[mx.array]] = []
+        self.cap = 0  # columns of a plain layer's slot (a window layer's ring has at most that many)
         self.slots: list[Row | None] = []
         self.waiting: list[tuple[Row, list[int], list | None]] = []  # (row, tokens, cache) not started
         self.prefill: Prefill | None = None
         self.inflight = None  # (tokens, logprobs, [(slot, row)]) queued, not yet read
         self.fresh: dict[int, int] = {}  # slot -> first input of a row that joined since the last step
         self.by_rid: dict[int, Row] = {}
+        self.prefilled = None  # called (row, its caches) as a lone row's prompt is in, where set
 
     # ---- membership ----
     def add(self, row: Row, tokens: list[int], cache: list | None) -> None:
@@ -223,10 +255,6 @@ class Batch:
     def active(self) -> int:
         return len(self.by_rid)
 
-    @staticmethod
-    def peek(tokens: list[int]) -> int:
-        return 0  # plain KV is the engine's prefix cache's (prefix_cache.py)
-
     def kv_cost(self, reserved: list[int]) -> int:
         """KV bytes rows with these reservations hold at most here: slot_count(rows) slots, each
         sized for the longest row."""
@@ -236,7 +264,7 @@ class Batch:
         """For /health: what the slot buffers hold now (read from another thread: snapshots only)."""
         keys, values, slots = list(self.keys), list(self.values), list(self.slots)
         return {"path": "slots", "slots": len(slots), "live": sum(r is not None for r in slots),
-                "capacity": keys[0][0].shape[2] if keys else 0,
+                "capacity": self.cap if keys else 0,
                 "kv_bytes": sum(a.nbytes for parts in keys + values for a in parts), "kv_bits": self.kv.bits,
                 "prefilling": len(self.prefill.rows) if self.prefill else 0, "waiting": len(self.waiting),
                 "ragged_kernel": self.use_kernel}
@@ -246,7 +274,10 @@ class Batch:
         if length <= 0:
             return None
         caches = []
-        for keys, values in zip(self.keys, self.values):
+        for keys, values, window in zip(self.keys, self.values, self.windows):
+            if window:
+                caches.append(ring.unroll(keys[0], values[0], slot, length, window))
+                continue
             k = tuple(mx.contiguous(p[slot:slot + 1, :, :length]) for p in keys)
             v = tuple(mx.contiguous(p[slot:slot + 1, :, :length]) for p in values)
             if self.kv.quantized:
@@ -265,8 +296,10 @@ class Batch:
         if room <= 0 or not self.waiting:
             return
         head, tokens, cache = self.waiting[0]
-        if cache is not None or len(tokens) <= 1:
-            group = [self.waiting.pop(0)]  # a cached prefix continues alone (its own offset)
+        if cache is not None or len(tokens) <= 1 or self.windowed:
+            # a cached prefix continues alone (its own offset); so does a windowed model's prompt, in
+            # the model's own rotating caches (padding would push a shorter row's window out)
+            group = [self.waiting.pop(0)]
         else:
             # Rows within a factor of two of the head's length (or 64 tokens) share its padded
             # chunks: padding never more than doubles anyone's prefill; the rest go next.
@@ -277,7 +310,7 @@ class Batch:
                 (group if fits else rest).append(item)
             self.waiting = rest
         rows = [g[0] for g in group]
-        cache = group[0][2] or [KVCache() for _ in self.model.layers]
+        cache = group[0][2] or (make_prompt_cache(self.model) if self.windowed else [KVCache() for _ in self.model.layers])
         base = cache[0].offset
         self.prefill = Prefill(rows, [g[1][-1] for g in group], cache, [g[1][:-1] for g in group],
                                [base + len(g[1]) - 1 for g in group])
@@ -294,9 +327,16 @@ class Batch:
             return
         self.prefill = None
         for i, (row, last, length) in enumerate(zip(p.rows, p.lasts, p.lengths)):
-            if row is not None:
-                self._place(row, last, [(_row_of(c.keys, i), _row_of(c.values, i)) for c in p.cache] if length else None,
-                            length)
+            if row is None:
+                continue
+            kv = None
+            if length and self.windowed:  # alone (i == 0): each layer's last positions in order
+                if self.prefilled is not None:
+                    self.prefilled(row, p.cache)
+                kv = [ring.window_view(c, length) for c in p.cache]
+            elif length:
+                kv = [(_row_of(c.keys, i), _row_of(c.values, i)) for c in p.cache]
+            self._place(row, last, kv, length)
 
     def _place(self, row: Row, last: int, kv: list | None, length: int) -> None:
         """Put a prefilled row into a free slot."""
@@ -312,8 +352,13 @@ class Batch:
 
     # ---- buffers ----
     def copy_in(self, slot: int, kv: list, length: int) -> None:
-        """Write one row's first `length` columns of KV (per layer (keys, values)) into a slot."""
+        """Write one row's first `length` columns of KV (per layer (keys, values)) into a slot (a
+        window layer: its last positions up to `length`, into its ring)."""
         for i, (k, v) in enumerate(kv):
+            if self.windows[i]:
+                ring.place(self.keys[i][0], slot, k, length, self.windows[i])
+                ring.place(self.values[i][0], slot, v, length, self.windows[i])
+                continue
             for dst, src in zip(self.keys[i] + self.values[i], self.kv.parts(k) + self.kv.parts(v)):
                 dst[slot:slot + 1, :, :length] = src[:, :, :length]
 
@@ -321,7 +366,7 @@ class Batch:
         return slot_count(n, self.max_batch, self.min_slots)
 
     def _capacity(self) -> int:
-        return self.keys[0][0].shape[2] if self.keys else 0
+        return self.cap if self.keys else 0
 
     def _resize(self, slots: int, capacity: int, like=None) -> None:
         """New buffers of (slots, capacity), rows kept in their slots (or compacted when shrinking).
@@ -345,16 +390,19 @@ class Batch:
             order = keep + [i for i, r in enumerate(self.slots) if r is None]
             self._reorder(order[:slots])
             keep = list(range(len(keep)))
-        def grown(old: list[mx.array] | None) -> list[mx.array]:
-            parts = [mx.zeros((slots, heads, capacity, last), dt) for last, dt in shapes]
+        def grown(old: list[mx.array] | None, window: int | None) -> list[mx.array]:
+            # a ring keeps its columns: while it has fewer than window + slack, no position has wrapped
+            columns = ring.ring_columns(window, capacity) if window else capacity
+            parts = [mx.zeros((slots, heads, columns, last), dt) for last, dt in shapes]
             for new, prev in zip(parts, old or []):
-                n, c = min(prev.shape[0], slots), min(prev.shape[2], capacity)
+                n, c = min(prev.shape[0], slots), min(prev.shape[2], columns)
                 new[:n, :, :c] = prev[:n, :, :c]
             return parts
 
         layers = range(len(self.model.layers))
-        self.keys = [grown(self.keys[i] if self.keys else None) for i in layers]
-        self.values = [grown(self.values[i] if self.values else None) for i in layers]
+        self.keys = [grown(self.keys[i] if self.keys else None, self.windows[i]) for i in layers]
+        self.values = [grown(self.values[i] if self.values else None, self.windows[i]) for i in layers]
+        self.cap = capacity
         mx.eval(self.keys, self.values)
         self.slots = (self.slots + [None] * slots)[:slots]
 
@@ -443,7 +491,8 @@ class Batch:
         wide = y.ndim == 2
         step = StepIndex(offset, self.use_kernel and not wide, used, y.shape[1] if wide else 1)
         slot_kv = QuantizedSlotKV if self.kv.quantized else SlotKV
-        caches = [slot_kv(k, v, step, self.kv) for k, v in zip(keys, values)]
+        caches = [RingSlotKV(k, v, step, self.kv, w) if w else slot_kv(k, v, step, self.kv)
+                  for k, v, w in zip(keys, values, self.windows)]
         logits = self.model(y if wide else y[:, None], cache=caches)
         return (logits if wide else logits[:, -1, :]), [c.keys for c in caches], [c.values for c in caches]
 

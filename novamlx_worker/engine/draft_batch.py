@@ -20,6 +20,7 @@ from __future__ import annotations
 import mlx.core as mx
 from .batch import CAPACITY_STEP, Batch, slot_count
 from .draft import prefill_draft
+from .ring import window_view, windows
 from .ngram import DraftStats
 from .spec_batch import BatchDrafts
 
@@ -30,7 +31,9 @@ class ModelDrafts(BatchDrafts):
     def __init__(self, k_max: int, stats: DraftStats, model, max_batch: int, prefill_step: int, prefix=None):
         super().__init__(k_max, stats)
         self.model, self.prefill_step, self.prefix = model, prefill_step, prefix  # prefix: the draft's prefix cache
-        self.kv = Batch(model, max_batch, prefill_step, 1)  # its slot buffers and slot forward
+        # its slot buffers and slot forward (a windowed draft's window layers in rings: rows are
+        # cut back by length alone there too)
+        self.kv = Batch(model, max_batch, prefill_step, 1, windows=windows(model))
         self.slot: dict[int, int] = {}  # row id -> its slot in the draft's buffers
         self.held: dict[int, int] = {}  # row id -> tokens of its history the draft's KV holds
         self.fed: dict[int, tuple[int, int]] = {}  # this step: row id -> (history length, tokens drafted)
@@ -38,6 +41,11 @@ class ModelDrafts(BatchDrafts):
     @staticmethod
     def _may_draft(r) -> bool:
         return True  # a model always has a proposal
+
+    @staticmethod
+    def serves(model) -> bool:
+        """Whether a draft model's caches fit slots: plain KV and sliding windows (not SSM state)."""
+        return windows(model) is not None
 
     def release(self) -> None:
         self.kv.keys, self.kv.values, self.kv.slots = [], [], []
@@ -114,7 +122,7 @@ class ModelDrafts(BatchDrafts):
             return
         cache = prefill_draft(self.model, prompt, self.prefix, self.prefill_step)
         self._room(len(prompt) + CATCH_UP)
-        kv.copy_in(slot, [(c.keys, c.values) for c in cache], len(prompt))
+        kv.copy_in(slot, [window_view(c, len(prompt)) for c in cache], len(prompt))
         self.held[r.rid] = len(prompt)
 
     def _catch_up(self, rows: list, k: int) -> mx.array:

@@ -11,7 +11,6 @@ from __future__ import annotations
 from mlx_lm.generate import BatchGenerator, StopSequences
 
 from .batch import Row
-from .kv import held
 from .path import TokenOut
 from .snapshots import Snapshots
 
@@ -19,14 +18,14 @@ from .snapshots import Snapshots
 class MlxLmBatch:
     """mlx-lm's BatchGenerator behind Batch's interface, for caches Batch cannot hold."""
 
-    def __init__(self, model, max_batch: int, prefill_step: int, prefill_batch: int, snapshot_bytes: int = 0):
+    def __init__(self, model, max_batch: int, prefill_step: int, prefill_batch: int, snapshots: Snapshots):
         self.gen = BatchGenerator(model, max_tokens=1 << 30, completion_batch_size=max_batch,
                                   prefill_batch_size=prefill_batch, prefill_step_size=prefill_step)
         self.stream = self.gen.stream
         self.uid_of: dict[int, int] = {}  # runner id -> batch uid
         self.rid_of: dict[int, int] = {}  # batch uid -> runner id
         self.tokens: dict[int, list[int]] = {}  # batch uid -> every token of the row so far
-        self.snapshots = Snapshots(snapshot_bytes)
+        self.snapshots = snapshots  # the runner's kept states
 
     def add(self, row: Row, tokens: list[int], cache: list | None) -> int:
         """Queue a row; returns how many of its tokens a kept state spared it."""
@@ -40,9 +39,6 @@ class MlxLmBatch:
         self.uid_of[row.rid], self.rid_of[uid] = uid, row.rid
         self.tokens[uid] = full
         return reused
-
-    def peek(self, tokens: list[int]) -> int:
-        return self.snapshots.peek(tokens)
 
     def remove(self, rid: int) -> list | None:
         uid = self.uid_of.pop(rid)
@@ -66,19 +62,11 @@ class MlxLmBatch:
     def info(self) -> dict:
         return {"path": "mlx-lm BatchGenerator", "live": len(self.uid_of), "snapshots": self.snapshots.snapshot()}
 
-    def keep(self, tokens: list[int], cache: list) -> None:
-        """Keep a state under the tokens it holds: its attention layers' offset says how many
-        (BatchGenerator has fed a finished row's last token already); a state whose count
-        cannot be read (no attention layer) is not kept."""
-        n = held(cache)
-        if 0 < n <= len(tokens):
-            self.snapshots.store(tokens[:n], cache)
-
     def step(self) -> list[TokenOut]:
         prompts, generated = self.gen.next()
         for p in prompts if self.snapshots.capacity > 0 else ():
             if getattr(p, "end_of_segment", False) and p.uid in self.tokens:  # the prompt is in: keep its state
-                self.keep(self.tokens[p.uid][:-1], self.gen.extract_cache([p.uid])[p.uid][0])
+                self.snapshots.keep(self.tokens[p.uid][:-1], self.gen.extract_cache([p.uid])[p.uid][0])
         out = []
         for r in generated:
             if r.uid not in self.rid_of:
@@ -86,6 +74,6 @@ class MlxLmBatch:
             tokens = self.tokens[r.uid]
             tokens.append(r.token)
             if r.finish_reason is not None and r.prompt_cache is not None:
-                self.keep(tokens, r.prompt_cache)
+                self.snapshots.keep(tokens, r.prompt_cache)
             out.append(TokenOut(self.rid_of[r.uid], [r.token], r.finish_reason, r.prompt_cache, r.logprobs))
         return out

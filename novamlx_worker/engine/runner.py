@@ -1,8 +1,8 @@
 """The runner owns the tensors of one model.
 
 Many sequences decode in one batched forward per step (engine/batch.py: fixed KV slots,
-prompts prefilled in chunks between decode steps); models whose caches are not plain KV
-(sliding windows, SSM state) batch through mlx-lm's BatchGenerator instead. A lone
+prompts prefilled in chunks between decode steps; sliding windows in rings, ring.py); models
+with SSM or convolution state batch through mlx-lm's BatchGenerator instead. A lone
 sequence decodes on the Solo fast path and moves into the batch when a second one
 arrives. Sequences are named by the runner's own stable ids, whichever path they are on.
 Every call here must come from the one engine thread (MLX streams belong to the thread
@@ -21,6 +21,8 @@ from .batch import Batch, Row
 from .kv import KVFormat, held, plain_kv
 from .mlxlm_batch import MlxLmBatch
 from .path import TokenOut
+from .ring import windows
+from .snapshots import Snapshots
 from .sequence import Sequence
 from .draft import DraftSolo
 from .draft_batch import ModelDrafts
@@ -61,20 +63,28 @@ class Runner:
         self.prefill_step = prefill_step
         # Plain KV caches are what prefix caching, slots and the solo path need (not windows or SSM state).
         self.cacheable = plain_kv(loaded.model)
+        # states kept whole for prefix reuse where KV cannot be cut into blocks (snapshots.py)
+        self.snapshots = None if self.cacheable else Snapshots(snapshot_bytes)
         if not self.cacheable:
             self.kv = KVFormat()  # windows and SSM state stay as the model makes them
         # a drafting row holds the draft's KV beside the target's: admission prices both
         self.draft_kv_ratio = (kv_bytes_per_token(draft) / kv_bytes_per_token(loaded, self.kv.bits, self.kv.group_size)
                                if draft is not None else 0.0)
-        if self.cacheable:
+        self.seqs: dict[int, Sequence] = {}  # rows in a windowed model's slot batch, for their kept states
+        slotted = windows(loaded.model)  # per layer, its window; None: some layer keeps SSM state
+        if slotted is not None:
             drafts = None
-            if draft is not None:
-                drafts = ModelDrafts(draft_k, self.drafts, draft.model, max_batch, prefill_step, draft_prefix)
+            if draft is not None:  # (a draft with SSM state drafts on the solo path only)
+                drafts = ModelDrafts(draft_k, self.drafts, draft.model, max_batch, prefill_step, draft_prefix) \
+                    if ModelDrafts.serves(draft.model) else None
             elif ngram_k:
                 drafts = BatchDrafts(ngram_k, self.drafts)
-            self.batch = Batch(loaded.model, max_batch, prefill_step, prefill_batch, kv=kv, drafts=drafts)
+            self.batch = Batch(loaded.model, max_batch, prefill_step, prefill_batch, kv=self.kv, drafts=drafts,
+                               windows=slotted)
+            if self.snapshots is not None:
+                self.batch.prefilled = self._prompt_in
         else:
-            self.batch = MlxLmBatch(loaded.model, max_batch, prefill_step, prefill_batch, snapshot_bytes)
+            self.batch = MlxLmBatch(loaded.model, max_batch, prefill_step, prefill_batch, self.snapshots)
         self.vocab_size = loaded.model.args.vocab_size
         self.solo: Solo | None = None
         self.solo_seq: Sequence | None = None
@@ -96,7 +106,7 @@ class Runner:
         return int(self.batch.kv_cost(reserved) * (1 + self.draft_kv_ratio))
 
     def peek(self, tokens: list[int]) -> int:
-        return self.batch.peek(tokens)
+        return self.snapshots.peek(tokens) if self.snapshots is not None else 0
 
     def info(self) -> dict:
         info = self.batch.info()
@@ -108,6 +118,8 @@ class Runner:
                 "tokens_per_step": round((d.steps + d.accepted) / d.steps, 3) if d.steps else None}
         if self.draft_error:
             info["draft_model_error"] = self.draft_error
+        if self.snapshots is not None:
+            info.setdefault("snapshots", self.snapshots.snapshot())
         return info
 
     def add(self, seq: Sequence, cache: list | None = None) -> int:
@@ -119,11 +131,7 @@ class Runner:
         tokens = seq.tokens[held(cache):] if cache else seq.tokens
         processors, solo = None, False
         if self.active == 0:
-            if cache is None and not self.cacheable:  # a kept state (snapshots.py) spares its prefill
-                reused, cache = self.batch.snapshots.match(seq.tokens)
-                tokens = seq.tokens[reused:]
-                if reused and seq.preemptions == 0:
-                    seq.cached_tokens = reused
+            cache, tokens = self._restore(seq, cache, tokens)
             processors = self._processors(seq)
             solo = not self._batch_drafts_only(seq, processors)  # alone, unless only the slot batch drafts for it
         elif self.solo is not None:
@@ -131,11 +139,28 @@ class Runner:
         if solo:
             self._start_solo(rid, seq, tokens, cache, processors)
         else:
+            if isinstance(self.batch, Batch):  # (BatchGenerator's rows look themselves up)
+                cache, tokens = self._restore(seq, cache, tokens)
             reused = self._insert(rid, seq, tokens, cache, processors)
             if reused and seq.preemptions == 0:  # a kept state (snapshots.py) spared this much prefill
                 seq.cached_tokens = reused
         self.active += 1
         return rid
+
+    def _restore(self, seq: Sequence, cache: list | None, tokens: list[int]) -> tuple[list | None, list[int]]:
+        """A kept state (snapshots.py) in place of prefilling what it holds, where one extends."""
+        if cache is not None or self.snapshots is None:
+            return cache, tokens
+        reused, cache = self.snapshots.match(seq.tokens)
+        if reused and seq.preemptions == 0:
+            seq.cached_tokens = reused
+        return cache, seq.tokens[reused:]
+
+    def _prompt_in(self, row: Row, cache: list) -> None:
+        """A windowed row's prompt is in (all but its last token, decode's): keep its state."""
+        seq = self.seqs.get(row.rid)
+        if seq is not None:
+            self.snapshots.keep(seq.tokens, cache)
 
     def _start_solo(self, rid: int, seq: Sequence, tokens: list[int], cache: list | None, processors: list) -> None:
         args = (self.loaded.model, rid, tokens, cache or make_prompt_cache(self.loaded.model), seq.sampler,
@@ -155,6 +180,8 @@ class Runner:
 
     def _insert(self, rid: int, seq: Sequence, tokens: list[int], cache: list | None, processors=None) -> int:
         processors = self._processors(seq) if processors is None else processors
+        if self.snapshots is not None:
+            self.seqs[rid] = seq
         row = Row(rid, seq.sampler, processors, self._stop_ids(seq), seq.max_tokens - seq.generated,
                   known=(held(cache) if cache else 0) + len(tokens), logprobs=seq.sampling.logprobs)
         if getattr(self.batch, "drafts", None) is not None and self._drafts_serve(seq, processors, in_batch=True):
@@ -202,6 +229,7 @@ class Runner:
         if self.handoff is not None and self.handoff[0] == rid:
             cache, self.handoff = self.handoff[2], None
             return cache
+        self.seqs.pop(rid, None)
         cache = self.batch.remove(rid)
         if self.active == 0:
             self.batch.release()
@@ -213,6 +241,7 @@ class Runner:
         if self.solo is not None and self.solo.rid == rid:
             self.solo = self.solo_seq = None
         else:
+            self.seqs.pop(rid, None)
             self.batch.finished(rid)
             if self.active == 0:
                 self.batch.release()
@@ -229,14 +258,20 @@ class Runner:
                 got = solo.step()
             if got is None:
                 if not solo.pending and not self.cacheable:  # the prompt is in (its last token is decode's)
-                    self.batch.keep(seq.tokens[:-1], solo.cache)
+                    self.snapshots.keep(seq.tokens[:-1], solo.cache)
                 return out
             tokens, lp, finish = got
             if finish and not self.cacheable:  # the queued forward has fed the last token too
-                self.batch.keep(seq.tokens + tokens, solo.cache)
+                self.snapshots.keep(seq.tokens + tokens, solo.cache)
             out.append(TokenOut(solo.rid, tokens, finish, solo.cache if finish else None, lp))
             return out
-        return out + self.batch.step()
+        got = self.batch.step()
+        if self.seqs:  # a windowed model's finished rows: keep their states
+            for o in got:
+                seq = self.seqs.pop(o.rid, None) if o.finish_reason else None
+                if seq is not None and o.cache:
+                    self.snapshots.keep(seq.tokens + o.tokens, o.cache)
+        return out + got
 
     def prompt_logprobs(self, prompt: list[int]) -> list[mx.array]:
         """Logprob rows predicting each prompt token from its prefix (for echo + logprobs)."""

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 
+from .kv import held
+
 
 def clone(cache: list) -> list:
     """A copy of every layer's cache whose arrays are new objects: caches write in place
@@ -75,6 +77,14 @@ class Snapshots:
             _, (_, dropped) = self.entries.popitem(last=False)
             self.bytes -= dropped
             self.stats.evictions += 1
+
+    def keep(self, tokens: list[int], cache: list) -> None:
+        """Keep a state under the tokens it holds: its attention layers' offset says how many
+        (BatchGenerator has fed a finished row's last token already); a state whose count
+        cannot be read (no attention layer) is not kept."""
+        n = held(cache)
+        if 0 < n <= len(tokens):
+            self.store(tokens[:n], cache)
 
     def _longest(self, tokens: list[int]) -> tuple | None:
         best = None

@@ -62,7 +62,7 @@ def test_resent_conversation_reuses_prompt_and_answer(family):
     eng = engine(path)
     answer(eng, name, [PROMPT])
     runner = eng.runners[name]
-    answer_ids = [t for t in runner.batch.snapshots.entries if len(t) > len(PROMPT)]
+    answer_ids = [t for t in runner.snapshots.entries if len(t) > len(PROMPT)]
     assert answer_ids, "the finished answer's state was kept"
     turn2 = list(answer_ids[0]) + [500, 501, 502, 503]
     warm, cached = answer(eng, name, [turn2])
@@ -81,7 +81,8 @@ def test_rows_batched_equal_each_alone(family):
 
 def test_lone_row_decodes_on_the_solo_path_and_hands_over_to_the_batch(family):
     """One sequence runs on the generate_step-style solo path (as fast as stream_generate); a
-    second one arriving mid-stream moves it, window/SSM state and all, into the BatchGenerator."""
+    second one arriving mid-stream moves it, window/SSM state and all, into the batch (the slot
+    batch for windows, BatchGenerator for SSM state)."""
     name, path = family
     a, b = PROMPT[:90], PROMPT[100:160]
     alone_a, alone_b = (answer(engine(path), name, [p], n=24)[0][0] for p in (a, b))

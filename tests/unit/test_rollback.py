@@ -119,3 +119,57 @@ def generate_as(eng, model, prompt, n):
     fin = next(e for e in eng.events if getattr(e, "id", None) == rid and isinstance(e, (m.Finished, m.Error)))
     assert isinstance(fin, m.Finished), fin
     return text_of(eng.events, rid), fin
+
+
+def test_windowed_rows_draft_together_in_the_slot_batch(family, monkeypatch, tmp_path):
+    """Sliding-window models batch in the slot batch (window layers in rings) and draft there:
+    three rows (one whose window wraps its ring) with a drafter that keeps two tokens and rejects
+    one every step, then a twin draft model (all kept) and an unrelated one (all rejected), give
+    each row's plain answer alone. Models with SSM state keep to mlx-lm's BatchGenerator."""
+    import shutil
+
+    from novamlx_worker.engine.ngram import History
+    from tests.unit.test_hybrid_prefix import answer
+
+    name, path = family
+    if name == "tiny-lfm2":
+        assert engine(path, 4).models.get(name) and runner_path(engine(path, 4), name, [PROMPT[:20]]) == "mlx-lm BatchGenerator"
+        return
+    prompts = [PROMPT[:100], PROMPT[40:240], PROMPT[5:60]]  # 200 + 40 tokens: past the 32 + 128 ring
+    alone = [answer(engine(path, 0), name, [p], n=40)[0][0] for p in prompts]
+    from mlx_lm.generate import generate_step
+
+    model = ModelPool([str(path)], [], "auto").get(name).model
+    refs = [[int(t) for t, _ in generate_step(mx.array(p), model, max_tokens=40)] for p in prompts]
+
+    def propose(self, k):
+        for p, ref in zip(prompts, refs):
+            if list(self[:len(p)]) == p:
+                i = len(self) - len(p)
+                return ref[i:i + 2] + [49151] if i + 2 < len(ref) else []
+        raise AssertionError("a history from no prompt")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(History, "propose", propose)
+        spec = engine(path, 4)
+        assert runner_path(spec, name, prompts) == "slots"
+        got, _ = answer(spec, name, prompts, n=40)
+    assert got == alone
+    stats = spec.stats()["engine"]["batches"][name]["ngram"]
+    assert stats["steps"] > 10 and stats["accepted"] >= stats["steps"] and stats["proposed"] > stats["accepted"], stats
+    twin = tmp_path / f"twin-{name}"
+    shutil.copytree(path, twin)
+    other = build_tiny_mlx(tmp_path / f"other-{name}", FAMILIES[name], seed=9)
+    for draft in (twin, other):
+        eng = draft_engine(path, draft)
+        assert answer(eng, name, prompts, n=40)[0] == alone
+        stats = eng.stats()["engine"]["batches"][name]["draft_model"]
+        assert stats["proposed"] > 0 and (stats["accepted"] == stats["proposed"]) == (draft is twin), stats
+
+
+def runner_path(eng, name, prompts) -> str:
+    """The decode path a model's rows batch on (after a short batched run)."""
+    from tests.unit.test_hybrid_prefix import answer
+
+    answer(eng, name, prompts * 2, n=2)
+    return eng.runners[name].batch.info()["path"]
