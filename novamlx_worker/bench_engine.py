@@ -1,6 +1,8 @@
 """Our engine in-process, no gateway, no pipe: where does a token's time go?
 
     python -m novamlx_worker.bench_engine --model M [--batches 1,32] [--tokens 128] [--profile]
+    python -m novamlx_worker.bench_engine --model M --ngram K --ngram-vs-off [--always-miss]
+    python -m novamlx_worker.bench_engine --model M --slots-vs-generator [--ngram K]
 
 Runs the real Engine (admission, scheduler, runner, detokenizer, stop matching, Step
 encoding) on forced-length requests and prints tok/s per batch size, next to mlx-lm's
@@ -35,6 +37,9 @@ def main(argv=None) -> None:
     p.add_argument("--always-miss", action="store_true",
                    help="with --ngram-vs-off: every draft is K copies of the last vocabulary id, which the model "
                         "(almost) never picks: the cost of drafting when nothing is accepted")
+    p.add_argument("--slots-vs-generator", action="store_true",
+                   help="a sliding-window model: our slot batch against mlx-lm's BatchGenerator (its former path) "
+                        "in a second engine on the same weights, alternating runs, medians side by side")
     args = p.parse_args(argv)
     preload_openblas()
     from mlx_lm.generate import stream_generate
@@ -64,7 +69,15 @@ def main(argv=None) -> None:
 
         History.propose = lambda self, k: [vocab - 1] * k
     if args.ngram_vs_off:
-        return ngram_vs_off(args, eng, make_engine(0), model_id, vocab, sink)
+        return side_by_side(args, {"on": eng, "off": make_engine(0)}, model_id, vocab, sink)
+    if args.slots_vs_generator:
+        from .engine.mlxlm_batch import MlxLmBatch
+
+        generator = make_engine(args.ngram)
+        generator.models.get(model_id)
+        runner = generator.runners[model_id]
+        runner.batch = MlxLmBatch(lm.model, 256, runner.prefill_step, 32, runner.snapshots)
+        return side_by_side(args, {"slots": eng, "generator": generator}, model_id, vocab, sink)
 
     def run(batch: int, seed: int) -> float:
         for i, toks in enumerate(prompts(batch, args.prompt_len, vocab, seed)):
@@ -126,9 +139,10 @@ def main(argv=None) -> None:
                           "novamlx_runs": [round(x, 1) for x in ours], "stream_generate_runs": [round(x, 1) for x in theirs]}))
 
 
-def ngram_vs_off(args, on, off, model_id: str, vocab: int, sink: list) -> None:
-    """Drafts on and off in one process on the same weights, runs alternating: the overhead of
-    drafting where drafts land or not (random weights), without process-to-process spread."""
+def side_by_side(args, engines: dict, model_id: str, vocab: int, sink: list) -> None:
+    """Two engines in one process on the same weights (drafts on and off; the slot batch and
+    BatchGenerator), runs alternating, without process-to-process spread: the first's rate over
+    the second's."""
     import statistics
 
     from protocol import messages as m
@@ -150,22 +164,23 @@ def ngram_vs_off(args, on, off, model_id: str, vocab: int, sink: list) -> None:
         return (batch * args.tokens - got) / (end - (first if decode_only else t))
 
     runs = max(args.bs1_runs, 3)
+    (first, one), (second, two) = engines.items()
     for b in [int(x) for x in args.batches.split(",")]:
-        for eng in (on, off):
+        for eng in (one, two):
             run(eng, b, 1, b == 1)  # warm this batch size's kernels
-        rates = {"on": [], "off": []}
+        rates = {first: [], second: []}
         for i in range(runs):
-            pair = [("on", on), ("off", off)] if i % 2 == 0 else [("off", off), ("on", on)]
+            pair = list(engines.items()) if i % 2 == 0 else list(engines.items())[::-1]
             for name, eng in pair:
                 rates[name].append(run(eng, b, 100 + i, b == 1))
-        a, o = statistics.median(rates["on"]), statistics.median(rates["off"])
-        drafts = on.stats()["engine"]["batches"][model_id].get("ngram")
-        print(json.dumps({"what": "n-gram drafts on vs off, same weights, alternating runs", "batch": b,
-                          "tokens": args.tokens, "ngram": args.ngram, "on": round(a, 1), "off": round(o, 1),
+        a, o = statistics.median(rates[first]), statistics.median(rates[second])
+        drafts = one.stats()["engine"]["batches"][model_id].get("ngram")
+        print(json.dumps({"what": f"{first} vs {second}, same weights, alternating runs", "batch": b,
+                          "tokens": args.tokens, "ngram": args.ngram, first: round(a, 1), second: round(o, 1),
                           "ratio": round(a / o, 3),
-                          "paired_ratio_median": round(statistics.median(x / y for x, y in zip(rates["on"], rates["off"])), 3),
-                          "on_runs": [round(x, 1) for x in rates["on"]],
-                          "off_runs": [round(x, 1) for x in rates["off"]], "drafts": drafts}))
+                          "paired_ratio_median": round(statistics.median(x / y for x, y in zip(rates[first], rates[second])), 3),
+                          f"{first}_runs": [round(x, 1) for x in rates[first]],
+                          f"{second}_runs": [round(x, 1) for x in rates[second]], "drafts": drafts}))
 
 
 if __name__ == "__main__":

@@ -41,7 +41,11 @@ SHAPES = {
                   "norm_eps": 1e-5, "conv_bias": False, "conv_L_cache": 3, "block_dim": 2048, "block_ff_dim": 12288,
                   "block_multiple_of": 256, "block_ffn_dim_multiplier": 1.0, "block_auto_adjust_ff_dim": True,
                   "full_attn_idxs": [2, 5, 8, 10, 12, 14]},
-    # A small stand-in with the same code path, for trying the benchmark on a CPU.
+    # Small stand-ins with the same code paths, for trying the benchmarks on a CPU.
+    "gemma3-tiny": {"model_type": "gemma3_text", "hidden_size": 256, "num_hidden_layers": 6, "intermediate_size": 512,
+                    "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64, "query_pre_attn_scalar": 64,
+                    "sliding_window": 128, "sliding_window_pattern": 6, "rms_norm_eps": 1e-6, "vocab_size": 49152,
+                    "max_position_embeddings": 32768},
     "llama-tiny": {"model_type": "llama", "hidden_size": 256, "num_hidden_layers": 4, "intermediate_size": 512,
                    "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
                    "vocab_size": 49152, "max_position_embeddings": 16384, "tie_word_embeddings": False},

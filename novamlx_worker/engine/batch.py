@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import mlx.core as mx
-from mlx_lm.models.cache import KVCache, QuantizedKVCache, make_prompt_cache
+from mlx_lm.models.cache import KVCache, QuantizedKVCache
 
 from ..models.shape import activation_dtype, attention_shape
 from ..sampling import log_probs
@@ -209,7 +209,8 @@ class Batch:
         self.min_slots = min(min_slots, max_batch)
         self.kv = kv
         self.windowed = any(self.windows)
-        # the kernel reads plain KV of every layer
+        # the kernel reads plain KV of every layer (with it, a windowed model's batched answers
+        # drifted from each alone on the GPU: TODO find out why before turning it on there)
         self.use_kernel = ragged.install(model) if not kv.quantized and not self.windowed else False
         self.stream = mx.new_stream(mx.default_device())
         self.keys: list[list[mx.array]] = []  # per layer, its parts (kv.py)
@@ -221,7 +222,7 @@ class Batch:
         self.inflight = None  # (tokens, logprobs, [(slot, row)]) queued, not yet read
         self.fresh: dict[int, int] = {}  # slot -> first input of a row that joined since the last step
         self.by_rid: dict[int, Row] = {}
-        self.prefilled = None  # called (row, its caches) as a lone row's prompt is in, where set
+        self.prefilled = None  # called (row, a copy of its caches) as its prompt is in, where set
 
     # ---- membership ----
     def add(self, row: Row, tokens: list[int], cache: list | None) -> None:
@@ -296,10 +297,8 @@ class Batch:
         if room <= 0 or not self.waiting:
             return
         head, tokens, cache = self.waiting[0]
-        if cache is not None or len(tokens) <= 1 or self.windowed:
-            # a cached prefix continues alone (its own offset); so does a windowed model's prompt, in
-            # the model's own rotating caches (padding would push a shorter row's window out)
-            group = [self.waiting.pop(0)]
+        if cache is not None or len(tokens) <= 1:
+            group = [self.waiting.pop(0)]  # a cached prefix continues alone (its own offset)
         else:
             # Rows within a factor of two of the head's length (or 64 tokens) share its padded
             # chunks: padding never more than doubles anyone's prefill; the rest go next.
@@ -310,7 +309,9 @@ class Batch:
                 (group if fits else rest).append(item)
             self.waiting = rest
         rows = [g[0] for g in group]
-        cache = group[0][2] or (make_prompt_cache(self.model) if self.windowed else [KVCache() for _ in self.model.layers])
+        # (window layers too prefill into plain KV, whose masks keep to the window: a rotating cache
+        # would push a shorter row's window out with the padding after it; admission prices full KV)
+        cache = group[0][2] or [KVCache() for _ in self.model.layers]
         base = cache[0].offset
         self.prefill = Prefill(rows, [g[1][-1] for g in group], cache, [g[1][:-1] for g in group],
                                [base + len(g[1]) - 1 for g in group])
@@ -330,15 +331,15 @@ class Batch:
             if row is None:
                 continue
             kv = None
-            if length and self.windowed:  # alone (i == 0): each layer's last positions in order
-                if self.prefilled is not None:
-                    self.prefilled(row, p.cache)
-                kv = [ring.window_view(c, length) for c in p.cache]
+            if length and self.windowed:  # each layer's positions up to length, oldest first
+                kv = [ring.window_view(c, length, i) for c in p.cache]
             elif length:
                 kv = [(_row_of(c.keys, i), _row_of(c.values, i)) for c in p.cache]
-            self._place(row, last, kv, length)
+            slot = self._place(row, last, kv, length)
+            if self.prefilled is not None and length:
+                self.prefilled(row, self._extract(slot, length))
 
-    def _place(self, row: Row, last: int, kv: list | None, length: int) -> None:
+    def _place(self, row: Row, last: int, kv: list | None, length: int) -> int:
         """Put a prefilled row into a free slot."""
         slots = len(self.slots) if None in self.slots else self._bucket(len(self.slots) + 1)
         if not self.keys or slots != len(self.slots) or length + 1 > self._capacity():
@@ -349,6 +350,7 @@ class Batch:
         row.length = length
         self.slots[slot] = row
         self.fresh[slot] = last
+        return slot
 
     # ---- buffers ----
     def copy_in(self, slot: int, kv: list, length: int) -> None:

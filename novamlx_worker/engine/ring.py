@@ -53,14 +53,15 @@ def ring_mask(offset: mx.array, width: int, columns: int, window: int) -> mx.arr
     return seen[:, None]
 
 
-def window_view(cache, length: int) -> tuple[mx.array, mx.array]:
-    """The last min(length, window) positions of one row's layer cache, oldest first: from a
-    RotatingKVCache in whatever rotation it is, or from plain KV (columns 0..length-1)."""
+def window_view(cache, length: int, row: int = 0) -> tuple[mx.array, mx.array]:
+    """Row `row` of a layer cache up to position `length`, oldest first: the last min(length,
+    window) positions of a (one-row) RotatingKVCache in whatever rotation it is, or columns
+    0..length-1 of plain KV."""
     if isinstance(cache, RotatingKVCache):
         k, v = cache._temporal_order(cache.keys), cache._temporal_order(cache.values)
         n = min(length, cache.max_size)
         return k[:, :, k.shape[2] - n:], v[:, :, v.shape[2] - n:]
-    return cache.keys[:, :, :length], cache.values[:, :, :length]
+    return cache.keys[row:row + 1, :, :length], cache.values[row:row + 1, :, :length]
 
 
 def place(buffer: mx.array, slot: int, src: mx.array, length: int, window: int) -> None:

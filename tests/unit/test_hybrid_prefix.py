@@ -81,8 +81,8 @@ def test_rows_batched_equal_each_alone(family):
 
 def test_lone_row_decodes_on_the_solo_path_and_hands_over_to_the_batch(family):
     """One sequence runs on the generate_step-style solo path (as fast as stream_generate); a
-    second one arriving mid-stream moves it, window/SSM state and all, into the batch (the slot
-    batch for windows, BatchGenerator for SSM state)."""
+    second one arriving mid-stream moves it, window/SSM state and all, into the BatchGenerator
+    (drafting windowed models batch in the slot batch: test_rollback.py)."""
     name, path = family
     a, b = PROMPT[:90], PROMPT[100:160]
     alone_a, alone_b = (answer(engine(path), name, [p], n=24)[0][0] for p in (a, b))

@@ -173,3 +173,48 @@ def runner_path(eng, name, prompts) -> str:
 
     answer(eng, name, prompts * 2, n=2)
     return eng.runners[name].batch.info()["path"]
+
+
+def test_windowed_slot_batch_keeps_states_for_resent_conversations(tmp_path):
+    """With drafts on, a windowed model's rows batch in slots; their states are still kept whole
+    (prompt end, answer end): a resent conversation (turn 1 + its answer + a new turn) sent beside
+    another row restores the kept state and answers as a cold run does; a row handed over from the
+    solo path mid-stream (its rotating caches unrolled into rings) answers as alone."""
+    from novamlx_worker.engine.engine import Engine
+    from novamlx_worker.memory import MemoryEnforcer
+    from protocol import messages as m
+    from tests.fixtures.events import text_of
+    from tests.unit.test_hybrid_prefix import answer
+
+    name = "tiny-gemma3-text"
+    path = build_tiny_mlx(tmp_path / name, TINY_GEMMA3, seed=5)
+
+    def eng_with_cache():
+        events = []
+        eng = Engine(ModelPool([str(path)], [], "auto"), events.append, MemoryEnforcer("90%"), max_batch=8, ngram_k=4,
+                     prefix_cache_bytes=64 << 20)
+        eng.events = events
+        return eng
+
+    eng = eng_with_cache()
+    a, b = PROMPT[:120], PROMPT[130:200]
+    answer(eng, name, [a, b], n=24)
+    runner = eng.runners[name]
+    assert runner.batch.info()["path"] == "slots"
+    kept = [t for t in runner.snapshots.entries if len(t) > len(a) and list(t[:len(a)]) == a]
+    assert kept and any(len(t) == len(a) - 1 for t in runner.snapshots.entries), "prompt and answer states kept"
+    turn2 = list(max(kept, key=len)) + [500, 501, 502, 503]
+    warm, cached = answer(eng, name, [turn2, PROMPT[210:260]], n=24)
+    assert cached[0] == len(max(kept, key=len)) and cached[1] == 0
+    assert warm[0] == answer(engine(path, 4), name, [turn2], n=24)[0][0]
+    # a lone row (solo path, its window wrapped) joined mid-stream by a second one
+    solo_first = eng_with_cache()
+    solo_first.handle(m.Generate("s", name, m.Sampling(temperature=0, max_tokens=40, ignore_eos=True),
+                                 prompt_tokens=PROMPT[:200]))
+    for _ in range(12):
+        solo_first.step()
+    assert solo_first.runners[name].solo is not None
+    answer(solo_first, name, [PROMPT[20:80]], n=8)
+    while "s" not in {e.id for e in solo_first.events if isinstance(e, m.Finished)}:
+        solo_first.step()
+    assert text_of(solo_first.events, "s") == generate_as(engine(path, 0), name, PROMPT[:200], 40)[0]
