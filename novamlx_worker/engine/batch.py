@@ -22,12 +22,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import mlx.core as mx
-from mlx_lm.models.cache import KVCache, QuantizedKVCache
+from mlx_lm.models.cache import KVCache, QuantizedKVCache, make_prompt_cache
 
 from ..models.shape import activation_dtype, attention_shape
 from ..sampling import log_probs
-from . import ragged, ring
-from .kv import KVFormat
+from . import ragged, ring, state_slots
+from .kv import STATE, KVFormat, held
 from .path import TokenOut, finish_for
 
 CAPACITY_STEP = 256
@@ -201,9 +201,14 @@ def _row_of(x, i: int):
 
 class Batch:
     def __init__(self, model, max_batch: int, prefill_step: int, prefill_batch: int, min_slots: int = 1,
-                 kv: KVFormat = KVFormat(), drafts=None, windows: list[int | None] | None = None):
+                 kv: KVFormat = KVFormat(), drafts=None, layers: list | None = None):
         self.model = model
-        self.windows = windows or [None] * len(model.layers)  # per layer: its sliding window (ring.py), or None
+        layers = layers or [None] * len(model.layers)  # per layer: None (plain KV), its window or STATE (kv.py)
+        self.windows = [k if isinstance(k, int) else None for k in layers]  # sliding windows: rings (ring.py)
+        # SSM / convolution state (state_slots.py): per such layer, its arrays' shapes after the slot axis
+        stateful = [i for i, k in enumerate(layers) if k == STATE]
+        self.states = state_slots.state_shapes(model, stateful) if stateful else {}
+        self.first_kv = next((i for i, k in enumerate(layers) if k != STATE), None)  # says what a KV slot holds
         self.drafts = drafts  # n-gram drafting steps (spec_batch.BatchDrafts), or None
         self.max_batch, self.prefill_step, self.prefill_batch = max_batch, prefill_step, prefill_batch
         self.min_slots = min(min_slots, max_batch)
@@ -211,7 +216,7 @@ class Batch:
         self.windowed = any(self.windows)
         # the kernel reads plain KV of every layer (with it, a windowed model's batched answers
         # drifted from each alone on the GPU: TODO find out why before turning it on there)
-        self.use_kernel = ragged.install(model) if not kv.quantized and not self.windowed else False
+        self.use_kernel = ragged.install(model) if not (kv.quantized or self.windowed or self.states) else False
         self.stream = mx.new_stream(mx.default_device())
         self.keys: list[list[mx.array]] = []  # per layer, its parts (kv.py)
         self.values: list[list[mx.array]] = []
@@ -275,7 +280,10 @@ class Batch:
         if length <= 0:
             return None
         caches = []
-        for keys, values, window in zip(self.keys, self.values, self.windows):
+        for i, (keys, values, window) in enumerate(zip(self.keys, self.values, self.windows)):
+            if i in self.states:
+                caches.append(state_slots.row_state(keys, slot))
+                continue
             if window:
                 caches.append(ring.unroll(keys[0], values[0], slot, length, window))
                 continue
@@ -297,8 +305,10 @@ class Batch:
         if room <= 0 or not self.waiting:
             return
         head, tokens, cache = self.waiting[0]
-        if cache is not None or len(tokens) <= 1:
-            group = [self.waiting.pop(0)]  # a cached prefix continues alone (its own offset)
+        if cache is not None or len(tokens) <= 1 or self.states:
+            # a cached prefix continues alone (its own offset); so does a prompt into state, which
+            # padding would run on
+            group = [self.waiting.pop(0)]
         else:
             # Rows within a factor of two of the head's length (or 64 tokens) share its padded
             # chunks: padding never more than doubles anyone's prefill; the rest go next.
@@ -311,8 +321,8 @@ class Batch:
         rows = [g[0] for g in group]
         # (window layers too prefill into plain KV, whose masks keep to the window: a rotating cache
         # would push a shorter row's window out with the padding after it; admission prices full KV)
-        cache = group[0][2] or [KVCache() for _ in self.model.layers]
-        base = cache[0].offset
+        cache = group[0][2] or (make_prompt_cache(self.model) if self.states else [KVCache() for _ in self.model.layers])
+        base = held(cache)  # (the attention layers say; a state layer keeps no count)
         self.prefill = Prefill(rows, [g[1][-1] for g in group], cache, [g[1][:-1] for g in group],
                                [base + len(g[1]) - 1 for g in group])
 
@@ -331,8 +341,8 @@ class Batch:
             if row is None:
                 continue
             kv = None
-            if length and self.windowed:  # each layer's positions up to length, oldest first
-                kv = [ring.window_view(c, length, i) for c in p.cache]
+            if length and (self.windowed or self.states):  # each layer's positions up to length, oldest first
+                kv = [c if j in self.states else ring.window_view(c, length, i) for j, c in enumerate(p.cache)]
             elif length:
                 kv = [(_row_of(c.keys, i), _row_of(c.values, i)) for c in p.cache]
             slot = self._place(row, last, kv, length)
@@ -343,10 +353,13 @@ class Batch:
         """Put a prefilled row into a free slot."""
         slots = len(self.slots) if None in self.slots else self._bucket(len(self.slots) + 1)
         if not self.keys or slots != len(self.slots) or length + 1 > self._capacity():
-            self._resize(slots, max(self._capacity(), length + 1), like=kv[0][0] if kv else None)
+            like = kv[self.first_kv][0] if kv and self.first_kv is not None else None
+            self._resize(slots, max(self._capacity(), length + 1), like=like)
         slot = self.slots.index(None)
         if kv:
             self.copy_in(slot, kv, length)
+        for i in self.states if not kv else ():  # nothing fed yet: a fresh state
+            state_slots.put_row(self.keys[i], slot, None)
         row.length = length
         self.slots[slot] = row
         self.fresh[slot] = last
@@ -355,8 +368,13 @@ class Batch:
     # ---- buffers ----
     def copy_in(self, slot: int, kv: list, length: int) -> None:
         """Write one row's first `length` columns of KV (per layer (keys, values)) into a slot (a
-        window layer: its last positions up to `length`, into its ring)."""
-        for i, (k, v) in enumerate(kv):
+        window layer: its last positions up to `length`, into its ring; a state layer: the row's
+        ArraysCache)."""
+        for i, layer in enumerate(kv):
+            if i in self.states:
+                state_slots.put_row(self.keys[i], slot, layer)
+                continue
+            k, v = layer
             if self.windows[i]:
                 ring.place(self.keys[i][0], slot, k, length, self.windows[i])
                 ring.place(self.values[i][0], slot, v, length, self.windows[i])
@@ -374,8 +392,11 @@ class Batch:
         """New buffers of (slots, capacity), rows kept in their slots (or compacted when shrinking).
         `like`: the first row's own keys (an array, or quantized parts), which say what a slot holds."""
         capacity = -(-capacity // CAPACITY_STEP) * CAPACITY_STEP
-        if self.keys:
-            heads, shapes = self.keys[0][0].shape[1], [(p.shape[3], p.dtype) for p in self.keys[0]]
+        if self.first_kv is None:  # no attention layer: state only
+            heads, shapes = 0, []
+        elif self.keys:
+            first = self.keys[self.first_kv]
+            heads, shapes = first[0].shape[1], [(p.shape[3], p.dtype) for p in first]
         else:
             if isinstance(like, (tuple, list)):  # quantized parts: the scales say heads, groups and dtype
                 _, heads, _, groups = like[1].shape
@@ -401,9 +422,18 @@ class Batch:
                 new[:n, :, :c] = prev[:n, :, :c]
             return parts
 
+        def grown_state(old: list[mx.array] | None, i: int) -> list[mx.array]:
+            parts = [mx.zeros((slots, *shape), dt) for shape, dt in self.states[i]]
+            for new, prev in zip(parts, old or []):
+                n = min(prev.shape[0], slots)
+                new[:n] = prev[:n]
+            return parts
+
         layers = range(len(self.model.layers))
-        self.keys = [grown(self.keys[i] if self.keys else None, self.windows[i]) for i in layers]
-        self.values = [grown(self.values[i] if self.values else None, self.windows[i]) for i in layers]
+        self.keys = [grown_state(self.keys[i] if self.keys else None, i) if i in self.states
+                     else grown(self.keys[i] if self.keys else None, self.windows[i]) for i in layers]
+        self.values = [[] if i in self.states else grown(self.values[i] if self.values else None, self.windows[i])
+                       for i in layers]
         self.cap = capacity
         mx.eval(self.keys, self.values)
         self.slots = (self.slots + [None] * slots)[:slots]
@@ -487,16 +517,36 @@ class Batch:
         mx.async_eval(tokens, self.keys, self.values, *([lp] if lp is not None else []))
         return tokens, lp, members
 
-    def _forward(self, y: mx.array, offset: mx.array, keys: list, values: list, used: int):
+    def _forward(self, y: mx.array, offset: mx.array, keys: list, values: list, used: int,
+                 lengths: mx.array | None = None):
         """y: each slot's input (slots,), or its inputs (slots, width) when drafts are verified
-        (then the logits of every position come back, (slots, width, vocab))."""
+        (then the logits of every position come back, (slots, width, vocab)). lengths: where each
+        slot's state stops (state_slots.py), else after every input."""
         wide = y.ndim == 2
         step = StepIndex(offset, self.use_kernel and not wide, used, y.shape[1] if wide else 1)
         slot_kv = QuantizedSlotKV if self.kv.quantized else SlotKV
-        caches = [RingSlotKV(k, v, step, self.kv, w) if w else slot_kv(k, v, step, self.kv)
-                  for k, v, w in zip(keys, values, self.windows)]
+        caches = [state_slots.SlotState(k, None if lengths is None else mx.array(lengths)) if i in self.states
+                  else RingSlotKV(k, v, step, self.kv, w) if w else slot_kv(k, v, step, self.kv)
+                  for i, (k, v, w) in enumerate(zip(keys, values, self.windows))]
         logits = self.model(y if wide else y[:, None], cache=caches)
         return (logits if wide else logits[:, -1, :]), [c.keys for c in caches], [c.values for c in caches]
+
+    def restate(self, y: mx.array, offset: mx.array, before: list, fed: dict[int, int], used: int) -> None:
+        """After a verification forward of y (slots, width): state layers folded in every input,
+        so slots that keep fewer (fed: slot -> inputs kept) get the state after theirs, computed
+        again from `before` (the layers' parts before that forward). See state_slots.py."""
+        width = y.shape[1]
+        need = {s: c for s, c in fed.items() if c < width}
+        if not self.states or not need:
+            return
+        w = max(need.values())
+        lengths = mx.array([need.get(s, w) for s in range(len(self.slots))], dtype=mx.int32)
+        keys = [before[i] if i in self.states else k for i, k in enumerate(self.keys)]
+        _, again, _ = self._forward(y[:, :w] if w > 1 else y[:, 0], offset, keys, self.values, used, lengths)
+        rows = mx.array([s in need for s in range(len(self.slots))])
+        for i in self.states:
+            self.keys[i] = state_slots.pick_rows(rows, again[i], self.keys[i])
+        mx.eval([self.keys[i] for i in self.states])
 
     def _read(self, inflight, keep_inputs: bool = False) -> list[TokenOut]:
         """The queued step's tokens; keep_inputs: each continuing row's token becomes its known

@@ -20,7 +20,8 @@ from __future__ import annotations
 import mlx.core as mx
 from .batch import CAPACITY_STEP, Batch, slot_count
 from .draft import prefill_draft
-from .ring import window_view, windows
+from .kv import STATE, slot_layers
+from .ring import window_view
 from .ngram import DraftStats
 from .spec_batch import BatchDrafts
 
@@ -33,7 +34,7 @@ class ModelDrafts(BatchDrafts):
         self.model, self.prefill_step, self.prefix = model, prefill_step, prefix  # prefix: the draft's prefix cache
         # its slot buffers and slot forward (a windowed draft's window layers in rings: rows are
         # cut back by length alone there too)
-        self.kv = Batch(model, max_batch, prefill_step, 1, windows=windows(model))
+        self.kv = Batch(model, max_batch, prefill_step, 1, layers=slot_layers(model))
         self.slot: dict[int, int] = {}  # row id -> its slot in the draft's buffers
         self.held: dict[int, int] = {}  # row id -> tokens of its history the draft's KV holds
         self.fed: dict[int, tuple[int, int]] = {}  # this step: row id -> (history length, tokens drafted)
@@ -44,8 +45,10 @@ class ModelDrafts(BatchDrafts):
 
     @staticmethod
     def serves(model) -> bool:
-        """Whether a draft model's caches fit slots: plain KV and sliding windows (not SSM state)."""
-        return windows(model) is not None
+        """Whether a draft model's caches fit slots cut back by length alone: plain KV and sliding
+        windows (not SSM state)."""
+        layers = slot_layers(model)
+        return layers is not None and STATE not in layers
 
     def release(self) -> None:
         self.kv.keys, self.kv.values, self.kv.slots = [], [], []

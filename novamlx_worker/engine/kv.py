@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import mlx.core as mx
-from mlx_lm.models.cache import KVCache, QuantizedKVCache, make_prompt_cache
+from mlx_lm.models.cache import ArraysCache, KVCache, QuantizedKVCache, RotatingKVCache, make_prompt_cache
+
+from .state_slots import honours_lengths
 
 BITS = (2, 3, 4, 6, 8)
 GROUP_SIZES = (32, 64, 128)
@@ -45,6 +47,26 @@ def plain_kv(model) -> bool:
     """Whether every layer of the model keeps plain KV (what prefix blocks, slots and cutting back
     need), not a sliding window or SSM state."""
     return all(type(c) is KVCache for c in make_prompt_cache(model))
+
+
+STATE = "state"  # a layer kind: recurrent state (state_slots.py)
+
+
+def slot_layers(model) -> list | None:
+    """What each layer keeps in the slot batch: None (plain KV), its window (a sliding window,
+    ring.py) or STATE (SSM / convolution state, state_slots.py); None when some layer keeps
+    anything else (attention sinks, nested caches) or its state cannot stop mid-step."""
+    out = []
+    for c in make_prompt_cache(model):
+        if type(c) is KVCache:
+            out.append(None)
+        elif type(c) is RotatingKVCache and c.keep == 0:
+            out.append(c.max_size)
+        elif type(c) is ArraysCache and honours_lengths(model):
+            out.append(STATE)
+        else:
+            return None
+    return out
 
 
 def held(cache: list) -> int:

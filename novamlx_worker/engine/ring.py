@@ -12,23 +12,9 @@ than the window once the row's length is cut back (spec_batch.py cuts lengths, n
 from __future__ import annotations
 
 import mlx.core as mx
-from mlx_lm.models.cache import KVCache, RotatingKVCache, make_prompt_cache
+from mlx_lm.models.cache import RotatingKVCache
 
 RING_SLACK = 128  # > the widest step that writes a window layer: a verification of 1 + 64 drafts
-
-
-def windows(model) -> list[int | None] | None:
-    """Per layer, its window (a RotatingKVCache without kept-first tokens) or None (plain KV);
-    None when some layer keeps anything else (SSM or convolution state, attention sinks)."""
-    out = []
-    for c in make_prompt_cache(model):
-        if type(c) is KVCache:
-            out.append(None)
-        elif type(c) is RotatingKVCache and c.keep == 0:
-            out.append(c.max_size)
-        else:
-            return None
-    return out
 
 
 def ring_columns(window: int, capacity: int) -> int:

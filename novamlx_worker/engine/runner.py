@@ -19,10 +19,9 @@ from ..models.pool import kv_bytes_per_token
 from ..grammar import GrammarProcessor
 from ..sampling import force_tokens, log_probs, make_penalties, make_sampler, think_budget
 from .batch import Batch, Row
-from .kv import KVFormat, held, plain_kv
+from .kv import KVFormat, held, plain_kv, slot_layers
 from .mlxlm_batch import MlxLmBatch
 from .path import TokenOut
-from .ring import windows
 from .snapshots import Snapshots
 from .sequence import Sequence
 from .draft import DraftSolo
@@ -72,10 +71,11 @@ class Runner:
         self.draft_kv_ratio = (kv_bytes_per_token(draft) / kv_bytes_per_token(loaded, self.kv.bits, self.kv.group_size)
                                if draft is not None else 0.0)
         self.seqs: dict[int, Sequence] = {}  # rows in a windowed model's slot batch, for their kept states
-        slotted = windows(loaded.model)  # per layer, its window; None: some layer keeps SSM state
+        slotted = slot_layers(loaded.model)  # per layer: plain KV, a window or SSM state (kv.py)
         if slotted and any(slotted) and not (ngram_k or draft is not None):
-            # windowed rows take the slot batch to draft together there; without drafts BatchGenerator
-            # stays (on the H200 it decoded 32 equal-length streams of a gemma3-4b shape 20% faster)
+            # windowed and hybrid rows take the slot batch to draft together there; without drafts
+            # BatchGenerator stays (on the H200 it decoded 32 equal-length streams of a gemma3-4b
+            # shape 20% faster)
             slotted = None
         if slotted is not None:
             drafts = None
@@ -85,7 +85,7 @@ class Runner:
             elif ngram_k:
                 drafts = BatchDrafts(ngram_k, self.drafts)
             self.batch = Batch(loaded.model, max_batch, prefill_step, prefill_batch, kv=self.kv, drafts=drafts,
-                               windows=slotted)
+                               layers=slotted)
             if self.snapshots is not None and snapshot_bytes > 0:
                 self.batch.prefilled = self._prompt_in
         else:

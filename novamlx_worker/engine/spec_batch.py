@@ -89,6 +89,7 @@ class BatchDrafts:
         rows = [[rows_in[s]] + drafts.get(s, []) for s in range(len(b.slots))]
         y = mx.array([row + [0] * (width - len(row)) for row in rows], dtype=mx.uint32)
         offset = mx.array([r.length if r is not None else 0 for r in b.slots], dtype=mx.int32)
+        before = b.keys  # (state layers' parts: kept to recompute from, restate)
         logits, b.keys, b.values = b._forward(y if width > 1 else y[:, 0], offset, b.keys, b.values, used)
         first_logits = logits[:, 0, :] if width > 1 else logits
         first, lp = pick_tokens(first_logits, y[:, 0], [(s, r) for s, r in members if s not in drafts])
@@ -96,7 +97,7 @@ class BatchDrafts:
         mx.eval(first, *([target] if target is not None else []), b.keys, b.values)
         first, target = first.tolist(), (target.tolist() if target is not None else None)
         b.fresh = {}
-        out, accepted = [], 0
+        out, accepted, fed = [], 0, {}
         for s, r in members:
             draft, lp_rows = drafts.get(s), None
             if draft:
@@ -118,8 +119,11 @@ class BatchDrafts:
                     r.context = _extend(r.context, [rows_in[s]] + emitted[:-1])
             else:
                 emitted = [first[s]]
+            fed[s] = len(emitted)  # inputs whose effect stays: its input and every kept draft token
             # its KV now holds its input and every kept token but the last, which is its next input
             out.append(b.emit(s, r, emitted, lp, keep_input=True, grow=True, lp_rows=lp_rows))
+        if width > 1:
+            b.restate(y, offset, before, fed, used)
         if not drafts or self.stretches.after(accepted):
             self.stretches.start()
         return out
