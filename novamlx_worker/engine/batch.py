@@ -28,7 +28,7 @@ from ..models.shape import activation_dtype, attention_shape
 from ..sampling import log_probs
 from . import ragged, ring, state_slots
 from .kv import STATE, KVFormat, held
-from .path import TokenOut, finish_for
+from .path import TokenOut, until_finish
 
 CAPACITY_STEP = 256
 
@@ -567,14 +567,10 @@ class Batch:
         """A row's tokens this step, cut at its finish and counted. A finished row leaves its slot
         with its KV; a continuing one's last token becomes its known next input when asked.
         grow: the step fed the kept tokens' predecessors (drafts), so its KV grows by as many."""
-        kept, finish = [], None
-        for token in tokens:
-            r.n += 1
-            r.known += 1
-            kept.append(token)
-            finish = finish_for(token, r.n, r.max_tokens, r.stop_ids)
-            if finish is not None:
-                break
+        n, finish = until_finish(tokens, r.n, r.max_tokens, r.stop_ids)
+        kept = tokens[:n]
+        r.n += n
+        r.known += n
         if grow:
             r.length += len(kept)
         if r.history is not None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 
 from ..sampling import log_probs
-from .path import finish_for
+from .path import finish_for, until_finish
 from .rollback import checkpoint, take_back
 from .solo import Solo
 
@@ -232,13 +232,9 @@ class NgramSolo(Solo):
         self.stats.record(len(draft), m)
         self.k = next_k(self.k, len(draft), m, self.k_max)
         stretch_due = self.stretches.after(m)
-        out, finish = [], None
-        for token in emitted:
-            self.n += 1
-            out.append(token)
-            finish = finish_for(token, self.n, self.max_tokens, self.stop_ids)
-            if finish is not None:
-                break
+        kept, finish = until_finish(emitted, self.n, self.max_tokens, self.stop_ids)
+        out = emitted[:kept]
+        self.n += kept
         self.seen += out
         if stretch_due and finish is None:
             self._go_plain()

@@ -21,6 +21,16 @@ def finish_for(token: int, generated: int, max_tokens: int, stop_ids: set[int]) 
     return "length" if generated >= max_tokens else None
 
 
+def until_finish(tokens: list[int], generated: int, max_tokens: int, stop_ids: set[int]) -> tuple[int, str | None]:
+    """How many of a row's next tokens it keeps (through the one it finishes at, after
+    `generated` so far), and why it finishes (None: it goes on)."""
+    for j, token in enumerate(tokens):
+        finish = finish_for(token, generated + j + 1, max_tokens, stop_ids)
+        if finish is not None:
+            return j + 1, finish
+    return len(tokens), None
+
+
 @dataclass(eq=False)
 class TokenOut:
     """The tokens one row produced in one step, from whichever path decoded them."""

@@ -24,7 +24,7 @@ import mlx.core as mx
 from ..sampling import log_probs
 from .batch import CAPACITY_STEP, Batch, pick_tokens
 from .ngram import DraftStats, next_k, verify
-from .path import TokenOut
+from .path import TokenOut, until_finish
 
 
 class BatchDrafts:
@@ -97,7 +97,7 @@ class BatchDrafts:
         mx.eval(first, *([target] if target is not None else []), b.keys, b.values)
         first, target = first.tolist(), (target.tolist() if target is not None else None)
         b.fresh = {}
-        out, accepted, fed = [], 0, {}
+        done, accepted, fed = [], 0, {}
         for s, r in members:
             draft, lp_rows = drafts.get(s), None
             if draft:
@@ -119,11 +119,13 @@ class BatchDrafts:
                     r.context = _extend(r.context, [rows_in[s]] + emitted[:-1])
             else:
                 emitted = [first[s]]
-            fed[s] = len(emitted)  # inputs whose effect stays: its input and every kept draft token
-            # its KV now holds its input and every kept token but the last, which is its next input
-            out.append(b.emit(s, r, emitted, lp, keep_input=True, grow=True, lp_rows=lp_rows))
-        if width > 1:
+            # inputs whose effect stays: its input and every kept token but the last (up to its finish)
+            fed[s] = until_finish(emitted, r.n, r.max_tokens, r.stop_ids)[0]
+            done.append((s, r, emitted, lp_rows))
+        if width > 1:  # (before a finished row's state is taken out with it)
             b.restate(y, offset, before, fed, used)
+        # each row's KV now holds its input and every kept token but the last, which is its next input
+        out = [b.emit(s, r, emitted, lp, keep_input=True, grow=True, lp_rows=lp_rows) for s, r, emitted, lp_rows in done]
         if not drafts or self.stretches.after(accepted):
             self.stretches.start()
         return out

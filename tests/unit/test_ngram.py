@@ -53,10 +53,10 @@ def test_history_index_proposes_what_the_scan_finds():
     assert len(History(long).after) <= 3 * History.WINDOW
 
 
-def engine(path, k, kv=(0, 64)):
+def engine(path, k, kv=(0, 64), snapshots=0):
     events = []
     eng = Engine(ModelPool([str(path)], [], "auto"), events.append, MemoryEnforcer("90%"), max_batch=8, ngram_k=k,
-                 prefix_cache_bytes=0, kv=kv)
+                 prefix_cache_bytes=snapshots, kv=kv)
     eng.events = events
     return eng
 

@@ -151,12 +151,18 @@ def test_rows_of_every_cache_kind_draft_together_in_the_slot_batch(family, monke
 
     with monkeypatch.context() as mp:
         mp.setattr(History, "propose", propose)
-        spec = engine(path, 4)
+        spec = engine(path, 4, snapshots=64 << 20)
         assert runner_path(spec, name, prompts) == "slots"
         got, _ = answer(spec, name, prompts, n=40)
     assert got == alone
     stats = spec.stats()["engine"]["batches"][name]["ngram"]
     assert stats["steps"] > 10 and stats["accepted"] >= stats["steps"] and stats["proposed"] > stats["accepted"], stats
+    if name != "tiny-llama":  # each answer's state, kept as its row left the batch, equals a cold prefill's
+        runner = spec.runners[name]
+        for p in prompts:
+            tokens = max((t for t in runner.snapshots.entries if list(t[:len(p)]) == p), key=len)
+            assert len(tokens) >= len(p) + 39  # the answer (its last token too, when a queued step fed it)
+            assert_same_state(model, runner.snapshots.entries[tokens][0], prefill(model, list(tokens)))
     twin = tmp_path / f"twin-{name}"
     shutil.copytree(path, twin)
     other = build_tiny_mlx(tmp_path / f"other-{name}", FAMILIES[name], seed=9)
@@ -167,6 +173,23 @@ def test_rows_of_every_cache_kind_draft_together_in_the_slot_batch(family, monke
         if name == "tiny-lfm2":
             continue
         assert stats["proposed"] > 0 and (stats["accepted"] == stats["proposed"]) == (draft is twin), stats
+
+
+def assert_same_state(model, got: list, cold: list) -> None:
+    """Two caches of the same tokens hold the same state: SSM / conv arrays, KV, a window's
+    positions (in temporal order), and give the same next logits."""
+    for c, w in zip(got, cold):
+        assert type(c) is type(w) and getattr(c, "offset", None) == getattr(w, "offset", None)
+        if isinstance(c, ArraysCache):
+            for a, b in zip(c.state[0], w.state[0]):
+                assert np.allclose(np.array(a), np.array(b), atol=1e-4)
+        else:
+            k = c._temporal_order(c.keys) if isinstance(c, RotatingKVCache) else c.keys[:, :, :c.offset]
+            k2 = w._temporal_order(w.keys) if isinstance(w, RotatingKVCache) else w.keys[:, :, :w.offset]
+            n = min(k.shape[2], k2.shape[2])
+            assert np.allclose(np.array(k[:, :, -n:]), np.array(k2[:, :, -n:]), atol=1e-4)
+    nxt = mx.array([[7, 8, 9]])
+    assert np.allclose(np.array(model(nxt, cache=got)), np.array(model(nxt, cache=cold)), atol=1e-3)
 
 
 def runner_path(eng, name, prompts) -> str:
