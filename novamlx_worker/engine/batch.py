@@ -216,7 +216,7 @@ class Batch:
         self.windowed = any(self.windows)
         # the kernel reads plain KV of every layer (with it, a windowed model's batched answers
         # drifted from each alone on the GPU: TODO find out why before turning it on there)
-        self.use_kernel = ragged.install(model) if not (kv.quantized or self.windowed or self.states) else False
+        self.use_kernel = ragged.install(model) if not (kv.quantized or self.windowed) else False
         self.stream = mx.new_stream(mx.default_device())
         self.keys: list[list[mx.array]] = []  # per layer, its parts (kv.py)
         self.values: list[list[mx.array]] = []
