@@ -208,7 +208,7 @@ class Batch:
         # SSM / convolution state (state_slots.py): per such layer, its arrays' shapes after the slot axis
         stateful = [i for i, k in enumerate(layers) if k == STATE]
         self.states = state_slots.state_shapes(model, stateful) if stateful else {}
-        self.first_kv = next((i for i, k in enumerate(layers) if k != STATE), None)  # says what a KV slot holds
+        self.first_kv = next(i for i, k in enumerate(layers) if k != STATE)  # says what a KV slot holds (kv.slot_layers)
         self.drafts = drafts  # n-gram drafting steps (spec_batch.BatchDrafts), or None
         self.max_batch, self.prefill_step, self.prefill_batch = max_batch, prefill_step, prefill_batch
         self.min_slots = min(min_slots, max_batch)
@@ -353,8 +353,7 @@ class Batch:
         """Put a prefilled row into a free slot."""
         slots = len(self.slots) if None in self.slots else self._bucket(len(self.slots) + 1)
         if not self.keys or slots != len(self.slots) or length + 1 > self._capacity():
-            like = kv[self.first_kv][0] if kv and self.first_kv is not None else None
-            self._resize(slots, max(self._capacity(), length + 1), like=like)
+            self._resize(slots, max(self._capacity(), length + 1), like=kv[self.first_kv][0] if kv else None)
         slot = self.slots.index(None)
         if kv:
             self.copy_in(slot, kv, length)
@@ -392,9 +391,7 @@ class Batch:
         """New buffers of (slots, capacity), rows kept in their slots (or compacted when shrinking).
         `like`: the first row's own keys (an array, or quantized parts), which say what a slot holds."""
         capacity = -(-capacity // CAPACITY_STEP) * CAPACITY_STEP
-        if self.first_kv is None:  # no attention layer: state only
-            heads, shapes = 0, []
-        elif self.keys:
+        if self.keys:
             first = self.keys[self.first_kv]
             heads, shapes = first[0].shape[1], [(p.shape[3], p.dtype) for p in first]
         else:
@@ -422,15 +419,8 @@ class Batch:
                 new[:n, :, :c] = prev[:n, :, :c]
             return parts
 
-        def grown_state(old: list[mx.array] | None, i: int) -> list[mx.array]:
-            parts = [mx.zeros((slots, *shape), dt) for shape, dt in self.states[i]]
-            for new, prev in zip(parts, old or []):
-                n = min(prev.shape[0], slots)
-                new[:n] = prev[:n]
-            return parts
-
         layers = range(len(self.model.layers))
-        self.keys = [grown_state(self.keys[i] if self.keys else None, i) if i in self.states
+        self.keys = [state_slots.resized(self.keys[i] if self.keys else None, slots, self.states[i]) if i in self.states
                      else grown(self.keys[i] if self.keys else None, self.windows[i]) for i in layers]
         self.values = [[] if i in self.states else grown(self.values[i] if self.values else None, self.windows[i])
                        for i in layers]

@@ -55,7 +55,8 @@ STATE = "state"  # a layer kind: recurrent state (state_slots.py)
 def slot_layers(model) -> list | None:
     """What each layer keeps in the slot batch: None (plain KV), its window (a sliding window,
     ring.py) or STATE (SSM / convolution state, state_slots.py); None when some layer keeps
-    anything else (attention sinks, nested caches) or its state cannot stop mid-step."""
+    anything else (attention sinks, nested caches), its state cannot stop mid-step, or no layer
+    is attention (nothing would say how many tokens a state holds)."""
     out = []
     for c in make_prompt_cache(model):
         if type(c) is KVCache:
@@ -66,7 +67,8 @@ def slot_layers(model) -> list | None:
             out.append(STATE)
         else:
             return None
-    return out
+    # a cache's token count is its attention layers' offset (held): a model of state alone has none
+    return out if any(k != STATE for k in out) else None
 
 
 def held(cache: list) -> int:

@@ -55,6 +55,15 @@ class SlotState(ArraysCache):
         return []
 
 
+def resized(old: list[mx.array] | None, slots: int, shapes: list) -> list[mx.array]:
+    """A state layer's arrays for `slots` slots, the rows that fit kept."""
+    parts = [mx.zeros((slots, *shape), dt) for shape, dt in shapes]
+    for new, prev in zip(parts, old or []):
+        n = min(prev.shape[0], slots)
+        new[:n] = prev[:n]
+    return parts
+
+
 def row_state(parts: list[mx.array], slot: int) -> ArraysCache:
     """One slot's state as mlx-lm's cache."""
     c = ArraysCache(len(parts))
