@@ -1,9 +1,10 @@
 """Speculative decoding on an edit task, side by side in one run:
 
     python -m novamlx_worker.bench_spec [--model M] [--k 6] [--tokens 200] [--streams 1] [--draft-layers N]
-                                        [--sampling '{"logprobs": true}']
+                                        [--sampling '{"logprobs": true}'] [--task rename|typo]
 
-The model is asked to rewrite a ~300-token code block with small changes (greedy); the engine
+The model is asked to rewrite a ~300-token code block with small changes (greedy): rename a
+variable everywhere (`rename`), or fix a misspelt word in a docstring (`typo`); the engine
 runs in-process with drafts off, then on (and off again, to see the noise). Prints tok/s
 (prefill included, and decode alone: from the first token to the last), the ratios, acceptance, and whether the outputs are identical (they must be). Drafts come from
 n-gram lookup, or with --draft-layers N from a draft model built here out of the default
@@ -47,8 +48,12 @@ def merge_settings(base, override):
         merged[key] = value
     return merged
 '''
-ASK = ("Rewrite this Python code exactly, but rename the variable `handle` to `fh` everywhere. "
-       "Output only the code.\n\n```python\n" + CODE + "```")
+TASKS = {
+    "rename": ("Rewrite this Python code exactly, but rename the variable `handle` to `fh` everywhere. "
+               "Output only the code.\n\n```python\n" + CODE + "```"),
+    "typo": ("Fix the spelling mistake in this code and output the whole corrected code.\n\n```python\n"
+             + CODE.replace("Values from override win", "Values from overide win") + "```"),
+}
 
 
 def make_draft(out: Path, layers: int) -> Path:
@@ -76,7 +81,8 @@ def make_draft(out: Path, layers: int) -> Path:
     return out
 
 
-def run(path: str, k: int, tokens: int, streams: int, draft: str | None = None, sampling: dict | None = None) -> dict:
+def run(path: str, k: int, tokens: int, streams: int, draft: str | None = None, sampling: dict | None = None,
+        ask: str = TASKS["rename"]) -> dict:
     from protocol import messages as m
 
     from .engine.engine import Engine
@@ -95,7 +101,7 @@ def run(path: str, k: int, tokens: int, streams: int, draft: str | None = None, 
         for rid in rids:
             eng.handle(m.Generate(rid, model_id, m.Sampling(**{"temperature": 0, "max_tokens": tokens, "ignore_eos": True,
                                                              **(sampling or {})}),
-                                  messages=[m.ChatMessage("user", ASK)]))
+                                  messages=[m.ChatMessage("user", ask)]))
         t = time.perf_counter()
         first = None  # when the first token came out: decode time excludes the prompt's prefill
         while eng.seqs:
@@ -120,6 +126,7 @@ def main(argv=None) -> None:
     p.add_argument("--tokens", type=int, default=200)
     p.add_argument("--streams", type=int, default=1)
     p.add_argument("--draft-layers", type=int, default=0, help="draft with a model of the first N layers instead of n-grams")
+    p.add_argument("--task", choices=sorted(TASKS), default="rename")
     p.add_argument("--sampling", type=json.loads, default={},
                    help='more sampling fields for every request, as JSON: {"logprobs": true}, {"frequency_penalty": 0.3}')
     args = p.parse_args(argv)
@@ -132,10 +139,11 @@ def main(argv=None) -> None:
         import tempfile
 
         draft = str(make_draft(Path(tempfile.mkdtemp()) / f"draft-{args.draft_layers}-layers", args.draft_layers))
-    off = run(path, 0, args.tokens, args.streams, sampling=args.sampling)
-    on = run(path, args.k, args.tokens, args.streams, draft, args.sampling)
-    off2 = run(path, 0, args.tokens, args.streams, sampling=args.sampling)
-    print(json.dumps({"drafts": f"model, first {args.draft_layers} layers" if draft else "n-gram",
+    ask = TASKS[args.task]
+    off = run(path, 0, args.tokens, args.streams, sampling=args.sampling, ask=ask)
+    on = run(path, args.k, args.tokens, args.streams, draft, args.sampling, ask)
+    off2 = run(path, 0, args.tokens, args.streams, sampling=args.sampling, ask=ask)
+    print(json.dumps({"task": args.task, "drafts": f"model, first {args.draft_layers} layers" if draft else "n-gram",
                       "streams": args.streams, "tokens": args.tokens, "k": args.k, "sampling": args.sampling,
                       "off_tok_s": round(off["rate"], 1), "on_tok_s": round(on["rate"], 1),
                       "off_again_tok_s": round(off2["rate"], 1), "speedup": round(on["rate"] / off["rate"], 2),

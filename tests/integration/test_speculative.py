@@ -85,7 +85,9 @@ def test_default_model_answers_the_same_with_drafts(tmp_path):
     give the plain answer (a `speculative: false` request alone) token for token, with drafts kept."""
     import threading
 
-    from novamlx_worker.bench_spec import ASK as EDIT
+    from novamlx_worker.bench_spec import TASKS
+
+    EDIT = TASKS["rename"]
 
     s = Server(["--speculative-ngram", "6", "--embedding-model", "none"], tmp_path, keys=()).wait_ready()
     try:
