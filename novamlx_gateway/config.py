@@ -49,6 +49,8 @@ class Config:
     max_sessions: int = 64  # conversations whose KV state is kept across turns (session_id); the oldest idle goes
     session_ttl: float = 1800.0  # seconds a session is kept idle
     speculative_ngram: int = 0  # n-gram (prompt lookup) drafts of up to this many tokens (every stream); 0 off
+    speculative_ngram_min_match: int = 2  # the shortest n-gram of the last tokens looked up for a draft
+    speculative_ngram_max_match: int = 4  # the longest (tried first)
     ssd_cache: bool = True
     ssd_cache_gb: float = 100.0
     shutdown_grace: float = 30.0
@@ -153,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--session-ttl", type=float, help="seconds an idle session is kept (default 1800)")
     p.add_argument("--speculative-ngram", type=int,
                    help="n-gram speculative decoding: drafts of up to K tokens for every stream, exact (default 0: off)")
+    p.add_argument("--speculative-ngram-min-match", type=int,
+                   help="shortest n-gram of the last tokens looked up for a draft (default 2)")
+    p.add_argument("--speculative-ngram-max-match", type=int,
+                   help="longest n-gram looked up, tried first (default 4)")
     p.add_argument("--ssd-cache", type=on_off, help="on/off")
     p.add_argument("--ssd-cache-gb", type=float, help="SSD tier size cap")
     p.add_argument("--shutdown-grace", type=float, help="seconds in-flight requests get to finish on SIGTERM")
@@ -215,7 +221,11 @@ def load_config(argv: list[str] | None = None, environ: dict | None = None) -> C
         value = getattr(cfg, name)
         if not lo <= value <= hi:
             raise SystemExit(f"{name.replace('_', '-')} must be between {lo} and {hi}, not {value}")
+    if cfg.speculative_ngram_min_match > cfg.speculative_ngram_max_match:
+        raise SystemExit(f"speculative-ngram-min-match ({cfg.speculative_ngram_min_match}) must not exceed "
+                         f"speculative-ngram-max-match ({cfg.speculative_ngram_max_match})")
     return cfg
 
 
-RANGES = {"speculative_ngram": (0, 64), "num_draft_tokens": (1, 64)}  # drafts wider than 64 tokens never pay
+RANGES = {"speculative_ngram": (0, 64), "num_draft_tokens": (1, 64),  # drafts wider than 64 tokens never pay
+          "speculative_ngram_min_match": (1, 32), "speculative_ngram_max_match": (1, 32)}

@@ -88,6 +88,7 @@ class Supervisor:
         a += ["--block-size", str(self.cfg.block_size), "--prefix-cache-mb", str(self.cfg.prefix_cache_mb),
               "--ssd-cache-gb", str(self.cfg.ssd_cache_gb), "--kv-bits", str(self.cfg.kv_bits),
               "--kv-group-size", str(self.cfg.kv_group_size), "--ngram-draft", str(self.cfg.speculative_ngram),
+              "--ngram-match", str(self.cfg.speculative_ngram_min_match), str(self.cfg.speculative_ngram_max_match),
               "--draft-model", self.cfg.draft_model, "--num-draft-tokens", str(self.cfg.num_draft_tokens),
               "--sessions-dir", str(self.cfg.data_path / "sessions"), "--max-sessions", str(self.cfg.max_sessions),
               "--session-ttl", str(self.cfg.session_ttl)]

@@ -38,6 +38,8 @@ def parse_args(argv=None):
     p.add_argument("--kv-bits", type=int, default=0, help="KV cache quantization: 0 (off), 2, 3, 4, 6, 8")
     p.add_argument("--kv-group-size", type=int, default=64, help="32, 64 or 128")
     p.add_argument("--ngram-draft", type=int, default=0, help="n-gram speculative drafts of up to K tokens (0: off)")
+    p.add_argument("--ngram-match", type=int, nargs=2, default=(2, 4), metavar=("MIN", "MAX"),
+                   help="n-grams looked up for drafts: the shortest and longest n (longest first)")
     p.add_argument("--draft-model", default="", help="model id drafting for every model without its own draft_model")
     p.add_argument("--num-draft-tokens", type=int, default=4)
     p.add_argument("--sessions-dir", default="", help="folder for saved sessions ('' : saving off)")
@@ -140,6 +142,7 @@ def main(argv=None) -> None:
                     prefill_batch=args.prefill_batch,
                     default_max_tokens=args.default_max_tokens, kv_budget_cap=int(args.kv_budget_mb * 1024**2),
                     kv=(args.kv_bits, args.kv_group_size), ngram_k=max(args.ngram_draft, 0),
+                    ngram_match=tuple(args.ngram_match),
                     draft=args.draft_model, draft_k=max(args.num_draft_tokens, 1),
                     sessions=Sessions(args.sessions_dir or None, args.max_sessions, args.session_ttl),
                     block_size=args.block_size, prefix_cache_bytes=int(args.prefix_cache_mb * 1024**2),

@@ -41,11 +41,13 @@ class Engine:
                  kv_budget_cap: int = 0, block_size: int = 64, prefix_cache_bytes: int = 2 * 1024**3,
                  ssd: SSDTier | None = None, embedders: list | None = None, tool_parser: str = "auto",
                  turn_stops: list[str] | None = None, lockstep=None, kv: tuple[int, int] = (0, 64), ngram_k: int = 0,
-                 draft: str = "", draft_k: int = 4, sessions: Sessions | None = None):
+                 draft: str = "", draft_k: int = 4, sessions: Sessions | None = None,
+                 ngram_match: tuple[int, int] = (2, 4)):
         self.emit = emit
         self.memory = memory
         self.models = Models(pool, embedders or [], lambda: emit(m.Models(self.models.infos())), max_batch,
-                             prefill_step, prefill_batch, block_size, prefix_cache_bytes, ssd, kv, ngram_k, draft, draft_k)
+                             prefill_step, prefill_batch, block_size, prefix_cache_bytes, ssd, kv, ngram_k, draft, draft_k,
+                             ngram_match)
         self.lockstep = lockstep  # a sharded model's ranks: rank 0 decides, the others follow (lockstep.py)
         self.default_max_tokens = default_max_tokens
         self.kv_budget_cap = kv_budget_cap

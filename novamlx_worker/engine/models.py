@@ -30,9 +30,10 @@ class Models:
     def __init__(self, pool: ModelPool, embedders: list, on_change: Callable[[], None], max_batch: int,
                  prefill_step: int, prefill_batch: int, block_size: int, prefix_cache_bytes: int,
                  ssd: SSDTier | None, kv: tuple[int, int] = (0, 64), ngram_k: int = 0, draft: str = "",
-                 draft_k: int = 4):
+                 draft_k: int = 4, ngram_match: tuple[int, int] = (2, 4)):
         self.pool = pool
         self.ngram_k = ngram_k
+        self.ngram_match = ngram_match
         self.default_draft, self.default_draft_k = draft, draft_k  # --draft-model for models without their own
         self.default_kv = kv  # (kv_bits, kv_group_size) for models without their own setting
         self.on_change = on_change  # the list of servable models changed: tell the gateway
@@ -91,7 +92,7 @@ class Models:
                 kv = KVFormat(kv.bits, kv.group_size, contiguous=True)
         draft, k, why = self._draft_for(lm)
         runner = Runner(lm, max_batch=self.max_batch, prefill_step=self.prefill_step, prefill_batch=self.prefill_batch,
-                        kv=kv, snapshot_bytes=self.prefix_cache_bytes, ngram_k=self.ngram_k, draft=draft, draft_k=k,
+                        kv=kv, snapshot_bytes=self.prefix_cache_bytes, ngram_k=self.ngram_k, ngram_match=self.ngram_match, draft=draft, draft_k=k,
                         draft_error=why, draft_prefix=self._draft_prefix(draft))
         if runner.cacheable:
             self._prefix_cache(lm.id, kv)

@@ -165,9 +165,10 @@ class NgramSolo(Solo):
     sequence that never repeats itself runs at Solo's speed; the stretch doubles while drafts
     keep failing and starts over at the first accepted one."""
 
-    def __init__(self, *args, context: list[int], k_max: int, stats: DraftStats, **kw):
+    def __init__(self, *args, context: list[int], k_max: int, stats: DraftStats, match: tuple[int, int] = (2, 4), **kw):
         super().__init__(*args, **kw)
-        self.seen = History(context)  # every token of the sequence so far; the last is the next input
+        # every token of the sequence so far (the last is the next input), its n-grams of match[0]..match[1]
+        self.seen = History(context, n_min=match[0], n_max=match[1])
         self.k_max, self.k = k_max, max(1, k_max // 2)
         self.stats = stats
         self.stretches = stats.stretches  # a new request keeps the model's miss count, from the first stretch length

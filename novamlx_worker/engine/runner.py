@@ -51,9 +51,11 @@ def processors_for(seq: Sequence, loaded: LoadedModel, vocab_size: int) -> list:
 class Runner:
     def __init__(self, loaded: LoadedModel, max_batch: int = 32, prefill_batch: int = 16,
                  prefill_step: int = 512, kv: KVFormat = KVFormat(), snapshot_bytes: int = 0, ngram_k: int = 0,
-                 draft: LoadedModel | None = None, draft_k: int = 4, draft_error: str = "", draft_prefix=None):
+                 draft: LoadedModel | None = None, draft_k: int = 4, draft_error: str = "", draft_prefix=None,
+                 ngram_match: tuple[int, int] = (2, 4)):
         self.loaded = loaded
         self.ngram_k = ngram_k  # n-gram drafts of up to k tokens (ngram.py, spec_batch.py); 0: off
+        self.ngram_match = ngram_match  # the n-grams looked up: shortest and longest n
         self.draft, self.draft_k = draft, draft_k  # a draft model's proposals instead (draft.py, draft_batch.py)
         self.draft_prefix = draft_prefix  # the draft's own prefix cache, or None
         self.drafts = DraftStats()
@@ -175,7 +177,7 @@ class Runner:
             self.solo = DraftSolo(*args, context=seq.tokens, k_max=self.draft_k, stats=self.drafts,
                                   draft_model=self.draft.model, draft_prefix=self.draft_prefix)
         elif self.ngram_k and not plain:
-            self.solo = NgramSolo(*args, context=seq.tokens, k_max=self.ngram_k, stats=self.drafts)
+            self.solo = NgramSolo(*args, context=seq.tokens, k_max=self.ngram_k, stats=self.drafts, match=self.ngram_match)
         else:
             self.solo = Solo(*args)
         self.solo_seq = seq
@@ -190,7 +192,8 @@ class Runner:
         row = Row(rid, seq.sampler, processors, self._stop_ids(seq), seq.max_tokens - seq.generated,
                   known=(held(cache) if cache else 0) + len(tokens), logprobs=seq.sampling.logprobs)
         if getattr(self.batch, "drafts", None) is not None and self._drafts_serve(seq, processors, in_batch=True):
-            row.history = History(seq.tokens)  # it drafts in the batch (spec_batch.py)
+            n_min, n_max = self.ngram_match
+            row.history = History(seq.tokens, n_max=n_max, n_min=n_min)  # it drafts in the batch (spec_batch.py)
         return self.batch.add(row, tokens, cache) or 0
 
     def _batch_drafts_only(self, seq: Sequence, processors: list) -> bool:

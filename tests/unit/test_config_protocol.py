@@ -32,13 +32,25 @@ def test_unknown_setting_in_file_is_an_error(tmp_path):
 
 
 @pytest.mark.parametrize("argv", [["--speculative-ngram", "-3"], ["--speculative-ngram", "100000"],
-                                  ["--num-draft-tokens", "0"]])
+                                  ["--num-draft-tokens", "0"], ["--speculative-ngram-min-match", "0"],
+                                  ["--speculative-ngram-max-match", "33"]])
 def test_draft_lengths_out_of_range_stop_start_up(argv):
     with pytest.raises(SystemExit, match="between"):
         load_config(argv, environ={})
     with pytest.raises(SystemExit, match="between"):
         load_config([], environ={"NOVAMLX_" + argv[0][2:].replace("-", "_").upper(): argv[1]})
     assert load_config(["--speculative-ngram", "8", "--num-draft-tokens", "64"], environ={}).speculative_ngram == 8
+
+
+def test_ngram_match_lengths_are_read_and_checked(tmp_path):
+    cfg = load_config([], environ={"NOVAMLX_SPECULATIVE_NGRAM_MAX_MATCH": "8"})
+    assert (cfg.speculative_ngram_min_match, cfg.speculative_ngram_max_match) == (2, 8)
+    f = tmp_path / "c.toml"
+    f.write_text("speculative-ngram-min-match = 3\nspeculative-ngram-max-match = 6\n")
+    cfg = load_config(["--config", str(f)], environ={})
+    assert (cfg.speculative_ngram_min_match, cfg.speculative_ngram_max_match) == (3, 6)
+    with pytest.raises(SystemExit, match="must not exceed"):
+        load_config(["--speculative-ngram-min-match", "5", "--speculative-ngram-max-match", "3"], environ={})
 
 
 def test_codec_round_trip_and_rejects_junk():

@@ -482,3 +482,22 @@ def test_draft_slots_give_back_a_long_rows_capacity(tiny_model, twin):
         capacities.append(drafts.kv._capacity())
     assert {rid: text_of(eng.events, rid) for rid in want} == want
     assert max(capacities) >= 512 and 0 < min(c for c in capacities[capacities.index(max(capacities)):] if c) <= 256
+
+
+def test_ngram_match_lengths_bound_the_lookup_and_reach_every_row(tiny_model):
+    """History looks up n-grams of n_min..n_max tokens only (longest first); the engine's
+    ngram_match reaches the solo path's history and the batch rows' histories."""
+    h = History([5, 6, 7, 1, 2, 9, 6, 7], n_min=3, n_max=3)
+    assert h.propose(4) == []  # only the 2-gram (6, 7) recurs
+    h.append(1)
+    assert h.propose(4) == [2, 9, 6, 7]  # the 3-gram (6, 7, 1) did
+    assert History([5, 6, 7, 1, 2, 9, 6, 7]).propose(2) == [1, 2]  # default 2..4: the 2-gram is enough
+    eng = Engine(ModelPool([str(tiny_model)], [], "auto"), [].append, MemoryEnforcer("90%"), max_batch=8, ngram_k=4,
+                 prefix_cache_bytes=0, ngram_match=(3, 7))
+    for i in range(2):
+        eng.handle(m.Generate(f"r{i}", "tiny-llama", m.Sampling(temperature=0, max_tokens=8, ignore_eos=True,
+                                                               logprobs=i == 1), prompt_tokens=list(range(100, 140))))
+        eng.step()
+    runner = eng.runners["tiny-llama"]
+    histories = [r.history for r in runner.batch.by_rid.values()] + ([runner.solo.seen] if runner.solo else [])
+    assert histories and all((h.n_min, h.n_max) == (3, 7) for h in histories)
