@@ -38,11 +38,11 @@ def human_size(n: float | None) -> str:
     """Bytes as people read them: 512 B, 1.5 GB ("?" for unknown)."""
     if n is None:
         return "?"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
-    return str(n)
+    return f"{n:.1f} TB"
 
 
 def folder_size(path: Path) -> int:

@@ -1,9 +1,9 @@
 """The runner owns the tensors of one model.
 
 Many sequences decode in one batched forward per step (engine/batch.py: fixed KV slots,
-prompts prefilled in chunks between decode steps; sliding windows in rings, ring.py, where drafts
-are on); models with SSM or convolution state (and windowed ones without drafts) batch through
-mlx-lm's BatchGenerator instead. A lone
+prompts prefilled in chunks between decode steps). Sliding-window and SSM/hybrid models batch
+there too where drafts are on (windows in rings, ring.py; state rows, state_slots.py), else
+through mlx-lm's BatchGenerator. A lone
 sequence decodes on the Solo fast path and moves into the batch when a second one
 arrives. Sequences are named by the runner's own stable ids, whichever path they are on.
 Every call here must come from the one engine thread (MLX streams belong to the thread
@@ -72,7 +72,7 @@ class Runner:
         # a drafting row holds the draft's KV beside the target's: admission prices both
         self.draft_kv_ratio = (kv_bytes_per_token(draft) / kv_bytes_per_token(loaded, self.kv.bits, self.kv.group_size)
                                if draft is not None else 0.0)
-        self.seqs: dict[int, Sequence] = {}  # rows in a windowed model's slot batch, for their kept states
+        self.seqs: dict[int, Sequence] = {}  # a windowed or hybrid model's rows in the slot batch, for kept states
         slotted = slot_layers(loaded.model)  # per layer: plain KV, a window or SSM state (kv.py)
         if slotted and any(slotted) and not (ngram_k or draft is not None):
             # windowed and hybrid rows take the slot batch to draft together there; without drafts
@@ -164,7 +164,7 @@ class Runner:
         return cache, seq.tokens[reused:]
 
     def _prompt_in(self, row: Row, cache: list) -> None:
-        """A windowed row's prompt is in (all but its last token, decode's): keep its state."""
+        """A windowed or hybrid row's prompt is in (all but its last token, decode's): keep its state."""
         seq = self.seqs.get(row.rid)
         if seq is not None:
             self.snapshots.keep(seq.tokens, cache)
@@ -187,7 +187,7 @@ class Runner:
 
     def _insert(self, rid: int, seq: Sequence, tokens: list[int], cache: list | None, processors=None) -> int:
         processors = self._processors(seq) if processors is None else processors
-        if self.snapshots is not None:
+        if self.snapshots is not None and isinstance(self.batch, Batch):  # (BatchGenerator keeps its own)
             self.seqs[rid] = seq
         row = Row(rid, seq.sampler, processors, self._stop_ids(seq), seq.max_tokens - seq.generated,
                   known=(held(cache) if cache else 0) + len(tokens), logprobs=seq.sampling.logprobs)

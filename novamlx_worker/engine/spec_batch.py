@@ -10,7 +10,9 @@ that asks for logprobs gets the target's row for every kept token. A row with lo
 position by position on the context each position would have (`processed`); a processor with a
 `draft_room` bounds the draft's length (the thinking budget keeps drafts clear of its budget).
 Rows without drafts take position 0 as a plain step would. Rejected drafts need no rollback: the
-slot's length advances only over kept tokens, so their KV columns are simply written over later.
+slot's length advances only over kept tokens, so their KV columns are simply written over later (a
+window's ring too, ring.py). State layers (SSM, convolutions) fold in every input, so rows that kept
+fewer than they were fed get their state computed again from before the step (Batch.restate).
 
 A drafting step reads its tokens before the next forward (it must know them to draft), so it
 cannot be pipelined like a plain step; where drafts do not help (no row has a match, or no
