@@ -112,3 +112,42 @@ def test_default_model_answers_the_same_with_drafts(tmp_path):
         assert stats["accepted"] > 10, stats
     finally:
         s.stop()
+
+
+def test_windowed_and_hybrid_models_draft_together_through_the_server(tmp_path):
+    """A sliding-window model (gemma3_text) and a hybrid one (lfm2) served with n-gram drafts on:
+    two concurrent streamed completions per model batch in the slot batch and draft there
+    (/v1/stats: path "slots", drafting steps), and every answer equals the drafts-off server's."""
+    import threading
+
+    from tests.fixtures.tiny_models import TINY_GEMMA3, TINY_LFM2, build_tiny_mlx
+
+    names = {"tiny-gemma3-text": TINY_GEMMA3, "tiny-lfm2": TINY_LFM2}
+    paths = [build_tiny_mlx(tmp_path / "models" / n, cfg, seed=5) for n, cfg in names.items()]
+    prompts = [("alpha beta gamma delta " * 30).strip(), ("one two three four five " * 20).strip()]  # its end recurs
+
+    def answers(flag: str) -> tuple[dict, dict]:
+        args = ["--embedding-model", "none", "--speculative-ngram", flag, "--speculative-ngram-max-match", "6"]
+        s = Server(sum((["--model", str(p)] for p in paths), []) + args, tmp_path / f"d{flag}").wait_ready()
+        try:
+            c = s.openai(strict=False)  # OpenAI's wire: a completion chunk's finish_reason is null until the last
+            out = {}
+
+            def one(model, i):
+                stream = c.completions.create(model=model, prompt=prompts[i], max_tokens=32, temperature=0, stream=True,
+                                              extra_body={"ignore_eos": True})
+                out[model, i] = "".join(ch.choices[0].text for ch in stream if ch.choices)
+            threads = [threading.Thread(target=one, args=(n, i)) for n in names for i in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            return out, s.stats()["engine"]["batches"]
+        finally:
+            s.stop()
+
+    plain, _ = answers("0")
+    drafted, batches = answers("6")
+    assert len(plain) == 4 and drafted == plain
+    for name in names:
+        assert batches[name]["path"] == "slots" and batches[name]["ngram"]["steps"] > 0, batches[name]
