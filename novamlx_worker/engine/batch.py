@@ -525,9 +525,8 @@ class Batch:
         """After a verification forward of y (slots, width): state layers folded in every input,
         so slots that keep fewer (fed: slot -> inputs kept) get the state after theirs, computed
         again from `before` (the layers' parts before that forward). See state_slots.py."""
-        width = y.shape[1]
-        need = {s: c for s, c in fed.items() if c < width}
-        if not self.states or not need:
+        need = {s: c for s, c in fed.items() if c < y.shape[1]}
+        if not need:
             return
         w = max(need.values())
         lengths = mx.array([need.get(s, w) for s in range(len(self.slots))], dtype=mx.int32)

@@ -60,7 +60,7 @@ class MlxLmBatch:
         return sum(reserved)
 
     def info(self) -> dict:
-        return {"path": "mlx-lm BatchGenerator", "live": len(self.uid_of), "snapshots": self.snapshots.snapshot()}
+        return {"path": "mlx-lm BatchGenerator", "live": len(self.uid_of)}  # (the runner adds its kept states)
 
     def step(self) -> list[TokenOut]:
         prompts, generated = self.gen.next()

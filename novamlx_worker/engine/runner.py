@@ -19,7 +19,7 @@ from ..models.pool import kv_bytes_per_token
 from ..grammar import GrammarProcessor
 from ..sampling import force_tokens, log_probs, make_penalties, make_sampler, think_budget
 from .batch import Batch, Row
-from .kv import KVFormat, held, plain_kv, slot_layers
+from .kv import KVFormat, held, slot_layers
 from .mlxlm_batch import MlxLmBatch
 from .path import TokenOut
 from .snapshots import Snapshots
@@ -63,8 +63,9 @@ class Runner:
         self.kv = kv  # quantized KV applies to plain-KV models (the slot batch and solo path)
         self.eos_ids = set(loaded.tokenizer.stop_ids)  # EOS and turn-opening control tokens
         self.prefill_step = prefill_step
-        # Plain KV caches are what prefix caching, slots and the solo path need (not windows or SSM state).
-        self.cacheable = plain_kv(loaded.model)
+        slotted = slot_layers(loaded.model)  # per layer: plain KV, a window or SSM state (kv.py)
+        # Plain KV caches (every layer) are what prefix caching needs (not windows or SSM state).
+        self.cacheable = slotted is not None and not any(slotted)
         # states kept whole for prefix reuse where KV cannot be cut into blocks (snapshots.py)
         self.snapshots = None if self.cacheable else Snapshots(snapshot_bytes)
         if not self.cacheable:
@@ -73,7 +74,6 @@ class Runner:
         self.draft_kv_ratio = (kv_bytes_per_token(draft) / kv_bytes_per_token(loaded, self.kv.bits, self.kv.group_size)
                                if draft is not None else 0.0)
         self.seqs: dict[int, Sequence] = {}  # a windowed or hybrid model's rows in the slot batch, for kept states
-        slotted = slot_layers(loaded.model)  # per layer: plain KV, a window or SSM state (kv.py)
         if slotted and any(slotted) and not (ngram_k or draft is not None):
             # windowed and hybrid rows take the slot batch to draft together there; without drafts
             # BatchGenerator stays (on the H200 it decoded 32 equal-length streams of a gemma3-4b
@@ -126,7 +126,7 @@ class Runner:
         if self.draft_error:
             info["draft_model_error"] = self.draft_error
         if self.snapshots is not None:
-            info.setdefault("snapshots", self.snapshots.snapshot())
+            info["snapshots"] = self.snapshots.snapshot()
         return info
 
     def add(self, seq: Sequence, cache: list | None = None) -> int:

@@ -121,10 +121,10 @@ class BatchDrafts:
                     r.context = _extend(r.context, [rows_in[s]] + emitted[:-1])
             else:
                 emitted = [first[s]]
-            # inputs whose effect stays: its input and every kept token but the last (up to its finish)
-            fed[s] = until_finish(emitted, r.n, r.max_tokens, r.stop_ids)[0]
+            if b.states:  # inputs whose effect stays: its input and every kept token but the last (to its finish)
+                fed[s] = until_finish(emitted, r.n, r.max_tokens, r.stop_ids)[0]
             done.append((s, r, emitted, lp_rows))
-        if width > 1:  # (before a finished row's state is taken out with it)
+        if fed and width > 1:  # (before a finished row's state is taken out with it)
             b.restate(y, offset, before, fed, used)
         # each row's KV now holds its input and every kept token but the last, which is its next input
         out = [b.emit(s, r, emitted, lp, keep_input=True, grow=True, lp_rows=lp_rows) for s, r, emitted, lp_rows in done]
